@@ -1,0 +1,36 @@
+# Everything bootstraps itself: a fresh machine needs only python3 (3.11+).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint typecheck pytest simulate bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(VENV): $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+simulate: $(STAMP)
+	$(BIN)/voicebridge simulate $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/voicebridge bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) sim-out .pytest_cache .mypy_cache .ruff_cache
