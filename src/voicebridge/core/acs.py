@@ -177,7 +177,9 @@ def parse(text: str | bytes) -> AcsEvent:
     kind = _field(msg, "kind")
     if not isinstance(kind, str):
         raise AcsCodecError(
-            "missing 'kind'" if kind is None else f"'kind' must be a string, not {type(kind).__name__}"
+            "missing 'kind'"
+            if kind is None
+            else f"'kind' must be a string, not {type(kind).__name__}"
         )
     folded = kind.lower()
     if folded == "audiodata":
@@ -186,7 +188,9 @@ def parse(text: str | bytes) -> AcsEvent:
         if silent is None:
             silent = False
         elif not isinstance(silent, bool):
-            raise AcsCodecError(f"AudioData.silent: expected a boolean, got {type(silent).__name__}")
+            raise AcsCodecError(
+                f"AudioData.silent: expected a boolean, got {type(silent).__name__}"
+            )
         data = _field(body, "data")
         if data is None:
             if not silent:
@@ -252,7 +256,7 @@ def stop_audio() -> str:
     return _STOP_AUDIO
 
 
-# --------------------------------------------------------------------------- mirror side (simulator)
+# ------------------------------------------------------------------ mirror side (simulator)
 
 
 def parse_outbound(text: str | bytes) -> OutboundAudio | OutboundStop | Unknown:
@@ -312,6 +316,10 @@ def dtmf_message(tone: str, *, timestamp: str = "", participant_raw_id: str = ""
     return json.dumps(
         {
             "kind": "DtmfData",
-            "dtmfData": {"data": tone, "timestamp": timestamp, "participantRawID": participant_raw_id},
+            "dtmfData": {
+                "data": tone,
+                "timestamp": timestamp,
+                "participantRawID": participant_raw_id,
+            },
         }
     )

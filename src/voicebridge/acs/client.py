@@ -1,0 +1,114 @@
+"""Call Automation with the real ``azure-communication-callautomation`` SDK (protocols.md §2).
+
+* ``from_connection_string`` always rewrites the endpoint to https; for a plain-http
+  loopback endpoint (the offline fake ACS) the client is built from the endpoint and
+  an ``AzureKeyCredential`` instead, which keeps the same HMAC signing.
+* ``ACS_ENDPOINT`` without a connection string uses managed identity
+  (``DefaultAzureCredential``, async).
+* Hang-up is idempotent and tolerates 4xx: the call may already be gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlparse
+
+from azure.communication.callautomation import (
+    AudioFormat,
+    MediaStreamingAudioChannelType,
+    MediaStreamingContentType,
+    MediaStreamingOptions,
+    StreamingTransportType,
+)
+from azure.communication.callautomation.aio import CallAutomationClient
+from azure.core.credentials import AzureKeyCredential
+from azure.core.exceptions import AzureError, HttpResponseError
+
+from voicebridge.config import Settings
+from voicebridge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+#: Transport timeouts for every REST call (seconds); azure-core retries on top.
+REST_TIMEOUTS = {"connection_timeout": 5, "read_timeout": 10}
+
+
+def parse_connection_string(conn_str: str) -> tuple[str, str]:
+    """``(endpoint URL, access key)`` from ``endpoint=...;accesskey=...``."""
+    parts = {}
+    for element in conn_str.split(";"):
+        key, _, value = element.partition("=")
+        if key.strip():
+            parts[key.strip().lower()] = value.strip()
+    endpoint, key = parts.get("endpoint"), parts.get("accesskey")
+    if not endpoint or not key:
+        raise ConfigError("ACS_CONNECTION_STRING: expected endpoint=https://...;accesskey=...")
+    return endpoint.rstrip("/"), key
+
+
+def make_client(settings: Settings, credential: Any = None) -> CallAutomationClient:
+    """The async Call Automation client for these settings."""
+    if settings.acs_connection_string is not None:
+        endpoint, key = parse_connection_string(settings.acs_connection_string.get_secret_value())
+        parsed = urlparse(endpoint)
+        if parsed.scheme == "http" and parsed.hostname in _LOOPBACK:
+            return CallAutomationClient(endpoint, AzureKeyCredential(key), **REST_TIMEOUTS)
+        return CallAutomationClient.from_connection_string(
+            f"endpoint={endpoint}/;accesskey={key}", **REST_TIMEOUTS
+        )
+    if not settings.acs_endpoint:
+        raise ConfigError("ACS_CONNECTION_STRING: set it, or ACS_ENDPOINT for managed identity")
+    if credential is None:
+        from azure.identity.aio import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return CallAutomationClient(settings.acs_endpoint, credential, **REST_TIMEOUTS)
+
+
+def media_streaming_options(transport_url: str, acs_rate: int) -> MediaStreamingOptions:
+    """Bidirectional mixed PCM audio from the moment the call connects (§2.2)."""
+    return MediaStreamingOptions(
+        transport_url=transport_url,
+        transport_type=StreamingTransportType.WEBSOCKET,
+        content_type=MediaStreamingContentType.AUDIO,
+        audio_channel_type=MediaStreamingAudioChannelType.MIXED,
+        start_media_streaming=True,
+        enable_bidirectional=True,
+        audio_format=AudioFormat.PCM24_K_MONO if acs_rate == 24000 else AudioFormat.PCM16_K_MONO,
+        enable_dtmf_tones=True,
+    )
+
+
+async def answer(
+    client: CallAutomationClient,
+    *,
+    incoming_call_context: str,
+    callback_url: str,
+    transport_url: str,
+    acs_rate: int,
+) -> str:
+    """Answer with media streaming; return the call connection id."""
+    props = await client.answer_call(
+        incoming_call_context=incoming_call_context,
+        callback_url=callback_url,
+        operation_context="incomingCall",
+        media_streaming=media_streaming_options(transport_url, acs_rate),
+    )
+    return str(props.call_connection_id)
+
+
+async def hang_up(client: CallAutomationClient, call_connection_id: str) -> bool:
+    """End the call for everyone. True if ACS accepted it; False if it was already
+    gone or ACS failed (logged, never raised: hang-up is cleanup)."""
+    try:
+        await client.get_call_connection(call_connection_id).hang_up(is_for_everyone=True)
+    except HttpResponseError as exc:
+        log.info("hang_up %s: HTTP %s (call already gone?)", call_connection_id, exc.status_code)
+        return False
+    except AzureError as exc:
+        log.warning("hang_up %s failed: %s", call_connection_id, type(exc).__name__)
+        return False
+    return True

@@ -1,0 +1,145 @@
+"""Per-call state shared by the routes: the registry of live calls and the call log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class ConversationLog:
+    """One JSONL file per call: every line is ``{"t": s since start, "ts": iso, "event": ...}``.
+
+    Written synchronously: lines are rare (transcripts, turns, errors), never audio.
+    """
+
+    def __init__(self, directory: str | Path, name: str) -> None:
+        self.directory = Path(directory)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.path = self.directory / f"{stamp}-{_SAFE.sub('_', name)[:80]}.jsonl"
+        self._start = time.monotonic()
+        self._file: Any = None
+
+    def write(self, event: str, **fields: Any) -> None:
+        fields = {"event": event, **fields}
+        self.write_record(fields)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        line = {
+            "t": round(time.monotonic() - self._start, 3),
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            **record,
+        }
+        try:
+            if self._file is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
+            self._file.flush()
+        except OSError as exc:  # a full disk must not end a call
+            log.warning("conversation log %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@dataclass
+class Call:
+    """One phone call, from IncomingCall to CallDisconnected."""
+
+    key: str  # unguessable; appears in the callback and media URLs
+    correlation_id: str
+    server_call_id: str
+    caller: str
+    log: ConversationLog
+    call_connection_id: str | None = None
+    connected: bool = False
+    started: float = field(default_factory=time.monotonic)
+    media_task: asyncio.Task[Any] | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)  # ACS says it is over
+    outcome: str | None = None
+    report: dict[str, Any] | None = None
+    conversation_id: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.call_connection_id or self.correlation_id or self.key[:8]
+
+
+class CallRegistry:
+    """Live calls by key and by call connection id, plus recent event ids and reports."""
+
+    def __init__(self, *, log_dir: str, dedupe_ttl_s: float = 600.0) -> None:
+        self.log_dir = log_dir
+        self.by_key: dict[str, Call] = {}
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self.finished: deque[dict[str, Any]] = deque(maxlen=200)
+        self.outcomes: dict[str, int] = {}
+
+    def seen_before(self, event_id: str) -> bool:
+        """True if ``event_id`` was delivered within the TTL (Event Grid retries)."""
+        now = time.monotonic()
+        while self._seen:
+            oldest, at = next(iter(self._seen.items()))
+            if now - at < self.dedupe_ttl_s:
+                break
+            self._seen.pop(oldest)
+        if event_id in self._seen:
+            return True
+        self._seen[event_id] = now
+        return False
+
+    def new_call(self, *, correlation_id: str, server_call_id: str, caller: str) -> Call:
+        key = secrets.token_urlsafe(24)
+        call = Call(
+            key=key,
+            correlation_id=correlation_id,
+            server_call_id=server_call_id,
+            caller=caller,
+            log=ConversationLog(self.log_dir, correlation_id or key[:12]),
+        )
+        self.by_key[key] = call
+        return call
+
+    def get(self, key: str) -> Call | None:
+        return self.by_key.get(key)
+
+    def end(self, call: Call, outcome: str) -> None:
+        """Mark ``call`` finished (idempotent): first outcome wins."""
+        if call.ended.is_set():
+            return
+        call.outcome = call.outcome or outcome
+        self.outcomes[call.outcome] = self.outcomes.get(call.outcome, 0) + 1
+        call.ended.set()
+        self.by_key.pop(call.key, None)
+        summary = {
+            "call": call.label,
+            "correlation_id": call.correlation_id,
+            "outcome": call.outcome,
+            "duration_s": round(time.monotonic() - call.started, 3),
+            "conversation_id": call.conversation_id,
+            "report": call.report,
+        }
+        self.finished.append(summary)
+        call.log.write("call_ended", outcome=call.outcome)
+        call.log.close()
+
+    @property
+    def active(self) -> int:
+        return len(self.by_key)

@@ -1,0 +1,221 @@
+"""Settings: the only place voicebridge reads the environment (and ``.env``).
+
+Names follow the official Voice Live agent samples (``VOICELIVE_ENDPOINT``,
+``AGENT_NAME``, ...) and also accept the ``AZURE_VOICELIVE_*`` spellings. Every
+secret is a :class:`~pydantic.SecretStr`. :func:`load_settings` turns any problem
+into one :class:`~voicebridge.errors.ConfigError` line naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from voicebridge.errors import ConfigError
+
+
+def _env(*names: str) -> Any:
+    return Field(validation_alias=AliasChoices(*names))
+
+
+class Settings(BaseSettings):
+    """All configuration. See ``.env.example`` for every variable with a comment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # ---- Voice Live
+    voicelive_endpoint: str = _env("VOICELIVE_ENDPOINT", "AZURE_VOICELIVE_ENDPOINT")
+    voicelive_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("VOICELIVE_API_KEY", "AZURE_VOICELIVE_KEY")
+    )
+    voicelive_bearer_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("VOICELIVE_BEARER_TOKEN")
+    )
+    voicelive_model: str | None = Field(
+        default=None, validation_alias=AliasChoices("VOICELIVE_MODEL", "AZURE_VOICELIVE_MODEL")
+    )
+    voicelive_api_version: str = Field(
+        default="2026-07-15",
+        validation_alias=AliasChoices("VOICELIVE_API_VERSION", "AZURE_VOICELIVE_API_VERSION"),
+    )
+    agent_name: str | None = Field(default=None, validation_alias=AliasChoices("AGENT_NAME"))
+    project_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("PROJECT_NAME", "AZURE_VOICELIVE_PROJECT_NAME")
+    )
+    agent_version: str | None = Field(default=None, validation_alias=AliasChoices("AGENT_VERSION"))
+    conversation_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("CONVERSATION_ID")
+    )
+    foundry_resource_override: str | None = Field(
+        default=None, validation_alias=AliasChoices("FOUNDRY_RESOURCE_OVERRIDE")
+    )
+    agent_authentication_identity_client_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("AGENT_AUTHENTICATION_IDENTITY_CLIENT_ID")
+    )
+    voice_name: str = Field(
+        default="en-US-AvaMultilingualNeural", validation_alias=AliasChoices("VOICE_NAME")
+    )
+    instructions: str = Field(
+        default=(
+            "You are a friendly phone assistant. Keep answers short and conversational; "
+            "the caller is on a phone line."
+        ),
+        validation_alias=AliasChoices("INSTRUCTIONS", "VOICELIVE_INSTRUCTIONS"),
+    )
+    voicelive_connect_timeout_s: float = Field(
+        default=10.0, gt=0, validation_alias=AliasChoices("VOICELIVE_CONNECT_TIMEOUT_S")
+    )
+
+    # ---- session behaviour
+    greeting_mode: Literal["llm", "text", "none"] = Field(
+        default="llm", validation_alias=AliasChoices("GREETING_MODE")
+    )
+    greeting_text: str = Field(
+        default="Hello, thanks for calling. How can I help you today?",
+        validation_alias=AliasChoices("GREETING_TEXT"),
+    )
+    greeting_instructions: str | None = Field(
+        default=None, validation_alias=AliasChoices("GREETING_INSTRUCTIONS")
+    )
+    vad_type: str = Field(default="azure_semantic_vad", validation_alias=AliasChoices("VAD_TYPE"))
+    vad_silence_ms: int = Field(
+        default=500, ge=100, validation_alias=AliasChoices("VAD_SILENCE_MS")
+    )
+    noise_suppression: bool = Field(
+        default=True, validation_alias=AliasChoices("NOISE_SUPPRESSION")
+    )
+    echo_cancellation: bool = Field(
+        default=True, validation_alias=AliasChoices("ECHO_CANCELLATION")
+    )
+    transcription_model: str | None = Field(
+        default="azure-speech", validation_alias=AliasChoices("TRANSCRIPTION_MODEL")
+    )
+    transcription_language: str | None = Field(
+        default=None, validation_alias=AliasChoices("TRANSCRIPTION_LANGUAGE")
+    )
+    interim_response: dict[str, Any] | None = Field(
+        default=None, validation_alias=AliasChoices("INTERIM_RESPONSE")
+    )
+
+    # ---- audio
+    acs_audio_rate: Literal[16000, 24000] = Field(
+        default=16000, validation_alias=AliasChoices("ACS_AUDIO_RATE")
+    )
+    voicelive_audio_rate: Literal[16000, 24000] = Field(
+        default=24000, validation_alias=AliasChoices("VOICELIVE_AUDIO_RATE")
+    )
+    pacing_lead_ms: int = Field(
+        default=160, ge=20, le=2000, validation_alias=AliasChoices("PACING_LEAD_MS")
+    )
+    max_text_bytes: int = Field(
+        default=8192, ge=256, validation_alias=AliasChoices("MAX_TEXT_BYTES")
+    )
+    max_message_bytes: int = Field(
+        default=128 * 1024, ge=4096, validation_alias=AliasChoices("MAX_MESSAGE_BYTES")
+    )
+    media_clock_speed: float = Field(
+        default=1.0, gt=0, le=100, validation_alias=AliasChoices("MEDIA_CLOCK_SPEED")
+    )
+
+    # ---- ACS
+    acs_connection_string: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ACS_CONNECTION_STRING")
+    )
+    acs_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("ACS_ENDPOINT"))
+    public_base_url: str = _env("PUBLIC_BASE_URL")
+
+    # ---- service
+    log_dir: str = Field(default="./logs", validation_alias=AliasChoices("LOG_DIR"))
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL"))
+    host: str = Field(default="0.0.0.0", validation_alias=AliasChoices("HOST"))
+    port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
+
+    @field_validator("voicelive_endpoint", "public_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https", "ws", "wss") or not parsed.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("interim_response", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else None
+        return value
+
+    @model_validator(mode="after")
+    def _mode(self) -> Settings:
+        if self.agent_name and not self.project_name:
+            raise ValueError("PROJECT_NAME: required when AGENT_NAME is set")
+        if self.project_name and not self.agent_name and not self.voicelive_model:
+            raise ValueError("AGENT_NAME: required when PROJECT_NAME is set")
+        if not self.agent_name and not self.voicelive_model:
+            raise ValueError("VOICELIVE_MODEL: set it (model mode) or AGENT_NAME (agent mode)")
+        if self.agent_name and self.voicelive_api_key is not None:
+            raise ValueError(
+                "VOICELIVE_API_KEY: agent mode needs Entra ID; remove the key "
+                "(DefaultAzureCredential or VOICELIVE_BEARER_TOKEN is used)"
+            )
+        if self.acs_connection_string is None and not self.acs_endpoint:
+            raise ValueError("ACS_CONNECTION_STRING: set it, or ACS_ENDPOINT for managed identity")
+        return self
+
+    # ---- derived
+
+    @property
+    def mode(self) -> Literal["agent", "model"]:
+        return "agent" if self.agent_name else "model"
+
+    @property
+    def voicelive_host(self) -> str:
+        return urlparse(self.voicelive_endpoint).netloc
+
+    @property
+    def media_base_url(self) -> str:
+        """``wss://`` (or ``ws://`` for a plain-http loopback base) form of the public URL."""
+        parsed = urlparse(self.public_base_url)
+        scheme = "wss" if parsed.scheme in ("https", "wss") else "ws"
+        return f"{scheme}://{parsed.netloc}{parsed.path}"
+
+
+_FIELD_ENV = {
+    name: (
+        field.validation_alias.choices[0]
+        if isinstance(field.validation_alias, AliasChoices)
+        else name.upper()
+    )
+    for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build :class:`Settings` from env/.env (plus ``overrides``), or raise one
+    ``ConfigError`` line naming the offending variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = err.get("loc") or ()
+        name = str(loc[0]) if loc else ""
+        var = _FIELD_ENV.get(name, name.upper())
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "missing":
+            msg = "required but not set"
+        if not var or msg.startswith(var + ":"):  # model-level checks name their variable
+            raise ConfigError(msg) from None
+        raise ConfigError(f"{var}: {msg}") from None

@@ -1,0 +1,596 @@
+"""CallBridge: all the logic of one call, with no I/O (design.md §1, §4).
+
+Adapters feed it what arrived and send what it queued:
+
+* :meth:`CallBridge.receive_acs` takes each ACS media-socket text message;
+* :meth:`CallBridge.receive_voicelive` takes each Voice Live server event (a mapping);
+* :meth:`CallBridge.voicelive_to_send` returns the guarded messages for Voice Live;
+* :meth:`CallBridge.acs_to_send` returns the ACS messages due at ``now`` — control
+  messages (``StopAudio``) at once, agent audio as exact 20 ms frames paced
+  ``lead_ms`` ahead of real time; :meth:`CallBridge.next_acs_due` says when to ask again;
+* :attr:`CallBridge.records` collects what the conversation log should keep.
+
+Times are plain floats in seconds from any monotonic clock the adapter chooses; the
+core never reads a clock.
+
+Sample accounting (so a call can prove nothing was lost):
+
+* inbound: ``caller_samples_in`` (ACS rate, silent frames included) must equal
+  ``voicelive_samples_appended`` converted back at the end (:meth:`report`);
+* outbound: each response's audio, converted to the ACS rate, is either sent
+  (``agent_samples_sent``) or dropped on purpose by barge-in
+  (``samples_dropped_by_barge_in``); zero padding of a response's last frame is
+  counted apart (``padding_samples_sent``).
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from voicebridge.core import acs
+from voicebridge.core import voicelive as vl
+from voicebridge.core.audio import Framer, Resampler
+from voicebridge.core.guard import OutboundGuard
+from voicebridge.core.stats import Samples
+from voicebridge.core.turns import ACTIVE, REQUESTED, Event, TurnTable
+from voicebridge.errors import GuardRejected, IllegalTransition, RemoteProtocolError
+
+FRAME_S = 0.020
+
+GREETING_MODES = ("llm", "text", "none")
+
+
+def _out_samples(n_in: int, in_hz: int, out_hz: int) -> int:
+    """Samples a whole stream of ``n_in`` input samples resamples to (ceil)."""
+    return -(-n_in * out_hz // in_hz)
+
+
+@dataclass(slots=True)
+class _Response:
+    """Audio bookkeeping for one response (at the Voice Live output rate)."""
+
+    samples_in: int = 0  # every sample received for it, suppressed ones included
+    samples_fed: int = 0  # samples that went into the downlink resampler
+    suppressed: bool = False  # interrupted: later deltas are dropped
+    stream_open: bool = False  # the resampler holds part of it
+    finished: bool = False  # accounted in the totals
+
+
+@dataclass(slots=True)
+class _Frame:
+    text: str
+    agent_samples: int  # real agent samples (padding excluded); 0 for prompts
+    prompt_samples: int
+    stamp: float
+
+
+@dataclass
+class Counters:
+    """Everything the bridge counts. Plain ints so a report is a dict away."""
+
+    acs_messages_in: int = 0
+    acs_frames_in: int = 0
+    acs_silent_frames: int = 0
+    acs_malformed: int = 0
+    acs_unknown_kinds: int = 0
+    dtmf_tones: int = 0
+    caller_samples_in: int = 0
+    caller_samples_buffered_dropped: int = 0
+    voicelive_samples_appended: int = 0
+    voicelive_events_in: int = 0
+    voicelive_malformed: int = 0
+    voicelive_errors: Counter[str] = field(default_factory=Counter)
+    voicelive_other_types: Counter[str] = field(default_factory=Counter)
+    agent_samples_in: int = 0
+    agent_samples_expected: int = 0
+    agent_samples_sent: int = 0
+    padding_samples_sent: int = 0
+    prompt_samples_sent: int = 0
+    samples_dropped_by_barge_in: int = 0
+    late_deltas_dropped: int = 0
+    acs_frames_out: int = 0
+    stop_audio_sent: int = 0
+    barge_ins: int = 0
+    responses_created: int = 0
+    responses_done: Counter[str] = field(default_factory=Counter)
+    turn_anomalies: int = 0
+    guard_rejections: int = 0
+
+
+class CallBridge:
+    """The sans-I/O state of one call: codec, resamplers, framer, turns, guard."""
+
+    def __init__(
+        self,
+        *,
+        session_config: Mapping[str, Any],
+        acs_hz: int = 16000,
+        voicelive_in_hz: int = 24000,
+        voicelive_out_hz: int = 24000,
+        greeting: str = "llm",
+        greeting_text: str = "",
+        greeting_instructions: str | None = None,
+        lead_ms: float = 160.0,
+        cancel_on_barge_in: bool | None = None,
+        max_text_bytes: int = 8 * 1024,
+        max_message_bytes: int = 128 * 1024,
+        max_buffered_caller_ms: int = 10_000,
+    ) -> None:
+        if greeting not in GREETING_MODES:
+            raise ValueError(f"greeting must be one of {GREETING_MODES}, not {greeting!r}")
+        self.session_config = dict(session_config)
+        self.voicelive_in_hz = voicelive_in_hz
+        self.voicelive_out_hz = voicelive_out_hz
+        self.greeting = greeting
+        self.greeting_text = greeting_text
+        self.greeting_instructions = greeting_instructions
+        self.lead_s = lead_ms / 1000.0
+        if cancel_on_barge_in is None:
+            # With interrupt_response the service cancels by itself; a second cancel
+            # from us would race it and come back as an error event (protocols §7).
+            td = self.session_config.get("turn_detection")
+            interrupts = isinstance(td, Mapping) and bool(td.get("interrupt_response", True))
+            cancel_on_barge_in = not interrupts
+        self.cancel_on_barge_in = cancel_on_barge_in
+        self.max_buffered_caller_ms = max_buffered_caller_ms
+
+        self.turns = TurnTable()
+        self.guard = OutboundGuard(
+            self.turns, max_text_bytes=max_text_bytes, max_message_bytes=max_message_bytes
+        )
+        self.counters = Counters()
+        self.outbound_latency_ms = Samples()
+        self.records: deque[dict[str, Any]] = deque()
+
+        self._voicelive_out: list[dict[str, Any]] = []
+        self._acs_control: list[str] = []
+        self._frames: deque[_Frame] = deque()
+        self._play_end = 0.0  # when ACS will have played everything we sent
+        self._buffered_caller: deque[tuple[str, int]] = (
+            deque()
+        )  # (b64, samples) before session.update
+        self._buffered_samples = 0
+        self._responses: dict[str, _Response] = {}
+        self._streaming: str | None = None  # response whose audio is in the resampler
+        self._greeted = False
+        self.session_id: str | None = None
+        self.conversation_id: str | None = None
+        self.ended = False
+        self._set_acs_rate(acs_hz)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _set_acs_rate(self, acs_hz: int) -> None:
+        self.acs_hz = acs_hz
+        self.frame_samples = acs_hz // 50
+        self.frame_bytes = self.frame_samples * 2
+        self._uplink = Resampler(in_hz=acs_hz, out_hz=self.voicelive_in_hz)
+        self._downlink = Resampler(in_hz=self.voicelive_out_hz, out_hz=acs_hz)
+        self._framer = Framer(frame_bytes=self.frame_bytes)
+        self._silence_pcm = bytes(self.frame_bytes)
+        self._silence_b64 = binascii.b2a_base64(self._silence_pcm, newline=False).decode()
+
+    def _record(self, event: str, **fields: Any) -> None:
+        fields["event"] = event
+        self.records.append(fields)
+
+    # ------------------------------------------------------------------ ACS -> Voice Live
+
+    def receive_acs(self, text: str | bytes) -> acs.AcsEvent | None:
+        """Take one ACS media message. Malformed input is counted and recorded,
+        never raised; returns the parsed event (None if malformed)."""
+        c = self.counters
+        c.acs_messages_in += 1
+        try:
+            event = acs.parse(text)
+        except RemoteProtocolError as exc:
+            c.acs_malformed += 1
+            self._record("acs_malformed", error=str(exc))
+            return None
+        if type(event) is acs.AudioData:
+            self._caller_audio(event)
+        elif type(event) is acs.AudioMetadata:
+            self._record("acs_metadata", sample_rate=event.sample_rate, length=event.length)
+            if event.sample_rate != self.acs_hz and c.acs_frames_in == 0:
+                self._record("acs_rate_changed", expected=self.acs_hz, got=event.sample_rate)
+                self._set_acs_rate(event.sample_rate)
+            elif event.sample_rate != self.acs_hz:
+                self._record("acs_rate_mismatch", expected=self.acs_hz, got=event.sample_rate)
+        elif type(event) is acs.DtmfData:
+            c.dtmf_tones += 1
+            self._record("dtmf", tone=event.data)
+        else:
+            c.acs_unknown_kinds += 1
+        return event
+
+    def _caller_audio(self, frame: acs.AudioData) -> None:
+        c = self.counters
+        c.acs_frames_in += 1
+        pcm = frame.pcm
+        if not pcm:  # a silent frame without data: forward zeros, the VAD needs them
+            c.acs_silent_frames += 1
+            pcm = self._silence_pcm
+            b64 = self._silence_b64
+        else:
+            if frame.silent:
+                c.acs_silent_frames += 1
+            b64 = frame.data
+        c.caller_samples_in += len(pcm) >> 1
+        uplink = self._uplink
+        if not uplink.passthrough:
+            out = uplink.feed(pcm)
+            if not out:
+                return
+            b64 = binascii.b2a_base64(out, newline=False).decode()
+            samples = len(out) >> 1
+        else:
+            samples = len(pcm) >> 1
+        self._append(b64, samples)
+
+    def _append(self, b64: str, samples: int) -> None:
+        if not self.guard.session_configured:
+            self._buffer_caller(b64, samples)
+            return
+        self._voicelive_out.extend(self.guard.append(b64))
+        self.counters.voicelive_samples_appended += samples
+
+    def _buffer_caller(self, b64: str, samples: int) -> None:
+        """Hold caller audio until ``session.update`` is out (bounded; oldest dropped)."""
+        self._buffered_caller.append((b64, samples))
+        self._buffered_samples += samples
+        limit = self.max_buffered_caller_ms * self.voicelive_in_hz // 1000
+        while self._buffered_samples > limit and self._buffered_caller:
+            _, n = self._buffered_caller.popleft()
+            self._buffered_samples -= n
+            self.counters.caller_samples_buffered_dropped += n
+
+    def _release_buffered_caller(self) -> None:
+        while self._buffered_caller:
+            b64, n = self._buffered_caller.popleft()
+            self._append(b64, n)
+        self._buffered_samples = 0
+
+    # ------------------------------------------------------------------ Voice Live -> ACS
+
+    def receive_voicelive(
+        self, event: Mapping[str, Any], now: float = 0.0
+    ) -> vl.ServerEvent | None:
+        """Take one Voice Live server event at time ``now``. Malformed events are
+        counted and recorded, never raised; returns the classified event."""
+        c = self.counters
+        c.voicelive_events_in += 1
+        try:
+            ev = vl.classify(event)
+        except RemoteProtocolError as exc:
+            c.voicelive_malformed += 1
+            self._record("voicelive_malformed", error=str(exc))
+            return None
+        match ev:  # the audio delta first: it is most of the traffic
+            case vl.AudioDelta():
+                self._agent_audio(ev, now)
+            case vl.SpeechStarted():
+                self.barge_in(now)
+            case vl.ResponseCreated():
+                self._response_created(ev)
+            case vl.ResponseDone():
+                self._response_done(ev, now)
+            case vl.AudioDone():
+                self._end_stream(ev.response_id, now)
+            case vl.InputCommitted():
+                self.turns.user_turn()
+            case vl.SessionCreated():
+                self._session_created(ev)
+            case vl.SessionUpdated():
+                self._session_updated(ev)
+            case vl.TranscriptionCompleted():
+                self._record("user_transcript", item_id=ev.item_id, text=ev.transcript)
+            case vl.TranscriptDone():
+                self._record(
+                    "agent_transcript",
+                    response_id=ev.response_id,
+                    item_id=ev.item_id,
+                    text=ev.transcript,
+                )
+            case vl.SpeechStopped():
+                self._record("speech_stopped", audio_end_ms=ev.audio_end_ms)
+            case vl.ItemTruncated():
+                self._record("truncated", item_id=ev.item_id, audio_end_ms=ev.audio_end_ms)
+            case vl.Error():
+                self._error(ev)
+            case vl.Other():
+                c.voicelive_other_types[ev.type] += 1
+        return ev
+
+    def _session_created(self, ev: vl.SessionCreated) -> None:
+        self.session_id = ev.session_id
+        if ev.conversation_id:
+            self.conversation_id = ev.conversation_id
+        self._record(
+            "session_created",
+            session_id=ev.session_id,
+            conversation_id=ev.conversation_id,
+            agent=dict(ev.agent) if ev.agent else None,
+            voice=ev.voice,
+            expires_at=str(ev.expires_at) if ev.expires_at is not None else None,
+        )
+        self.guard.new_session()
+        self._send(vl.session_update(self.session_config))
+        self._release_buffered_caller()
+
+    def _session_updated(self, ev: vl.SessionUpdated) -> None:
+        self._record("session_updated", session_id=ev.session_id, voice=ev.voice)
+        if self._greeted or self.greeting == "none":
+            return
+        self._greeted = True
+        if self.greeting == "text":
+            self._send(vl.greeting_pre_generated(self.greeting_text))
+        else:
+            self._send(vl.response_create(instructions=self.greeting_instructions))
+
+    def _send(self, message: Mapping[str, Any]) -> bool:
+        """Queue ``message`` for Voice Live through the guard; False if refused."""
+        try:
+            self._voicelive_out.extend(self.guard.check(message))
+        except GuardRejected as exc:
+            self.counters.guard_rejections += 1
+            self._record("guard_blocked", type=message.get("type"), reason=exc.reason)
+            return False
+        return True
+
+    def request_response(self, instructions: str | None = None) -> bool:
+        """Ask for a response (e.g. after a tool result); the guard may refuse."""
+        return self._send(vl.response_create(instructions=instructions))
+
+    def _turn(self, event: Event, response_id: str | None = None) -> None:
+        try:
+            self.turns.handle(event, response_id)
+        except IllegalTransition as exc:
+            self.counters.turn_anomalies += 1
+            self._record("turn_anomaly", error=str(exc))
+
+    def _response_created(self, ev: vl.ResponseCreated) -> None:
+        self.counters.responses_created += 1
+        self._turn(Event.CREATED, ev.response_id)
+        self._responses.setdefault(ev.response_id, _Response())
+        self._record("response_created", response_id=ev.response_id, turn=self.turns.turn)
+
+    def _response_done(self, ev: vl.ResponseDone, now: float) -> None:
+        self.counters.responses_done[ev.status] += 1
+        self._turn(Event.DONE, ev.response_id)
+        self._end_stream(ev.response_id, now)
+        resp = self._responses.pop(ev.response_id, None)
+        if resp is not None:
+            self._finish(resp)
+        self._record(
+            "response_done", response_id=ev.response_id, status=ev.status, reason=ev.reason
+        )
+
+    def _error(self, ev: vl.Error) -> None:
+        self.counters.voicelive_errors[ev.code] += 1
+        if self.turns.state is REQUESTED:
+            self._turn(Event.REJECTED)
+        self._record(
+            "voicelive_error",
+            type=ev.type,
+            code=ev.code,
+            message=ev.message,
+            param=ev.param,
+            event_id=ev.event_id,
+        )
+
+    def _agent_audio(self, ev: vl.AudioDelta, now: float) -> None:
+        try:
+            pcm = binascii.a2b_base64(ev.delta)
+        except (binascii.Error, ValueError):
+            self.counters.voicelive_malformed += 1
+            self._record("voicelive_malformed", error="response.audio.delta: invalid base64")
+            return
+        n = len(pcm) >> 1
+        self.counters.agent_samples_in += n
+        rid = ev.response_id
+        resp = self._responses.get(rid)
+        if resp is None:  # audio before (or without) response.created
+            resp = self._responses[rid] = _Response()
+        resp.samples_in += n
+        if resp.suppressed:
+            self.counters.late_deltas_dropped += 1
+            return
+        if self._streaming is not None and self._streaming != rid:
+            self._end_stream(self._streaming, now)
+        self._streaming = rid
+        resp.stream_open = True
+        resp.samples_fed += n
+        downlink = self._downlink
+        out = pcm if downlink.passthrough else downlink.feed(pcm)
+        for frame in self._framer.push(out):
+            self._queue_frame(frame, now)
+
+    def _queue_frame(
+        self, pcm: bytes, now: float, *, padding: int = 0, prompt: bool = False
+    ) -> None:
+        b64 = binascii.b2a_base64(pcm, newline=False).decode()
+        samples = (len(pcm) >> 1) - padding
+        self._frames.append(
+            _Frame(acs.audio_data(b64), 0 if prompt else samples, samples if prompt else 0, now)
+        )
+
+    def _end_stream(self, response_id: str, now: float) -> None:
+        """The response's audio is complete: flush resampler and framer into frames."""
+        if self._streaming != response_id:
+            return
+        self._streaming = None
+        resp = self._responses.get(response_id)
+        if resp is not None:
+            resp.stream_open = False
+        tail = b"" if self._downlink.passthrough else self._downlink.flush()
+        for frame in self._framer.push(tail):
+            self._queue_frame(frame, now)
+        pending = self._framer.pending_bytes
+        last = self._framer.flush()
+        if last is not None:
+            self._queue_frame(last, now, padding=(len(last) - pending) >> 1)
+
+    def _finish(self, resp: _Response) -> None:
+        """Add a finished response to the outbound totals (ACS-rate samples)."""
+        if resp.finished:
+            return
+        resp.finished = True
+        expected = _out_samples(resp.samples_in, self.voicelive_out_hz, self.acs_hz)
+        fed = _out_samples(resp.samples_fed, self.voicelive_out_hz, self.acs_hz)
+        self.counters.agent_samples_expected += expected
+        # Audio that arrived after the barge-in never entered the resampler.
+        self.counters.samples_dropped_by_barge_in += expected - fed
+
+    def barge_in(self, now: float) -> None:
+        """The caller spoke: stop playback now, drop queued and late agent audio."""
+        c = self.counters
+        c.barge_ins += 1
+        self._acs_control.append(acs.stop_audio())
+        c.stop_audio_sent += 1
+        dropped = sum(f.agent_samples for f in self._frames)
+        self._frames.clear()
+        self._play_end = now  # StopAudio flushes ACS's queue
+        if self._streaming is not None:
+            dropped += self._framer.clear() >> 1
+            if not self._downlink.passthrough:
+                dropped += self._downlink.clear()
+            resp = self._responses.get(self._streaming)
+            if resp is not None:
+                resp.stream_open = False
+                resp.suppressed = True
+            self._streaming = None
+        active = self.turns.active_response_id
+        if active is not None:
+            self._responses.setdefault(active, _Response()).suppressed = True
+        c.samples_dropped_by_barge_in += dropped
+        self._record("barge_in", dropped_samples=dropped, response_id=active)
+        if self.cancel_on_barge_in and self.turns.state is ACTIVE:
+            self._send(vl.response_cancel())
+
+    # ------------------------------------------------------------------ prompts (apology, goodbye)
+
+    def play_prompt(self, pcm: bytes, now: float) -> None:
+        """Queue a prompt (PCM16 at the ACS rate) for paced playback to the caller."""
+        framer = Framer(frame_bytes=self.frame_bytes)
+        for frame in framer.push(pcm):
+            self._queue_frame(frame, now, prompt=True)
+        last = framer.flush()
+        if last is not None:
+            self._queue_frame(last, now, prompt=True)
+
+    # ------------------------------------------------------------------ outboxes
+
+    def voicelive_to_send(self) -> list[dict[str, Any]]:
+        """Messages for Voice Live, in order; the list is handed over (not copied)."""
+        out = self._voicelive_out
+        self._voicelive_out = []
+        return out
+
+    @property
+    def voicelive_pending(self) -> bool:
+        """True when :meth:`voicelive_to_send` has something."""
+        return bool(self._voicelive_out)
+
+    def acs_to_send(self, now: float) -> list[str]:
+        """ACS messages due at ``now``: control first, then paced audio frames."""
+        out = self._acs_control
+        self._acs_control = []
+        frames = self._frames
+        if not frames:
+            return out
+        if self._play_end < now:  # ACS ran dry: playback restarts now
+            self._play_end = now
+        horizon = now + self.lead_s
+        c = self.counters
+        latency = self.outbound_latency_ms
+        while frames and self._play_end < horizon:
+            frame = frames.popleft()
+            out.append(frame.text)
+            c.acs_frames_out += 1
+            c.agent_samples_sent += frame.agent_samples
+            c.prompt_samples_sent += frame.prompt_samples
+            if frame.agent_samples and frame.agent_samples < self.frame_samples:
+                c.padding_samples_sent += self.frame_samples - frame.agent_samples
+            due = self._play_end - self.lead_s
+            latency.add((now - (frame.stamp if frame.stamp > due else due)) * 1000.0)
+            self._play_end += FRAME_S
+        return out
+
+    def next_acs_due(self) -> float | None:
+        """When :meth:`acs_to_send` next has something; None when nothing is queued."""
+        if self._acs_control:
+            return float("-inf")
+        if not self._frames:
+            return None
+        return self._play_end - self.lead_s
+
+    @property
+    def playing_until(self) -> float:
+        """When ACS will have played all audio sent so far (an estimate, §4)."""
+        return self._play_end
+
+    @property
+    def frames_queued(self) -> int:
+        return len(self._frames)
+
+    # ------------------------------------------------------------------ end of call
+
+    def finish(self) -> None:
+        """The call is over: flush the uplink, settle every response's accounting.
+
+        Queued agent frames that were never sent stay counted as neither sent nor
+        dropped, so :meth:`report` shows them as unaccounted.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        if not self._uplink.passthrough:
+            tail = self._uplink.flush()
+            if tail:
+                b64 = binascii.b2a_base64(tail, newline=False).decode()
+                self._append(b64, len(tail) >> 1)
+        if self._streaming is not None:
+            self._end_stream(self._streaming, 0.0)
+        for resp in self._responses.values():
+            self._finish(resp)
+
+    def report(self) -> dict[str, Any]:
+        """Counters and the conservation verdict (meaningful after :meth:`finish`)."""
+        c = self.counters
+        inbound_expected = _out_samples(c.caller_samples_in, self.acs_hz, self.voicelive_in_hz)
+        # Caller audio dropped while waiting for the session is a counted loss.
+        inbound_accounted = (
+            c.voicelive_samples_appended
+            + self._buffered_samples
+            + c.caller_samples_buffered_dropped
+        )
+        queued = sum(f.agent_samples for f in self._frames)
+        outbound_accounted = c.agent_samples_sent + c.samples_dropped_by_barge_in + queued
+        return {
+            "acs_hz": self.acs_hz,
+            "voicelive_in_hz": self.voicelive_in_hz,
+            "voicelive_out_hz": self.voicelive_out_hz,
+            "inbound": {
+                "caller_samples_in": c.caller_samples_in,
+                "voicelive_samples_appended": c.voicelive_samples_appended,
+                "expected_appended": inbound_expected,
+                "buffered_dropped": c.caller_samples_buffered_dropped,
+                "conserved": inbound_expected == inbound_accounted,
+            },
+            "outbound": {
+                "agent_samples_in": c.agent_samples_in,
+                "agent_samples_expected": c.agent_samples_expected,
+                "agent_samples_sent": c.agent_samples_sent,
+                "samples_dropped_by_barge_in": c.samples_dropped_by_barge_in,
+                "queued_unsent": queued,
+                "padding_samples_sent": c.padding_samples_sent,
+                "conserved": c.agent_samples_expected == outbound_accounted and queued == 0,
+            },
+            "counters": {k: (dict(v) if isinstance(v, Counter) else v) for k, v in vars(c).items()},
+            "guard": self.guard.counters(),
+            "outbound_latency_ms": self.outbound_latency_ms.summary(),
+        }

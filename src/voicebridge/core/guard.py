@@ -1,0 +1,236 @@
+"""The outbound guard: the only way a message reaches Voice Live.
+
+Voice Live closes sessions that send it something it cannot build a message from
+(reported as ``message_creation_failed``, then a ~5 s stall and a disconnect). The
+guard makes that impossible by construction (design.md §3):
+
+1. ``session.update`` goes first; anything before it is refused (``before_session_update``).
+2. Text content (instructions, message text, greeting, tool output) is coerced to a
+   plain string — scalars via ``str``, mappings and sequences via compact JSON,
+   ``None`` to ``""`` — and capped at ``max_text_bytes`` UTF-8 bytes with an explicit
+   :data:`TRUNCATION_MARKER`.
+3. Every serialised message stays under ``max_message_bytes``: audio appends above
+   it are split at sample boundaries (never dropped); anything else is refused
+   (``too_large``).
+4. At most one ``response.create`` per user turn, never while a response is
+   requested or active; ``response.cancel`` only while one is active (the
+   :class:`~voicebridge.core.turns.TurnTable` decides).
+
+A refused message raises :class:`~voicebridge.errors.GuardRejected`, is counted in
+``blocked[reason]`` and is never sent. :meth:`OutboundGuard.check` returns the
+messages to put on the wire, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from voicebridge.core.turns import Event, TurnTable
+from voicebridge.errors import GuardRejected
+
+TRUNCATION_MARKER = " …[truncated]"
+
+DEFAULT_MAX_TEXT_BYTES = 8 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024
+
+# json.dumps({"type": "input_audio_buffer.append", "audio": ""}) as the SDK writes it.
+_APPEND_OVERHEAD = len(json.dumps({"type": "input_audio_buffer.append", "audio": ""}))
+_APPEND = "input_audio_buffer.append"
+
+
+def to_text(value: Any) -> tuple[str, bool]:
+    """``value`` as a plain string, and whether it had to be coerced."""
+    if isinstance(value, str):
+        return value, False
+    if value is None:
+        return "", True
+    if isinstance(value, bool | int | float):
+        return str(value), True
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace"), True
+    if isinstance(value, Mapping | Sequence | set | frozenset):
+        try:
+            return json.dumps(_plain(value), separators=(",", ":"), ensure_ascii=False), True
+        except (TypeError, ValueError, RecursionError):
+            return str(value), True
+    return str(value), True
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted((_plain(v) for v in value), key=repr)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def cap_text(text: str, max_bytes: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, marker included."""
+    raw = text.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return text, False
+    marker = TRUNCATION_MARKER.encode("utf-8")
+    keep = max(0, max_bytes - len(marker))
+    head = raw[:keep].decode("utf-8", errors="ignore")  # never split a character
+    return head + TRUNCATION_MARKER, True
+
+
+class OutboundGuard:
+    """Checks, fixes and counts every message for one Voice Live session."""
+
+    def __init__(
+        self,
+        turns: TurnTable,
+        *,
+        max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if max_message_bytes < _APPEND_OVERHEAD + 8:
+            raise ValueError("max_message_bytes is too small to carry any audio")
+        self.turns = turns
+        self.max_text_bytes = max_text_bytes
+        self.max_message_bytes = max_message_bytes
+        self.session_configured = False
+        self.sent_by_type: Counter[str] = Counter()
+        self.blocked: Counter[str] = Counter()
+        self.coerced = 0
+        self.truncated = 0
+        self.split = 0
+
+    def new_session(self) -> None:
+        """A new connection: ``session.update`` must go first again."""
+        self.session_configured = False
+        self.turns.reset()
+
+    def _refuse(self, reason: str, detail: str = "") -> GuardRejected:
+        self.blocked[reason] += 1
+        return GuardRejected(reason, detail)
+
+    def append(self, b64: str) -> list[dict[str, Any]]:
+        """Fast path for audio: ``input_audio_buffer.append`` message(s) for ``b64``."""
+        if not self.session_configured:
+            raise self._refuse("before_session_update", _APPEND)
+        limit = self.max_message_bytes - _APPEND_OVERHEAD
+        if len(b64) <= limit:
+            self.sent_by_type[_APPEND] += 1
+            return [{"type": _APPEND, "audio": b64}]
+        # 8 base64 chars = 6 bytes = 3 whole PCM16 samples: cut on that grid.
+        step = limit - limit % 8
+        parts = [{"type": _APPEND, "audio": b64[i : i + step]} for i in range(0, len(b64), step)]
+        self.split += 1
+        self.sent_by_type[_APPEND] += len(parts)
+        return parts
+
+    def check(self, message: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The wire form of ``message`` (possibly split), or raise ``GuardRejected``."""
+        mtype = message.get("type")
+        if not isinstance(mtype, str):
+            raise self._refuse("no_type")
+        if mtype == _APPEND:
+            audio = message.get("audio")
+            if not isinstance(audio, str):
+                raise self._refuse("bad_audio", "audio must be base64 text")
+            return self.append(audio)
+        if mtype != "session.update" and not self.session_configured:
+            raise self._refuse("before_session_update", mtype)
+        if mtype == "response.create":
+            refusal = self.turns.request_refusal()
+            if refusal:
+                raise self._refuse(refusal, f"turn {self.turns.turn}")
+        elif mtype == "response.cancel":
+            refusal = self.turns.cancel_refusal()
+            if refusal:
+                raise self._refuse(refusal)
+
+        fixed = self._fix_text(mtype, message)
+        size = len(json.dumps(fixed))
+        if size > self.max_message_bytes:
+            raise self._refuse("too_large", f"{mtype} is {size} bytes")
+
+        if mtype == "session.update":
+            self.session_configured = True
+        elif mtype == "response.create":
+            self.turns.handle(Event.REQUEST)
+        elif mtype == "response.cancel":
+            self.turns.handle(Event.CANCEL)
+        self.sent_by_type[mtype] += 1
+        return [fixed]
+
+    # ------------------------------------------------------------------ text fields
+
+    def _text(self, value: Any) -> str:
+        text, coerced = to_text(value)
+        text, truncated = cap_text(text, self.max_text_bytes)
+        self.coerced += coerced
+        self.truncated += truncated
+        return text
+
+    def _fix_text(self, mtype: str, message: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of ``message`` whose text-bearing fields are capped plain strings."""
+        out = dict(message)
+        if mtype == "session.update":
+            session = out.get("session")
+            if isinstance(session, Mapping):
+                out["session"] = self._fix_fields(session, ("instructions",))
+        elif mtype == "response.create":
+            if "additional_instructions" in out:
+                out["additional_instructions"] = self._text(out["additional_instructions"])
+            response = out.get("response")
+            if isinstance(response, Mapping):
+                response = self._fix_fields(response, ("instructions",))
+                pre = response.get("pre_generated_assistant_message")
+                if isinstance(pre, Mapping):
+                    response["pre_generated_assistant_message"] = self._fix_item(pre)
+                items = response.get("input_items")
+                if isinstance(items, list):
+                    response["input_items"] = [
+                        self._fix_item(i) if isinstance(i, Mapping) else i for i in items
+                    ]
+                out["response"] = response
+        elif mtype == "conversation.item.create":
+            item = out.get("item")
+            if isinstance(item, Mapping):
+                out["item"] = self._fix_item(item)
+        return out
+
+    def _fix_fields(self, obj: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+        fixed = dict(obj)
+        for name in names:
+            if name in fixed and fixed[name] is not None:
+                fixed[name] = self._text(fixed[name])
+        return fixed
+
+    def _fix_item(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        fixed = dict(item)
+        if "output" in fixed:  # function_call_output
+            fixed["output"] = self._text(fixed["output"])
+        content = fixed.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if isinstance(part, Mapping):
+                    part = dict(part)
+                    for key in ("text", "transcript"):
+                        if key in part:
+                            part[key] = self._text(part[key])
+                parts.append(part)
+            fixed["content"] = parts
+        elif content is not None:  # a bare value where a list of parts belongs
+            fixed["content"] = [{"type": "text", "text": self._text(content)}]
+        return fixed
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "sent_by_type": dict(self.sent_by_type),
+            "blocked": dict(self.blocked),
+            "coerced": self.coerced,
+            "truncated": self.truncated,
+            "split": self.split,
+        }

@@ -1,0 +1,388 @@
+"""Voice Live event helpers: classify server events, build client events (protocols.md §7, §8).
+
+Server events arrive as plain mappings — a ``dict`` from ``json.loads`` or the SDK's
+typed models, which are ``MutableMapping`` views over the wire JSON — and
+:func:`classify` turns the ones the bridge acts on into small frozen dataclasses.
+Everything else becomes :class:`Other`; a known type missing a field the bridge
+needs raises :class:`~voicebridge.errors.VoiceLiveEventError`.
+
+Client events are built as plain dicts: the SDK's ``send(dict)`` serialises them
+once (``send(json.dumps(...))`` would double-encode, protocols.md §6.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from voicebridge.errors import VoiceLiveEventError
+
+# --------------------------------------------------------------------------- server events
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated:
+    session_id: str
+    conversation_id: str | None
+    agent: Mapping[str, Any] | None
+    voice: Any
+    expires_at: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    session_id: str
+    voice: Any
+    expires_at: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    audio_start_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    audio_end_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputCommitted:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionCompleted:
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    delta: str  # base64 PCM16LE at the session's output rate, exactly as on the wire
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDone:
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDelta:
+    response_id: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDone:
+    response_id: str
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemTruncated:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    type: str
+    code: str
+    message: str
+    param: str | None
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Other:
+    type: str
+
+
+ServerEvent = (
+    SessionCreated
+    | SessionUpdated
+    | SpeechStarted
+    | SpeechStopped
+    | InputCommitted
+    | TranscriptionCompleted
+    | ResponseCreated
+    | ResponseDone
+    | AudioDelta
+    | AudioDone
+    | TranscriptDelta
+    | TranscriptDone
+    | ItemTruncated
+    | Error
+    | Other
+)
+
+
+def _str(ev: Mapping[str, Any], key: str) -> str:
+    value = ev.get(key)
+    if not isinstance(value, str):
+        raise VoiceLiveEventError(f"{ev.get('type')}: {key!r} must be a string")
+    return value
+
+
+def _opt_str(ev: Mapping[str, Any], key: str) -> str | None:
+    value = ev.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _int(ev: Mapping[str, Any], key: str) -> int:
+    value = ev.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise VoiceLiveEventError(f"{ev.get('type')}: {key!r} must be a number")
+    return int(value)
+
+
+def _obj(ev: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = ev.get(key)
+    if not isinstance(value, Mapping):
+        raise VoiceLiveEventError(f"{ev.get('type')}: {key!r} must be an object")
+    return value
+
+
+def _session(ev: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _obj(ev, "session")
+
+
+def _session_created(ev: Mapping[str, Any]) -> SessionCreated:
+    s = _session(ev)
+    agent = s.get("agent")
+    agent_map = agent if isinstance(agent, Mapping) else None
+    conv = _opt_str(s, "conversation_id")
+    if conv is None and agent_map is not None:
+        conv = _opt_str(agent_map, "conversation_id") or _opt_str(agent_map, "thread_id")
+    return SessionCreated(
+        session_id=_opt_str(s, "id") or "",
+        conversation_id=conv,
+        agent=agent_map,
+        voice=s.get("voice"),
+        expires_at=s.get("expires_at"),
+    )
+
+
+def _session_updated(ev: Mapping[str, Any]) -> SessionUpdated:
+    s = _session(ev)
+    return SessionUpdated(
+        session_id=_opt_str(s, "id") or "", voice=s.get("voice"), expires_at=s.get("expires_at")
+    )
+
+
+def _response_done(ev: Mapping[str, Any]) -> ResponseDone:
+    r = _obj(ev, "response")
+    details = r.get("status_details")
+    reason = details.get("reason") if isinstance(details, Mapping) else None
+    return ResponseDone(
+        response_id=_str(r, "id"),
+        status=_opt_str(r, "status") or "unknown",
+        reason=reason if isinstance(reason, str) else None,
+    )
+
+
+def _error(ev: Mapping[str, Any]) -> Error:
+    e = ev.get("error")
+    if not isinstance(e, Mapping):
+        return Error(type="error", code="unknown", message=str(e), param=None, event_id=None)
+    return Error(
+        type=str(e.get("type") or "error"),
+        code=str(e.get("code") or "unknown"),
+        message=str(e.get("message") or ""),
+        param=_opt_str(e, "param"),
+        event_id=_opt_str(e, "event_id"),
+    )
+
+
+_CLASSIFIERS: dict[str, Callable[[Mapping[str, Any]], ServerEvent]] = {
+    "session.created": _session_created,
+    "session.updated": _session_updated,
+    "input_audio_buffer.speech_started": lambda ev: SpeechStarted(
+        audio_start_ms=_int(ev, "audio_start_ms"), item_id=_opt_str(ev, "item_id") or ""
+    ),
+    "input_audio_buffer.speech_stopped": lambda ev: SpeechStopped(
+        audio_end_ms=_int(ev, "audio_end_ms"), item_id=_opt_str(ev, "item_id") or ""
+    ),
+    "input_audio_buffer.committed": lambda ev: InputCommitted(
+        item_id=_opt_str(ev, "item_id") or ""
+    ),
+    "conversation.item.input_audio_transcription.completed": lambda ev: TranscriptionCompleted(
+        item_id=_opt_str(ev, "item_id") or "", transcript=_str(ev, "transcript")
+    ),
+    "response.created": lambda ev: ResponseCreated(response_id=_str(_obj(ev, "response"), "id")),
+    "response.done": _response_done,
+    "response.audio.delta": lambda ev: AudioDelta(
+        response_id=_str(ev, "response_id"),
+        item_id=_opt_str(ev, "item_id") or "",
+        delta=_str(ev, "delta"),
+    ),
+    "response.audio.done": lambda ev: AudioDone(
+        response_id=_str(ev, "response_id"), item_id=_opt_str(ev, "item_id") or ""
+    ),
+    "response.audio_transcript.delta": lambda ev: TranscriptDelta(
+        response_id=_str(ev, "response_id"), delta=_str(ev, "delta")
+    ),
+    "response.audio_transcript.done": lambda ev: TranscriptDone(
+        response_id=_str(ev, "response_id"),
+        item_id=_opt_str(ev, "item_id") or "",
+        transcript=_str(ev, "transcript"),
+    ),
+    "conversation.item.truncated": lambda ev: ItemTruncated(
+        item_id=_str(ev, "item_id"), audio_end_ms=_int(ev, "audio_end_ms")
+    ),
+    "error": _error,
+}
+
+
+def classify(ev: Mapping[str, Any]) -> ServerEvent:
+    """Turn one server event into the dataclass the bridge acts on.
+
+    Unknown or uninteresting types give :class:`Other`. A known type that lacks a
+    needed field raises :class:`~voicebridge.errors.VoiceLiveEventError`.
+    """
+    etype = ev.get("type")
+    if not isinstance(etype, str):
+        raise VoiceLiveEventError("event without a string 'type'")
+    classifier = _CLASSIFIERS.get(etype)
+    if classifier is None:
+        return Other(type=etype)
+    return classifier(ev)
+
+
+# --------------------------------------------------------------------------- client events
+
+
+def session_update(session: Mapping[str, Any]) -> dict[str, Any]:
+    """``session.update`` with the *whole* configuration (a raw update replaces, §7)."""
+    return {"type": "session.update", "session": dict(session)}
+
+
+def input_audio_append(b64: str) -> dict[str, Any]:
+    """``input_audio_buffer.append`` carrying base64 PCM16 at the session input rate."""
+    return {"type": "input_audio_buffer.append", "audio": b64}
+
+
+def response_create(*, instructions: str | None = None) -> dict[str, Any]:
+    """A bare ``response.create`` (the model answers the conversation so far)."""
+    if instructions is None:
+        return {"type": "response.create"}
+    return {"type": "response.create", "response": {"instructions": instructions}}
+
+
+def greeting_pre_generated(text: str) -> dict[str, Any]:
+    """A ``response.create`` that speaks ``text`` verbatim (proactive greeting, §7)."""
+    return {
+        "type": "response.create",
+        "response": {
+            "pre_generated_assistant_message": {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "text", "text": text}],
+            }
+        },
+    }
+
+
+def response_cancel() -> dict[str, Any]:
+    return {"type": "response.cancel"}
+
+
+def message_item_create(role: str, text: Any) -> dict[str, Any]:
+    """``conversation.item.create`` for a message (the guard coerces ``text`` to a string)."""
+    part_type = "input_text" if role in ("user", "system") else "text"
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": role, "content": [{"type": part_type, "text": text}]},
+    }
+
+
+def build_session_config(
+    *,
+    input_hz: int,
+    output_hz: int,
+    voice: str | Mapping[str, Any] | None,
+    instructions: str | None = None,
+    vad_type: str = "azure_semantic_vad",
+    silence_duration_ms: int = 500,
+    interrupt_response: bool = True,
+    auto_truncate: bool = True,
+    noise_suppression: bool = True,
+    echo_cancellation: bool = True,
+    transcription_model: str | None = "azure-speech",
+    transcription_language: str | None = None,
+    interim_response: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``session`` object of the bridge's one ``session.update`` (§7).
+
+    ``input_hz`` is 16000 or 24000; ``output_hz`` picks ``pcm16`` (24 kHz) or
+    ``pcm16_16000hz``. ``voice`` is an Azure voice name (``*Neural`` or containing a
+    dash), an OpenAI voice name, or a full voice object.
+    """
+    if input_hz not in (16000, 24000):
+        raise ValueError(f"input rate must be 16000 or 24000, not {input_hz}")
+    if output_hz not in (16000, 24000):
+        raise ValueError(f"output rate must be 16000 or 24000, not {output_hz}")
+    session: dict[str, Any] = {
+        "modalities": ["text", "audio"],
+        "input_audio_format": "pcm16",
+        "input_audio_sampling_rate": input_hz,
+        "output_audio_format": "pcm16" if output_hz == 24000 else "pcm16_16000hz",
+        "turn_detection": {
+            "type": vad_type,
+            "silence_duration_ms": silence_duration_ms,
+            "create_response": True,
+            "interrupt_response": interrupt_response,
+            "auto_truncate": auto_truncate,
+        },
+    }
+    if voice is not None:
+        session["voice"] = voice_config(voice)
+    if instructions:
+        session["instructions"] = instructions
+    if noise_suppression:
+        session["input_audio_noise_reduction"] = {"type": "azure_deep_noise_suppression"}
+    if echo_cancellation:
+        session["input_audio_echo_cancellation"] = {"type": "server_echo_cancellation"}
+    if transcription_model:
+        transcription: dict[str, Any] = {"model": transcription_model}
+        if transcription_language:
+            transcription["language"] = transcription_language
+        session["input_audio_transcription"] = transcription
+    if interim_response:
+        session["interim_response"] = dict(interim_response)
+    return session
+
+
+_OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
+)
+
+
+def voice_config(voice: str | Mapping[str, Any]) -> str | dict[str, Any]:
+    """The wire form of a voice: OpenAI names stay plain strings, Azure names become
+    ``{"type": "azure-standard", "name": ...}``, objects pass through."""
+    if isinstance(voice, Mapping):
+        return dict(voice)
+    if voice.lower() in _OPENAI_VOICES:
+        return voice
+    return {"type": "azure-standard", "name": voice}

@@ -1,0 +1,283 @@
+"""The per-call media relay: thin async pumps around one :class:`CallBridge`.
+
+Three tasks per call (design.md §1):
+
+* **ACS pump** — reads the media WebSocket, feeds the core, sends what the core queued
+  for Voice Live;
+* **Voice Live pump** — the *only* reader of the SDK connection (protocols §6.4);
+  feeds the core, sends its Voice Live messages, wakes the pacer;
+* **pacer** — the *only* writer of the ACS socket: control messages at once,
+  agent audio in 20 ms frames ``PACING_LEAD_MS`` ahead of real time.
+
+Sends to Voice Live come from two pumps, so they go through one lock that covers
+draining the core's outbox *and* sending it: order is preserved (``session.update``
+before any audio) and writes never overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import wave
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from azure.ai.voicelive.aio import ConnectionClosed
+from azure.ai.voicelive.aio import ConnectionError as VoiceLiveConnectionError
+from starlette.websockets import WebSocket
+
+from voicebridge.calls import Call
+from voicebridge.core.audio import Resampler
+from voicebridge.core.bridge import CallBridge
+from voicebridge.core.stats import Samples
+from voicebridge.errors import UpstreamUnavailable
+from voicebridge.voicelive.session import OpenSession, open_session, session_config
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def prompt_pcm(name: str, rate: int) -> bytes:
+    """A shipped prompt (``assets/<name>.wav``) as PCM16 at ``rate``, resampled by the core."""
+    ref = resources.files("voicebridge") / "assets" / f"{name}.wav"
+    with ref.open("rb") as fh, wave.open(fh) as wav:
+        src_rate = wav.getframerate()
+        pcm = wav.readframes(wav.getnframes())
+    if src_rate == rate:
+        return pcm
+    rs = Resampler(in_hz=src_rate, out_hz=rate)
+    return rs.feed(pcm) + rs.flush()
+
+
+class MediaRelay:
+    """Runs one call's media until either side ends; see the module docstring."""
+
+    def __init__(self, ctx: Any, call: Call, websocket: WebSocket) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.call = call
+        self.ws = websocket
+        s = self.settings
+        self.speed = s.media_clock_speed
+        self.bridge = CallBridge(
+            session_config=session_config(s),
+            acs_hz=s.acs_audio_rate,
+            voicelive_in_hz=s.voicelive_audio_rate,
+            voicelive_out_hz=s.voicelive_audio_rate,
+            greeting=s.greeting_mode,
+            greeting_text=s.greeting_text,
+            greeting_instructions=s.greeting_instructions,
+            lead_ms=s.pacing_lead_ms,
+            max_text_bytes=s.max_text_bytes,
+            max_message_bytes=s.max_message_bytes,
+        )
+        self.session: OpenSession | None = None
+        self.inbound_latency_ms = Samples()
+        self._vl_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self.outcome = "completed"
+        self.voicelive_close_code: int | None = None
+
+    def now(self) -> float:
+        """The media clock (seconds); runs ``MEDIA_CLOCK_SPEED`` times real time."""
+        return time.monotonic() * self.speed
+
+    # ------------------------------------------------------------------ pumps
+
+    async def _send_voicelive(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        async with self._vl_lock:
+            messages = self.bridge.voicelive_to_send()
+            send = session.connection.send
+            for message in messages:
+                await send(message)
+
+    def _drain_records(self) -> None:
+        records = self.bridge.records
+        while records:
+            record = records.popleft()
+            self.call.log.write_record(record)
+            event = record["event"]
+            if event in (
+                "acs_malformed",
+                "voicelive_malformed",
+                "voicelive_error",
+                "guard_blocked",
+            ):
+                log.warning("call %s: %s %s", self.call.label, event, _brief(record))
+            elif event == "session_created" and record.get("conversation_id"):
+                self.call.conversation_id = record["conversation_id"]
+
+    async def _acs_pump(self) -> str:
+        receive = self.ws.receive
+        bridge = self.bridge
+        latency = self.inbound_latency_ms
+        perf = time.perf_counter
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return "caller_hung_up"
+            t0 = perf()
+            bridge.receive_acs(message.get("text") or message.get("bytes") or b"")
+            if bridge.voicelive_pending and self.session is not None:
+                await self._send_voicelive()
+                latency.add((perf() - t0) * 1000.0)
+            if bridge.records:
+                self._drain_records()
+
+    async def _voicelive_pump(self) -> str:
+        assert self.session is not None
+        conn = self.session.connection
+        bridge = self.bridge
+        while True:
+            try:
+                event = await conn.recv()
+            except ConnectionClosed as exc:
+                self.voicelive_close_code = exc.code
+                return "voicelive_closed"
+            except VoiceLiveConnectionError as exc:  # a frame that is not JSON: count, go on
+                bridge.counters.voicelive_malformed += 1
+                log.warning("call %s: unreadable Voice Live frame: %s", self.call.label, exc)
+                continue
+            bridge.receive_voicelive(event, self.now())
+            if bridge.voicelive_pending:
+                await self._send_voicelive()
+            if bridge.next_acs_due() is not None:
+                self._wake.set()
+            if bridge.records:
+                self._drain_records()
+
+    async def _pacer(self) -> None:
+        bridge = self.bridge
+        send = self.ws.send_text
+        wake = self._wake
+        while True:
+            due = bridge.next_acs_due()
+            if due is None:
+                wake.clear()
+                await wake.wait()
+                continue
+            delay = (due - self.now()) / self.speed
+            if delay > 0.0005:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
+                continue
+            for text in bridge.acs_to_send(self.now()):
+                await send(text)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> str:
+        """Relay until the call ends; return the outcome."""
+        call = self.call
+        tasks: dict[str, asyncio.Task[Any]] = {}
+        try:
+            tasks["acs"] = asyncio.create_task(self._acs_pump(), name=f"acs-{call.label}")
+            tasks["pacer"] = asyncio.create_task(self._pacer(), name=f"pacer-{call.label}")
+            tasks["hangup"] = asyncio.create_task(call.disconnected.wait(), name="disconnected")
+            connect = asyncio.create_task(self._connect(), name=f"connect-{call.label}")
+            done, _ = await asyncio.wait(
+                {connect, tasks["acs"], tasks["hangup"]}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if connect not in done:  # the caller hung up while we were connecting
+                connect.cancel()
+                with contextlib.suppress(BaseException):
+                    await connect
+                return await self._finish(call.outcome or "caller_hung_up")
+            try:
+                await connect
+            except UpstreamUnavailable as exc:
+                log.error("call %s: %s", call.label, exc)
+                call.log.write("voicelive_unavailable", error=str(exc))
+                await self._apologise_and_hang_up(tasks)
+                return await self._finish("apology_hangup")
+            tasks["voicelive"] = asyncio.create_task(
+                self._voicelive_pump(), name=f"vl-{call.label}"
+            )
+            done, _ = await asyncio.wait(
+                {tasks["acs"], tasks["voicelive"], tasks["pacer"], tasks["hangup"]},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if tasks["acs"] in done or tasks["hangup"] in done:
+                return await self._finish(call.outcome or "caller_hung_up")
+            if tasks["voicelive"] in done:
+                tasks["voicelive"].result()
+                log.error(
+                    "call %s: Voice Live closed (code %s)", call.label, self.voicelive_close_code
+                )
+                call.log.write("voicelive_closed", code=self.voicelive_close_code)
+                await self._apologise_and_hang_up(tasks)
+                return await self._finish("apology_hangup")
+            tasks["pacer"].result()  # re-raise whatever stopped the pacer
+            return await self._finish("error")
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            for task in tasks.values():
+                with contextlib.suppress(BaseException):
+                    await task
+            if self.session is not None:
+                await self.session.close()
+
+    async def _connect(self) -> None:
+        session = await open_session(
+            self.settings,
+            self.ctx.voicelive_credential,
+            call_id=self.call.call_connection_id or self.call.correlation_id,
+            conversation_id=self.call.conversation_id,
+        )
+        self.session = session
+        self.call.log.write("voicelive_connected", connect_ms=round(session.connect_ms, 1))
+
+    async def _apologise_and_hang_up(self, tasks: dict[str, asyncio.Task[Any]]) -> None:
+        """Play the shipped apology, wait until the caller heard it, then hang up."""
+        bridge = self.bridge
+        bridge.play_prompt(prompt_pcm("apology", bridge.acs_hz), self.now())
+        self._wake.set()
+        acs_task = tasks.get("acs")
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            if acs_task is not None and acs_task.done():
+                break  # the caller is gone already
+            if bridge.frames_queued == 0 and self.now() >= bridge.playing_until:
+                break
+            await asyncio.sleep(0.02)
+        await self.ctx.hang_up(self.call)
+
+    async def _finish(self, outcome: str) -> str:
+        bridge = self.bridge
+        bridge.finish()  # flushes the uplink resampler: the caller's last samples
+        if self.session is not None and bridge.voicelive_pending:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self._send_voicelive()
+            except Exception as exc:  # Voice Live may be gone already
+                log.info("call %s: final append not sent: %s", self.call.label, type(exc).__name__)
+        if bridge.records:
+            self._drain_records()
+        report = bridge.report()
+        report["inbound_latency_ms"] = self.inbound_latency_ms.summary()
+        report["voicelive_close_code"] = self.voicelive_close_code
+        report["session_id"] = bridge.session_id
+        report["conversation_id"] = bridge.conversation_id
+        self.call.report = report
+        self.call.log.write(
+            "counters",
+            inbound=report["inbound"],
+            outbound=report["outbound"],
+            guard=report["guard"],
+            counters=report["counters"],
+        )
+        self.outcome = outcome
+        return outcome
+
+
+def _brief(record: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in record.items() if k != "event")[:300]

@@ -1,0 +1,49 @@
+"""Health and status: liveness, readiness, and a secret-free status summary."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from voicebridge import __version__
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request, response: Response) -> dict[str, object]:
+    """Readiness: clients are built and the replica takes new calls."""
+    ctx = request.app.state.ctx
+    if not ctx.ready:
+        response.status_code = 503
+    return {"ready": ctx.ready, "active_calls": ctx.registry.active}
+
+
+@router.get("/api/status")
+async def status(request: Request) -> dict[str, object]:
+    """What this replica is configured to do. Never includes secrets."""
+    ctx = request.app.state.ctx
+    s = ctx.settings
+    return {
+        "version": __version__,
+        "configured": {
+            "voicelive": bool(s.voicelive_endpoint),
+            "acs": s.acs_connection_string is not None or bool(s.acs_endpoint),
+        },
+        "mode": s.mode,
+        "voicelive_endpoint_host": s.voicelive_host,
+        "model": s.voicelive_model,
+        "agent": {"name": s.agent_name, "project": s.project_name, "version": s.agent_version}
+        if s.mode == "agent"
+        else None,
+        "auth": "api-key" if s.voicelive_api_key is not None else "entra-id",
+        "acs_audio_rate": s.acs_audio_rate,
+        "voicelive_audio_rate": s.voicelive_audio_rate,
+        "active_calls": ctx.registry.active,
+        "calls_by_outcome": dict(ctx.registry.outcomes),
+    }

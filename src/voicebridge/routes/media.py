@@ -1,0 +1,46 @@
+"""The ACS media WebSocket (protocols.md §4): one relay per call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, WebSocket
+
+from voicebridge.relay import MediaRelay
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["media"])
+
+
+@router.websocket("/ws/media/{call_key}")
+async def media(websocket: WebSocket, call_key: str) -> None:
+    """Relay one call's audio between ACS and Voice Live until either side ends."""
+    ctx = websocket.app.state.ctx
+    call = ctx.registry.get(call_key)
+    if call is None:
+        log.warning("media socket for an unknown or ended call: refused")
+        await websocket.close(code=1008)
+        return
+    if call.media_task is not None and not call.media_task.done():
+        log.warning("call %s: a second media socket while one is live: refused", call.label)
+        await websocket.close(code=1008)
+        return
+    if not call.call_connection_id:
+        call.call_connection_id = websocket.headers.get("x-ms-call-connection-id") or None
+    await websocket.accept()
+    relay = MediaRelay(ctx, call, websocket)
+    call.media_task = asyncio.current_task()
+    outcome = "error"
+    try:
+        outcome = await relay.run()
+    except Exception:
+        log.exception("call %s: media relay failed", call.label)
+        await ctx.hang_up(call)
+    finally:
+        ctx.registry.end(call, outcome)
+        try:
+            await websocket.close(code=1000)
+        except Exception as exc:  # already closed by the peer
+            log.debug("media close: %s", type(exc).__name__)

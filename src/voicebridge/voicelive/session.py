@@ -1,0 +1,161 @@
+"""Opening a Voice Live connection with the real ``azure-ai-voicelive`` SDK.
+
+SDK facts this module works around (protocols.md §6):
+
+* ``connect()`` ignores ``agent_config=`` in 1.3.1: agent parameters go as flat kwargs.
+* The handshake timeout is not honoured: ``__aenter__`` is wrapped in ``wait_for``.
+* The token is fetched once per connect; a sync credential would block the loop, so
+  Entra ID uses ``azure.identity.aio.DefaultAzureCredential``.
+* Compression stays off (it costs CPU on every 20 ms frame for incompressible audio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from azure.ai.voicelive.aio import VoiceLiveConnection, connect
+from azure.core.credentials import AccessToken, AzureKeyCredential
+
+from voicebridge.config import Settings
+from voicebridge.core.voicelive import build_session_config
+from voicebridge.errors import UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class StaticTokenCredential:
+    """An async token credential that returns one pre-fetched Entra token.
+
+    For local development (``VOICELIVE_BEARER_TOKEN``, e.g. from
+    ``az account get-access-token --resource https://ai.azure.com``) and for the
+    offline simulator, whose emulator accepts any bearer token.
+    """
+
+    def __init__(self, token: str, lifetime_s: int = 3600) -> None:
+        self._token = token
+        self._expires = int(time.time()) + lifetime_s
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(self._token, self._expires)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StaticTokenCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def make_credential(settings: Settings) -> Any:
+    """The credential for Voice Live: API key (model mode only), a static token, or
+    ``DefaultAzureCredential`` (managed identity in Azure, Azure CLI locally)."""
+    if settings.voicelive_api_key is not None:
+        return AzureKeyCredential(settings.voicelive_api_key.get_secret_value())
+    if settings.voicelive_bearer_token is not None:
+        return StaticTokenCredential(settings.voicelive_bearer_token.get_secret_value())
+    from azure.identity.aio import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def session_config(settings: Settings) -> dict[str, Any]:
+    """The ``session`` object of the first ``session.update`` for these settings."""
+    return build_session_config(
+        input_hz=settings.voicelive_audio_rate,
+        output_hz=settings.voicelive_audio_rate,
+        voice=settings.voice_name,
+        instructions=None if settings.mode == "agent" else settings.instructions,
+        vad_type=settings.vad_type,
+        silence_duration_ms=settings.vad_silence_ms,
+        noise_suppression=settings.noise_suppression,
+        echo_cancellation=settings.echo_cancellation,
+        transcription_model=settings.transcription_model,
+        transcription_language=settings.transcription_language,
+        interim_response=settings.interim_response,
+    )
+
+
+def connect_kwargs(settings: Settings, *, conversation_id: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``azure.ai.voicelive.aio.connect`` (without credential)."""
+    kwargs: dict[str, Any] = {
+        "endpoint": settings.voicelive_endpoint,
+        "api_version": settings.voicelive_api_version,
+        "connection_options": {"compression": False, "max_msg_size": 16 * 1024 * 1024},
+    }
+    if settings.mode == "agent":
+        kwargs["agent_name"] = settings.agent_name
+        kwargs["project_name"] = settings.project_name
+        for key in ("agent_version", "foundry_resource_override"):
+            value = getattr(settings, key)
+            if value:
+                kwargs[key] = value
+        if settings.agent_authentication_identity_client_id:
+            kwargs["authentication_identity_client_id"] = (
+                settings.agent_authentication_identity_client_id
+            )
+        conv = conversation_id or settings.conversation_id
+        if conv:
+            kwargs["conversation_id"] = conv
+        if settings.voicelive_model:
+            kwargs["model"] = settings.voicelive_model
+    else:
+        kwargs["model"] = settings.voicelive_model
+    return kwargs
+
+
+@dataclass
+class OpenSession:
+    """A connected Voice Live session; :meth:`close` ends it (idempotent)."""
+
+    connection: VoiceLiveConnection
+    _manager: Any
+    connect_ms: float
+    _closed: bool = False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._manager.__aexit__(None, None, None), 5.0)
+        except Exception as exc:  # closing a dead socket must never fail a call
+            log.debug("voicelive close: %s", type(exc).__name__)
+
+
+async def open_session(
+    settings: Settings,
+    credential: Any,
+    *,
+    call_id: str,
+    conversation_id: str | None = None,
+) -> OpenSession:
+    """Connect within ``VOICELIVE_CONNECT_TIMEOUT_S`` or raise ``UpstreamUnavailable``."""
+    kwargs = connect_kwargs(settings, conversation_id=conversation_id)
+    manager = connect(
+        credential=credential,
+        headers={"x-ms-client-request-id": call_id},
+        **kwargs,
+    )
+    started = time.perf_counter()
+    try:
+        conn = await asyncio.wait_for(
+            manager.__aenter__(), timeout=settings.voicelive_connect_timeout_s
+        )
+    except TimeoutError:
+        raise UpstreamUnavailable(
+            f"Voice Live did not complete the handshake within "
+            f"{settings.voicelive_connect_timeout_s:g} s ({settings.voicelive_host})"
+        ) from None
+    except Exception as exc:
+        status = getattr(exc.__cause__, "status", None)
+        detail = f"HTTP {status}" if status else type(exc).__name__
+        raise UpstreamUnavailable(
+            f"Voice Live connection to {settings.voicelive_host} failed: {detail}"
+        ) from None
+    return OpenSession(conn, manager, (time.perf_counter() - started) * 1000.0)
