@@ -384,7 +384,7 @@ class CallBridge:
 
     def _agent_audio(self, ev: vl.AudioDelta, now: float) -> None:
         try:
-            pcm = binascii.a2b_base64(ev.delta)
+            pcm = binascii.a2b_base64(ev.delta, strict_mode=True)
         except (binascii.Error, ValueError):
             self.counters.voicelive_malformed += 1
             self._record("voicelive_malformed", error="response.audio.delta: invalid base64")
@@ -504,7 +504,7 @@ class CallBridge:
             return out
         if self._play_end < now:  # ACS ran dry: playback restarts now
             self._play_end = now
-        horizon = now + self.lead_s
+        horizon = now + self.lead_s - 1e-6  # float sums of 20 ms must not add a frame
         c = self.counters
         latency = self.outbound_latency_ms
         while frames and self._play_end < horizon:

@@ -1,0 +1,208 @@
+"""CallBridge: a whole call fed as strings and mappings, no sockets, no clock."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voicebridge.core import acs
+from voicebridge.core import voicelive as vl
+from voicebridge.core.bridge import CallBridge
+
+
+def make(**kw: Any) -> CallBridge:
+    rate = kw.pop("vl_hz", 24000)
+    cfg = vl.build_session_config(input_hz=rate, output_hz=rate, voice="alloy")
+    if kw.pop("interrupt_response", True) is False:
+        cfg["turn_detection"]["interrupt_response"] = False
+    return CallBridge(session_config=cfg, voicelive_in_hz=rate, voicelive_out_hz=rate, **kw)
+
+
+def caller_frame(samples: int = 320, value: int = 1000) -> str:
+    pcm = np.full(samples, value, dtype="<i2").tobytes()
+    return acs.audio_data_message(base64.b64encode(pcm).decode())
+
+
+def delta(rid: str, samples: int, value: int = 2000) -> dict[str, Any]:
+    pcm = np.full(samples, value, dtype="<i2").tobytes()
+    return {
+        "type": "response.audio.delta",
+        "response_id": rid,
+        "item_id": "i" + rid,
+        "delta": base64.b64encode(pcm).decode(),
+    }
+
+
+def start_session(b: CallBridge) -> list[dict[str, Any]]:
+    b.receive_voicelive({"type": "session.created", "session": {"id": "s1"}})
+    b.receive_voicelive({"type": "session.updated", "session": {"id": "s1"}})
+    return b.voicelive_to_send()
+
+
+def test_session_update_goes_first_and_buffered_caller_audio_follows() -> None:
+    b = make()
+    b.receive_acs(acs.audio_metadata_message(sample_rate=16000))
+    for _ in range(5):
+        b.receive_acs(caller_frame())
+    assert b.voicelive_to_send() == []  # nothing may precede session.update
+    sent = start_session(b)
+    types = [m["type"] for m in sent]
+    assert types[0] == "session.update"
+    assert types[1:6] == ["input_audio_buffer.append"] * 5
+    assert types[6:] == ["response.create"]  # the greeting, once
+    b.receive_voicelive({"type": "session.updated", "session": {"id": "s1"}})
+    assert b.voicelive_to_send() == []
+
+
+def test_text_greeting_mode() -> None:
+    b = make(greeting="text", greeting_text="Hi there")
+    sent = start_session(b)
+    assert sent[-1] == vl.greeting_pre_generated("Hi there")
+
+
+def test_passthrough_forwards_the_callers_base64_untouched() -> None:
+    b = make(vl_hz=16000)
+    start_session(b)
+    frame = caller_frame()
+    b.receive_acs(frame)
+    assert b.voicelive_to_send() == [vl.input_audio_append(json.loads(frame)["audioData"]["data"])]
+
+
+def test_silent_frames_without_data_are_forwarded_as_zeros() -> None:
+    b = make(vl_hz=16000)
+    start_session(b)
+    b.receive_acs(acs.audio_data_message(None, silent=True))
+    (msg,) = b.voicelive_to_send()
+    assert base64.b64decode(msg["audio"]) == bytes(640)
+    assert b.counters.acs_silent_frames == 1 and b.counters.caller_samples_in == 320
+
+
+def test_agent_audio_is_paced_in_exact_frames() -> None:
+    b = make(lead_ms=100)
+    start_session(b)
+    b.receive_voicelive({"type": "response.created", "response": {"id": "r1"}})
+    b.receive_voicelive(delta("r1", 24000), now=10.0)  # 1 s of audio
+    first = b.acs_to_send(10.0)
+    assert len(first) == 5  # 100 ms lead = 5 frames at once
+    assert all(len(base64.b64decode(json.loads(m)["AudioData"]["Data"])) == 640 for m in first)
+    assert b.acs_to_send(10.0) == []
+    assert b.next_acs_due() == pytest.approx(10.0)  # the 6th frame is due when 5 remain queued
+    assert len(b.acs_to_send(10.001)) == 1
+    assert len(b.acs_to_send(10.1)) == 4  # caught up after a late wake-up
+
+
+def test_barge_in_stops_audio_drops_queue_and_late_deltas() -> None:
+    b = make(lead_ms=100)
+    start_session(b)
+    b.receive_voicelive({"type": "response.created", "response": {"id": "r1"}})
+    b.receive_voicelive(delta("r1", 48000), now=0.0)
+    b.acs_to_send(0.0)
+    b.receive_voicelive(
+        {"type": "input_audio_buffer.speech_started", "audio_start_ms": 5, "item_id": "u1"},
+        now=0.05,
+    )
+    out = b.acs_to_send(0.05)
+    assert out == [acs.stop_audio()]
+    assert b.frames_queued == 0
+    b.receive_voicelive(delta("r1", 4800), now=0.06)  # late delta of the interrupted response
+    assert b.acs_to_send(0.1) == [] and b.counters.late_deltas_dropped == 1
+    b.receive_voicelive({"type": "response.done", "response": {"id": "r1", "status": "cancelled"}})
+    # interrupt_response is on: the service cancels, we do not race it
+    assert all(m["type"] != "response.cancel" for m in b.voicelive_to_send())
+    b.finish()
+    r = b.report()
+    assert r["outbound"]["conserved"], r["outbound"]
+    assert r["outbound"]["agent_samples_expected"] == (48000 + 4800) * 2 // 3
+    assert r["outbound"]["samples_dropped_by_barge_in"] > 0
+
+
+def test_barge_in_cancels_when_the_service_does_not() -> None:
+    b = make(interrupt_response=False)
+    start_session(b)
+    b.receive_voicelive({"type": "response.created", "response": {"id": "r1"}})
+    b.receive_voicelive(
+        {"type": "input_audio_buffer.speech_started", "audio_start_ms": 5, "item_id": "u"}
+    )
+    assert b.voicelive_to_send() == [vl.response_cancel()]
+
+
+def test_malformed_input_is_counted_not_raised() -> None:
+    b = make()
+    start_session(b)
+    assert b.receive_acs("garbage") is None
+    assert b.receive_voicelive({"type": "response.audio.delta"}) is None
+    b.receive_voicelive({"type": "response.audio.delta", "response_id": "r", "delta": "!!!"})
+    assert b.counters.acs_malformed == 1 and b.counters.voicelive_malformed == 2
+    assert [r["event"] for r in b.records if "malformed" in r["event"]] == [
+        "acs_malformed",
+        "voicelive_malformed",
+        "voicelive_malformed",
+    ]
+
+
+def test_error_after_our_response_create_frees_the_turn_table() -> None:
+    b = make()
+    start_session(b)
+    assert b.turns.state.value == "requested"
+    b.receive_voicelive(
+        {"type": "error", "error": {"code": "conversation_already_has_active_response"}}
+    )
+    assert b.turns.state.value == "idle"
+    assert b.counters.voicelive_errors["conversation_already_has_active_response"] == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    vl_hz=st.sampled_from([16000, 24000]),
+    script=st.lists(
+        st.one_of(
+            st.tuples(st.just("caller"), st.integers(1, 400)),
+            st.tuples(st.just("delta"), st.integers(1, 3000)),
+            st.tuples(st.just("done"), st.just(0)),
+            st.tuples(st.just("barge"), st.just(0)),
+            st.tuples(st.just("tick"), st.integers(1, 200)),
+        ),
+        max_size=60,
+    ),
+)
+def test_every_sample_is_accounted_for(vl_hz: int, script: list[tuple[str, int]]) -> None:
+    """Random calls: inbound and outbound conservation always hold at the end."""
+    b = make(vl_hz=vl_hz, lead_ms=60)
+    start_session(b)
+    now, rid, n = 0.0, 0, 0
+    b.receive_voicelive({"type": "response.created", "response": {"id": "r0"}})
+    for action, arg in script:
+        if action == "caller":
+            b.receive_acs(caller_frame(arg))
+        elif action == "delta":
+            b.receive_voicelive(delta(f"r{rid}", arg), now=now)
+        elif action == "done":
+            b.receive_voicelive({"type": "response.audio.done", "response_id": f"r{rid}"}, now=now)
+            b.receive_voicelive(
+                {"type": "response.done", "response": {"id": f"r{rid}", "status": "completed"}},
+                now=now,
+            )
+            rid += 1
+            b.receive_voicelive({"type": "response.created", "response": {"id": f"r{rid}"}})
+        elif action == "barge":
+            b.receive_voicelive(
+                {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "u"},
+                now=now,
+            )
+        else:
+            now += arg / 1000
+            b.acs_to_send(now)
+        n += len(b.voicelive_to_send())
+    b.finish()
+    while b.frames_queued:
+        now += 1.0
+        b.acs_to_send(now)
+    r = b.report()
+    assert r["inbound"]["conserved"], r["inbound"]
+    assert r["outbound"]["conserved"], r["outbound"]
