@@ -264,6 +264,11 @@ class MediaRelay:
             self._drain_records()
         report = bridge.report()
         report["inbound_latency_ms"] = self.inbound_latency_ms.summary()
+        if self.speed != 1.0:  # the core measured on the media clock: back to real ms
+            report["outbound_latency_ms"] = {
+                k: (v if k == "count" else round(v / self.speed, 3))
+                for k, v in report["outbound_latency_ms"].items()
+            }
         report["voicelive_close_code"] = self.voicelive_close_code
         report["session_id"] = bridge.session_id
         report["conversation_id"] = bridge.conversation_id

@@ -1,0 +1,570 @@
+"""``voicebridge simulate``: a whole phone call on one machine, through the real SDKs.
+
+Starts the Voice Live emulator, the fake ACS and the bridge service (uvicorn) on free
+loopback ports in one event loop, rings the bridge with an Event Grid
+``IncomingCall``, plays the caller recording over the media WebSocket, waits for the
+call to end, and writes to ``--out``:
+
+* ``caller.wav`` — what the caller said (at the ACS rate), ``heard.wav`` — what the
+  caller heard, on the same time axis;
+* ``transcript.jsonl`` — user and agent transcripts with times;
+* ``report.json`` — audio conservation, turns, barge-ins, latency, guard, errors;
+* ``timeline.png`` — both waveforms with turns, responses and barge-ins marked.
+
+:func:`run_call` is the same thing as a coroutine, used by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+
+from voicebridge.app import create_app
+from voicebridge.config import Settings
+from voicebridge.core.audio import Resampler
+from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
+from voicebridge.sim.fake_acs import FakeAcs, FakeCall
+
+log = logging.getLogger(__name__)
+
+EMULATOR_KEY = "emulator-key"
+
+
+@dataclass
+class SimOptions:
+    """Everything one simulated call can vary; defaults are ``make simulate``'s."""
+
+    caller_audio: Path | None = None  # None: the shipped multi-turn recording
+    speed: float = 1.0
+    acs_rate: int = 16000
+    voicelive_rate: int = 24000
+    out: Path | None = Path("sim-out")
+    voicelive_endpoint: str | None = None  # a real Voice Live instead of the emulator
+    settings: dict[str, Any] = field(default_factory=dict)  # extra Settings overrides
+    emulator: dict[str, Any] = field(default_factory=dict)  # extra VoiceLiveEmulator kwargs
+    timeout_s: float | None = None
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass
+class SimResult:
+    report: dict[str, Any]
+    call: FakeCall
+    bridge_summary: dict[str, Any] | None
+    emulator: VoiceLiveEmulator | None
+    acs: FakeAcs
+    caller_pcm: np.ndarray
+    log_path: Path | None
+
+
+# --------------------------------------------------------------------------- audio files
+
+
+def read_wav(path: Path | Any) -> tuple[np.ndarray, int]:
+    """Mono PCM16 samples and rate of a WAV file (path or file-like resource)."""
+    opener = path.open("rb") if hasattr(path, "open") else open(path, "rb")  # noqa: SIM115
+    with opener as fh, wave.open(fh) as wav:
+        if wav.getnchannels() != 1 or wav.getsampwidth() != 2:
+            raise ValueError(f"{path}: need mono 16-bit PCM")
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2"), wav.getframerate()
+
+
+def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+
+
+def shipped(name: str) -> Any:
+    return resources.files("voicebridge.sim") / "data" / name
+
+
+def load_caller(options: SimOptions) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
+    """The caller recording at the ACS rate, and its segments if known."""
+    if options.caller_audio is None:
+        pcm, rate = read_wav(shipped("caller.wav"))
+        segments = json.loads(shipped("caller.json").read_text())
+    else:
+        pcm, rate = read_wav(options.caller_audio)
+        segments = None
+    if rate != options.acs_rate:
+        rs = Resampler(in_hz=rate, out_hz=options.acs_rate)
+        pcm = np.frombuffer(rs.feed(pcm.tobytes()) + rs.flush(), dtype="<i2")
+    if segments is None:
+        segments = speech_segments(pcm, options.acs_rate)
+    return pcm, segments
+
+
+def speech_segments(pcm: np.ndarray, rate: int, *, gap_s: float = 0.5) -> list[dict[str, Any]]:
+    """Energy-based segments of a recording (for caller audio without a script)."""
+    block = rate // 50
+    n = len(pcm) // block
+    if n == 0:
+        return []
+    rms = np.sqrt(np.mean(pcm[: n * block].astype(np.float64).reshape(n, block) ** 2, axis=1))
+    active = rms > 300
+    segments: list[dict[str, Any]] = []
+    start = None
+    quiet = 0
+    for i, on in enumerate(active):
+        if on:
+            if start is None:
+                start = i
+            quiet = 0
+        elif start is not None:
+            quiet += 1
+            if quiet * 0.02 >= gap_s:
+                segments.append({"start_s": start * 0.02, "end_s": (i - quiet + 1) * 0.02})
+                start, quiet = None, 0
+    if start is not None:
+        segments.append({"start_s": start * 0.02, "end_s": (n - quiet) * 0.02})
+    for seg in segments:
+        seg.update(text=None, barge_in=False)
+    return segments
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def run_call(options: SimOptions) -> SimResult:
+    """Run one simulated call end to end and build its report (files are written by
+    :func:`write_outputs`)."""
+    say = options.progress or (lambda _msg: None)
+    caller_pcm, segments = load_caller(options)
+    speed = options.speed
+    emulator: VoiceLiveEmulator | None = None
+    if options.voicelive_endpoint is None:
+        emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=speed, **options.emulator)
+        await emulator.start()
+    acs = FakeAcs(acs_rate=options.acs_rate, speed=speed)
+    await acs.start()
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    log_dir = (
+        (options.out / "logs")
+        if options.out
+        else Path(os.environ.get("TMPDIR", "/tmp")) / "voicebridge-sim-logs"
+    )
+    overrides: dict[str, Any] = {
+        "voicelive_endpoint": options.voicelive_endpoint or (emulator.endpoint if emulator else ""),
+        "acs_connection_string": acs.connection_string,
+        "public_base_url": f"http://127.0.0.1:{port}",
+        "acs_audio_rate": options.acs_rate,
+        "voicelive_audio_rate": options.voicelive_rate,
+        "media_clock_speed": speed,
+        "log_dir": str(log_dir),
+    }
+    if emulator is not None:
+        overrides |= {"voicelive_api_key": EMULATOR_KEY, "voicelive_model": "gpt-realtime"}
+    overrides |= options.settings
+    settings = Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            ws_per_message_deflate=False,
+            lifespan="on",
+            log_config=None,
+        )
+    )
+    server_task = asyncio.create_task(server.serve(sockets=[sock]), name="bridge")
+    try:
+        while not server.started:
+            if server_task.done():
+                server_task.result()
+                raise RuntimeError("the bridge stopped during start-up")
+            await asyncio.sleep(0.01)
+        audio_s = len(caller_pcm) / options.acs_rate
+        say(
+            f"bridge on :{port}, emulator {'off' if emulator is None else emulator.endpoint}, "
+            f"fake ACS {acs.endpoint}; calling with {audio_s:.1f} s of caller audio at {speed:g}x"
+        )
+        call = await acs.place_call(
+            webhook_url=f"http://127.0.0.1:{port}/api/incoming-call",
+            caller_pcm=caller_pcm.tobytes(),
+        )
+        timeout = options.timeout_s or (audio_s / speed + 30.0)
+        started = time.monotonic()
+        ended = asyncio.create_task(call.wait_ended(timeout))
+        while not ended.done():
+            await asyncio.wait({ended}, timeout=max(0.5, 2.0 / speed))
+            if not ended.done():
+                say(_progress_line(call, emulator, time.monotonic() - started, speed))
+        ended.result()
+        ctx = app.state.ctx
+        summary = await _bridge_summary(ctx, call)
+    finally:
+        server.should_exit = True
+        await asyncio.wait({server_task}, timeout=10)
+        await acs.stop()
+        if emulator is not None:
+            await emulator.stop()
+    report = build_report(options, call, summary, emulator, caller_pcm, segments)
+    log_path = _conversation_log(log_dir, call)
+    return SimResult(report, call, summary, emulator, acs, caller_pcm, log_path)
+
+
+async def _bridge_summary(ctx: Any, call: FakeCall) -> dict[str, Any] | None:
+    """The bridge's own end-of-call summary (it may finish a moment after ACS)."""
+    for _ in range(200):
+        for summary in ctx.registry.finished:
+            if summary.get("correlation_id") == call.correlation_id:
+                return dict(summary)
+        await asyncio.sleep(0.025)
+    return None
+
+
+def _conversation_log(log_dir: Path, call: FakeCall) -> Path | None:
+    matches = sorted(log_dir.glob(f"*{call.correlation_id}*.jsonl")) if log_dir.exists() else []
+    return matches[-1] if matches else None
+
+
+def _progress_line(
+    call: FakeCall, emulator: VoiceLiveEmulator | None, wall_s: float, speed: float
+) -> str:
+    responses = sum(len(s.responses) for s in emulator.sessions) if emulator else 0
+    return (
+        f"  t={wall_s * speed:5.1f} s  caller sent {call.caller_samples_sent / call.acs_rate:5.1f} s, "
+        f"heard {call.samples_heard / call.acs_rate:5.1f} s, responses {responses}, "
+        f"StopAudio {len(call.stop_audio)}"
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _first_audio_after(
+    heard: np.ndarray, rate: int, t_s: float, until_s: float | None = None
+) -> float | None:
+    start = int(t_s * rate)
+    stop = len(heard) if until_s is None else min(len(heard), int(until_s * rate))
+    idx = np.flatnonzero(np.abs(heard[start:stop]) > 64)
+    return None if idx.size == 0 else (start + int(idx[0])) / rate
+
+
+def build_report(
+    options: SimOptions,
+    call: FakeCall,
+    summary: dict[str, Any] | None,
+    emulator: VoiceLiveEmulator | None,
+    caller_pcm: np.ndarray,
+    segments: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The ``report.json`` of one call (see the module docstring)."""
+    rate = options.acs_rate
+    bridge = (summary or {}).get("report") or {}
+    inbound = bridge.get("inbound", {})
+    outbound = bridge.get("outbound", {})
+    counters = bridge.get("counters", {})
+    session = emulator.sessions[-1] if emulator and emulator.sessions else None
+    heard = call.heard
+
+    vl_received = session.input_samples if session else inbound.get("voicelive_samples_appended", 0)
+    vl_sent = sum(s.output_samples for s in emulator.sessions) if emulator else None
+    flushed = sum(n for _, n in call.stop_audio)
+    prompt_sent = counters.get("prompt_samples_sent", 0)
+    padding = outbound.get("padding_samples_sent", 0)
+    # Every sample on the media socket: the recording plus the silence ACS keeps
+    # streaming until the hang-up.
+    sent = call.frames_sent * call.frame_samples
+    expected_in = -(-sent * options.voicelive_rate // rate)
+    checks = {
+        "caller_to_bridge": counters.get("caller_samples_in") == sent,
+        "bridge_to_voicelive": inbound.get("voicelive_samples_appended")
+        == vl_received
+        == expected_in,
+        "voicelive_to_bridge": vl_sent is None or outbound.get("agent_samples_in") == vl_sent,
+        "bridge_accounting": bool(inbound.get("conserved")) and bool(outbound.get("conserved")),
+        "bridge_to_acs": call.received_samples
+        == outbound.get("agent_samples_sent", -1) + padding + prompt_sent,
+        "acs_played_or_flushed": call.samples_heard + flushed == call.received_samples,
+    }
+
+    turns = []
+    for seg in segments:
+        end = float(seg["end_s"])
+        first = _first_audio_after(heard, rate, end)
+        turns.append(
+            {
+                "text": seg.get("text"),
+                "barge_in": bool(seg.get("barge_in")),
+                "user_speech_end_s": round(end, 3),
+                "first_agent_audio_s": None if first is None else round(first, 3),
+                "response_latency_ms": None if first is None else round((first - end) * 1000, 1),
+            }
+        )
+
+    # The emulator stamps speech_started at the speech onset and emits it once its VAD
+    # has heard VAD_ONSET_MS of speech: the bridge's reaction is measured from then.
+    onsets = [
+        t
+        for t, kind, _ in (session.timeline if session else [])
+        if kind == "input_audio_buffer.speech_started"
+    ]
+    barge_ins = []
+    for t_stop, n_flushed in call.stop_audio:
+        detected = [t + VAD_ONSET_MS / 1000 for t in onsets if t + VAD_ONSET_MS / 1000 <= t_stop]
+        at = detected[-1] if detected else None
+        barge_ins.append(
+            {
+                "speech_started_s": None if at is None else round(at - VAD_ONSET_MS / 1000, 3),
+                "vad_detected_s": None if at is None else round(at, 3),
+                "stop_audio_s": round(t_stop, 3),
+                "stop_latency_ms": None if at is None else round((t_stop - at) * 1000, 1),
+                "samples_flushed_at_acs": n_flushed,
+                "during_playback": n_flushed > 0,
+            }
+        )
+
+    errors: list[Any] = []
+    if session:
+        errors += [{"source": "voicelive", **e} for e in session.errors_sent]
+    errors += [{"source": "fake_acs", "error": e} for e in call.errors]
+    if summary is None:
+        errors.append({"source": "bridge", "error": "no end-of-call summary from the bridge"})
+
+    guard = bridge.get("guard", {})
+    return {
+        "outcome": (summary or {}).get("outcome"),
+        "fake_acs_end_reason": call.end_reason,
+        "rates": {"acs_hz": rate, "voicelive_hz": options.voicelive_rate},
+        "speed": options.speed,
+        "duration_s": round(len(heard) / rate, 3),
+        "audio": {
+            "caller_samples_sent": sent,
+            "caller_recording_samples": call.caller_samples_sent,
+            "voicelive_samples_received": vl_received,
+            "voicelive_samples_expected": expected_in,
+            "agent_samples_from_voicelive": vl_sent,
+            "agent_samples_sent": outbound.get("agent_samples_sent"),
+            "padding_samples_sent": padding,
+            "prompt_samples_sent": prompt_sent,
+            "caller_samples_heard": call.samples_heard,
+            "samples_dropped_by_barge_in": outbound.get("samples_dropped_by_barge_in"),
+            "samples_flushed_by_stop_audio": flushed,
+            "checks": checks,
+            "conserved": all(checks.values()),
+        },
+        "turns": turns,
+        "responses": [
+            {k: r.get(k) for k in ("id", "status", "reason", "prompt", "samples_sent")}
+            for r in (session.responses if session else [])
+        ],
+        "barge_ins": barge_ins,
+        "bridge_latency_ms": {
+            "inbound_p50": bridge.get("inbound_latency_ms", {}).get("p50"),
+            "inbound_p99": bridge.get("inbound_latency_ms", {}).get("p99"),
+            "outbound_p50": bridge.get("outbound_latency_ms", {}).get("p50"),
+            "outbound_p99": bridge.get("outbound_latency_ms", {}).get("p99"),
+        },
+        "guard": {
+            "sent_by_type": guard.get("sent_by_type", {}),
+            "blocked": guard.get("blocked", {}),
+            "coerced": guard.get("coerced", 0),
+            "truncated": guard.get("truncated", 0),
+        },
+        "voicelive": {
+            "session_id": bridge.get("session_id"),
+            "conversation_id": bridge.get("conversation_id"),
+            "received_by_type": dict(session.received_types) if session else None,
+            "query": dict(session.query) if session else None,
+            "auth": session.auth if session else None,
+        },
+        "errors": errors,
+    }
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def write_outputs(result: SimResult, out: Path) -> None:
+    """caller.wav, heard.wav, transcript.jsonl, report.json and timeline.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rate = result.report["rates"]["acs_hz"]
+    write_wav(out / "caller.wav", result.caller_pcm, rate)
+    write_wav(out / "heard.wav", result.call.heard, rate)
+    lines = []
+    if result.log_path is not None:
+        for line in result.log_path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("event") in ("user_transcript", "agent_transcript", "barge_in", "truncated"):
+                lines.append(json.dumps(rec, ensure_ascii=False))
+    (out / "transcript.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""))
+    (out / "report.json").write_text(json.dumps(result.report, indent=2) + "\n")
+    plot_timeline(result, out / "timeline.png")
+
+
+def plot_timeline(result: SimResult, path: Path) -> None:
+    """Caller and agent waveforms on one time axis, with turns and barge-ins marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = result.report
+    rate = report["rates"]["acs_hz"]
+    caller = result.caller_pcm.astype(np.float32) / 32768
+    heard = result.call.heard.astype(np.float32) / 32768
+    fig, axes = plt.subplots(2, 1, figsize=(14, 5), sharex=True)
+    for ax, pcm, label, color in (
+        (axes[0], caller, "caller (said)", "tab:blue"),
+        (axes[1], heard, "agent (heard by caller)", "tab:green"),
+    ):
+        t = np.arange(len(pcm)) / rate
+        step = max(1, len(pcm) // 20000)
+        ax.plot(t[::step], pcm[::step], color=color, linewidth=0.4)
+        ax.set_ylabel(label)
+        ax.set_ylim(-1, 1)
+    for turn in report["turns"]:
+        axes[0].axvline(turn["user_speech_end_s"], color="k", linestyle=":", linewidth=0.8)
+        if turn["first_agent_audio_s"] is not None:
+            axes[1].axvline(
+                turn["first_agent_audio_s"], color="tab:green", linestyle="--", linewidth=0.8
+            )
+    for b in report["barge_ins"]:
+        if b["during_playback"]:
+            for ax in axes:
+                ax.axvline(b["stop_audio_s"], color="tab:red", linewidth=1.2)
+    axes[1].set_xlabel(
+        "call time (s)   ·  dotted: caller turn ends  ·  dashed: agent audio starts  ·  red: barge-in (StopAudio)"
+    )
+    fig.suptitle("voicebridge simulated call")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    a = report["audio"]
+    lat = report["bridge_latency_ms"]
+    rows = [
+        ("outcome", report["outcome"]),
+        (
+            "rates",
+            f"ACS {report['rates']['acs_hz']} Hz <-> Voice Live {report['rates']['voicelive_hz']} Hz",
+        ),
+        ("call length", f"{report['duration_s']:.1f} s"),
+        ("responses", ", ".join(f"{r['prompt']}:{r['status']}" for r in report["responses"])),
+        (
+            "caller turns answered",
+            sum(1 for t in report["turns"] if t["first_agent_audio_s"] is not None),
+        ),
+        ("response latency ms", ", ".join(str(t["response_latency_ms"]) for t in report["turns"])),
+        (
+            "barge-ins",
+            ", ".join(
+                f"{b['stop_latency_ms']} ms" for b in report["barge_ins"] if b["during_playback"]
+            )
+            or "none",
+        ),
+        (
+            "bridge latency ms",
+            f"in p50 {lat['inbound_p50']} p99 {lat['inbound_p99']} / out p50 {lat['outbound_p50']} p99 {lat['outbound_p99']}",
+        ),
+        (
+            "caller samples",
+            f"sent {a['caller_samples_sent']} -> Voice Live {a['voicelive_samples_received']} (expected {a['voicelive_samples_expected']})",
+        ),
+        (
+            "agent samples",
+            f"sent {a['agent_samples_sent']}, heard {a['caller_samples_heard']}, dropped by barge-in {a['samples_dropped_by_barge_in']} + flushed {a['samples_flushed_by_stop_audio']}",
+        ),
+        ("conserved", a["conserved"]),
+        ("guard", f"sent {report['guard']['sent_by_type']}, blocked {report['guard']['blocked']}"),
+        ("errors", len(report["errors"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--caller-audio", type=Path, help="mono 16-bit WAV (default: shipped caller)"
+    )
+    parser.add_argument("--speed", type=float, default=1.0, help="run the call X times real time")
+    parser.add_argument("--acs-rate", type=int, choices=(16000, 24000), default=16000)
+    parser.add_argument("--voicelive-rate", type=int, choices=(16000, 24000), default=24000)
+    parser.add_argument("--out", type=Path, default=Path("sim-out"), help="output directory")
+    parser.add_argument(
+        "--voicelive-endpoint",
+        help="use a real Voice Live (credentials and mode from the environment) instead of the emulator",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from voicebridge import logs
+
+    logs.setup(os.environ.get("LOG_LEVEL", "WARNING"))
+    options = SimOptions(
+        caller_audio=args.caller_audio,
+        speed=args.speed,
+        acs_rate=args.acs_rate,
+        voicelive_rate=args.voicelive_rate,
+        out=args.out,
+        voicelive_endpoint=args.voicelive_endpoint,
+        progress=lambda msg: print(msg, flush=True),
+    )
+    if args.voicelive_endpoint:
+        from voicebridge.config import load_settings
+
+        base = load_settings(
+            voicelive_endpoint=args.voicelive_endpoint,
+            public_base_url="http://127.0.0.1",
+            acs_connection_string="endpoint=http://127.0.0.1/;accesskey=eA==",
+        )
+        options.settings = {
+            k: v
+            for k, v in base.model_dump().items()
+            if k.startswith(
+                (
+                    "voicelive_",
+                    "agent_",
+                    "project_",
+                    "conversation_",
+                    "foundry_",
+                    "voice_",
+                    "instructions",
+                )
+            )
+            and k not in ("voicelive_endpoint", "voicelive_audio_rate")
+        }
+    try:
+        result = asyncio.run(run_call(options))
+    except Exception as exc:
+        print(f"voicebridge simulate: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    write_outputs(result, args.out)
+    print(f"\nwrote {args.out}/: caller.wav heard.wav transcript.jsonl report.json timeline.png\n")
+    print(summary_text(result.report))
+    ok = result.report["audio"]["conserved"] and result.report["outcome"] is not None
+    return 0 if ok else 1
