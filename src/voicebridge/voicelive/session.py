@@ -12,6 +12,7 @@ SDK facts this module works around (protocols.md §6):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -109,6 +110,23 @@ def connect_kwargs(settings: Settings, *, conversation_id: str | None = None) ->
     return kwargs
 
 
+async def _abandon(handshake: Any, task: asyncio.Future[Any]) -> None:
+    """Cancel an unfinished SDK handshake without leaking its aiohttp session.
+
+    SDK 1.3.1 creates a ``ClientSession`` inside ``__aenter__`` and closes it only on
+    ``aiohttp.ClientError``; a cancellation leaves it open (sockets held until garbage
+    collection, plus an "Unclosed client session" error). The session is a local of
+    the suspended coroutine, so it is taken from its frame before cancelling.
+    """
+    frame = getattr(handshake, "cr_frame", None)
+    session = frame.f_locals.get("session") if frame is not None else None
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    if session is not None and hasattr(session, "close") and not session.closed:
+        await session.close()
+
+
 @dataclass
 class OpenSession:
     """A connected Voice Live session; :meth:`close` ends it (idempotent)."""
@@ -143,15 +161,20 @@ async def open_session(
         **kwargs,
     )
     started = time.perf_counter()
+    handshake = manager.__aenter__()
+    task = asyncio.ensure_future(handshake)
     try:
-        conn = await asyncio.wait_for(
-            manager.__aenter__(), timeout=settings.voicelive_connect_timeout_s
-        )
-    except TimeoutError:
+        done, _ = await asyncio.wait({task}, timeout=settings.voicelive_connect_timeout_s)
+    finally:
+        if not task.done():  # timed out, or our caller was cancelled
+            await _abandon(handshake, task)
+    if not done:
         raise UpstreamUnavailable(
             f"Voice Live did not complete the handshake within "
             f"{settings.voicelive_connect_timeout_s:g} s ({settings.voicelive_host})"
-        ) from None
+        )
+    try:
+        conn = task.result()
     except Exception as exc:
         status = getattr(exc.__cause__, "status", None)
         detail = f"HTTP {status}" if status else type(exc).__name__
