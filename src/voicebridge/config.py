@@ -193,14 +193,14 @@ class Settings(BaseSettings):
         return f"{scheme}://{parsed.netloc}{parsed.path}"
 
 
-_FIELD_ENV = {
-    name: (
-        field.validation_alias.choices[0]
-        if isinstance(field.validation_alias, AliasChoices)
-        else name.upper()
-    )
-    for name, field in Settings.model_fields.items()
-}
+def _env_name(name: str) -> str:
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return name.upper()
+
+
+_FIELD_ENV = {name: _env_name(name) for name in Settings.model_fields}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -77,5 +77,5 @@ def close_code(exc: BaseException) -> int:
     """The close code for ``exc``: the nearest mapped ancestor, else 1011."""
     for cls in type(exc).__mro__:
         if cls in CLOSE_CODES:
-            return CLOSE_CODES[cls]  # type: ignore[index]
+            return CLOSE_CODES[cls]
     return 1011

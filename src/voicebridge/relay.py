@@ -44,12 +44,13 @@ def prompt_pcm(name: str, rate: int) -> bytes:
     """A shipped prompt (``assets/<name>.wav``) as PCM16 at ``rate``, resampled by the core."""
     ref = resources.files("voicebridge") / "assets" / f"{name}.wav"
     with ref.open("rb") as fh, wave.open(fh) as wav:
-        src_rate = wav.getframerate()
-        pcm = wav.readframes(wav.getnframes())
+        src_rate: int = wav.getframerate()
+        pcm: bytes = wav.readframes(wav.getnframes())
     if src_rate == rate:
         return pcm
     rs = Resampler(in_hz=src_rate, out_hz=rate)
-    return rs.feed(pcm) + rs.flush()
+    out: bytes = rs.feed(pcm) + rs.flush()
+    return out
 
 
 class MediaRelay:
@@ -61,7 +62,7 @@ class MediaRelay:
         self.call = call
         self.ws = websocket
         s = self.settings
-        self.speed = s.media_clock_speed
+        self.speed: float = s.media_clock_speed
         self.bridge = CallBridge(
             session_config=session_config(s),
             acs_hz=s.acs_audio_rate,

@@ -33,20 +33,20 @@ log = logging.getLogger(__name__)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 #: Transport timeouts for every REST call (seconds); azure-core retries on top.
-REST_TIMEOUTS = {"connection_timeout": 5, "read_timeout": 10}
+REST_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 10}
 
 
 def parse_connection_string(conn_str: str) -> tuple[str, str]:
     """``(endpoint URL, access key)`` from ``endpoint=...;accesskey=...``."""
-    parts = {}
+    parts: dict[str, str] = {}
     for element in conn_str.split(";"):
         key, _, value = element.partition("=")
         if key.strip():
             parts[key.strip().lower()] = value.strip()
-    endpoint, key = parts.get("endpoint"), parts.get("accesskey")
-    if not endpoint or not key:
+    endpoint, access_key = parts.get("endpoint"), parts.get("accesskey")
+    if not endpoint or not access_key:
         raise ConfigError("ACS_CONNECTION_STRING: expected endpoint=https://...;accesskey=...")
-    return endpoint.rstrip("/"), key
+    return endpoint.rstrip("/"), access_key
 
 
 def make_client(settings: Settings, credential: Any = None) -> CallAutomationClient:

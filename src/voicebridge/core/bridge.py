@@ -169,7 +169,11 @@ class CallBridge:
         self.frame_samples = acs_hz // 50
         self.frame_bytes = self.frame_samples * 2
         self._uplink = Resampler(in_hz=acs_hz, out_hz=self.voicelive_in_hz)
-        self._downlink = Resampler(in_hz=self.voicelive_out_hz, out_hz=acs_hz)
+        # Downlink as a pure delay: each 20 ms of agent audio fills a 20 ms ACS frame
+        # at once, instead of the framer waiting on the samples compensation shifts.
+        self._downlink = Resampler(
+            in_hz=self.voicelive_out_hz, out_hz=acs_hz, compensate_delay=False
+        )
         self._framer = Framer(frame_bytes=self.frame_bytes)
         self._silence_pcm = bytes(self.frame_bytes)
         self._silence_b64 = binascii.b2a_base64(self._silence_pcm, newline=False).decode()
@@ -439,8 +443,8 @@ class CallBridge:
         if resp.finished:
             return
         resp.finished = True
-        expected = _out_samples(resp.samples_in, self.voicelive_out_hz, self.acs_hz)
-        fed = _out_samples(resp.samples_fed, self.voicelive_out_hz, self.acs_hz)
+        expected = self._downlink.output_for(resp.samples_in)
+        fed = self._downlink.output_for(resp.samples_fed)
         self.counters.agent_samples_expected += expected
         # Audio that arrived after the barge-in never entered the resampler.
         self.counters.samples_dropped_by_barge_in += expected - fed

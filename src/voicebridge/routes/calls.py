@@ -97,7 +97,7 @@ async def incoming_call(request: Request) -> Response:
 def _start_answer(ctx: Any, data: Mapping[str, Any]) -> Call:
     caller = data.get("from")
     caller_id = caller.get("rawId", "") if isinstance(caller, Mapping) else ""
-    call = ctx.registry.new_call(
+    call: Call = ctx.registry.new_call(
         correlation_id=str(data.get("correlationId") or ""),
         server_call_id=str(data.get("serverCallId") or ""),
         caller=str(caller_id),

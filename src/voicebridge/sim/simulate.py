@@ -96,8 +96,9 @@ def shipped(name: str) -> Any:
     return resources.files("voicebridge.sim") / "data" / name
 
 
-def load_caller(options: SimOptions) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
-    """The caller recording at the ACS rate, and its segments if known."""
+def load_caller(options: SimOptions) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The caller recording at the ACS rate, and its segments (scripted or measured)."""
+    segments: list[dict[str, Any]] | None
     if options.caller_audio is None:
         pcm, rate = read_wav(shipped("caller.wav"))
         segments = json.loads(shipped("caller.json").read_text())
@@ -251,7 +252,8 @@ def _progress_line(
 ) -> str:
     responses = sum(len(s.responses) for s in emulator.sessions) if emulator else 0
     return (
-        f"  t={wall_s * speed:5.1f} s  caller sent {call.caller_samples_sent / call.acs_rate:5.1f} s, "
+        f"  t={wall_s * speed:5.1f} s  "
+        f"caller sent {call.caller_samples_sent / call.acs_rate:5.1f} s, "
         f"heard {call.samples_heard / call.acs_rate:5.1f} s, responses {responses}, "
         f"StopAudio {len(call.stop_audio)}"
     )
@@ -453,7 +455,8 @@ def plot_timeline(result: SimResult, path: Path) -> None:
             for ax in axes:
                 ax.axvline(b["stop_audio_s"], color="tab:red", linewidth=1.2)
     axes[1].set_xlabel(
-        "call time (s)   ·  dotted: caller turn ends  ·  dashed: agent audio starts  ·  red: barge-in (StopAudio)"
+        "call time (s)   ·  dotted: caller turn ends  ·  dashed: agent audio starts"
+        "  ·  red: barge-in (StopAudio)"
     )
     fig.suptitle("voicebridge simulated call")
     fig.tight_layout()
@@ -468,7 +471,8 @@ def summary_text(report: dict[str, Any]) -> str:
         ("outcome", report["outcome"]),
         (
             "rates",
-            f"ACS {report['rates']['acs_hz']} Hz <-> Voice Live {report['rates']['voicelive_hz']} Hz",
+            f"ACS {report['rates']['acs_hz']} Hz <-> "
+            f"Voice Live {report['rates']['voicelive_hz']} Hz",
         ),
         ("call length", f"{report['duration_s']:.1f} s"),
         ("responses", ", ".join(f"{r['prompt']}:{r['status']}" for r in report["responses"])),
@@ -486,15 +490,19 @@ def summary_text(report: dict[str, Any]) -> str:
         ),
         (
             "bridge latency ms",
-            f"in p50 {lat['inbound_p50']} p99 {lat['inbound_p99']} / out p50 {lat['outbound_p50']} p99 {lat['outbound_p99']}",
+            f"in p50 {lat['inbound_p50']} p99 {lat['inbound_p99']} / "
+            f"out p50 {lat['outbound_p50']} p99 {lat['outbound_p99']}",
         ),
         (
             "caller samples",
-            f"sent {a['caller_samples_sent']} -> Voice Live {a['voicelive_samples_received']} (expected {a['voicelive_samples_expected']})",
+            f"sent {a['caller_samples_sent']} -> Voice Live {a['voicelive_samples_received']} "
+            f"(expected {a['voicelive_samples_expected']})",
         ),
         (
             "agent samples",
-            f"sent {a['agent_samples_sent']}, heard {a['caller_samples_heard']}, dropped by barge-in {a['samples_dropped_by_barge_in']} + flushed {a['samples_flushed_by_stop_audio']}",
+            f"sent {a['agent_samples_sent']}, heard {a['caller_samples_heard']}, "
+            f"dropped by barge-in {a['samples_dropped_by_barge_in']} "
+            f"+ flushed at ACS {a['samples_flushed_by_stop_audio']}",
         ),
         ("conserved", a["conserved"]),
         ("guard", f"sent {report['guard']['sent_by_type']}, blocked {report['guard']['blocked']}"),
@@ -517,7 +525,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("sim-out"), help="output directory")
     parser.add_argument(
         "--voicelive-endpoint",
-        help="use a real Voice Live (credentials and mode from the environment) instead of the emulator",
+        help="a real Voice Live (credentials and mode from the environment), not the emulator",
     )
 
 
