@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     """All configuration. See ``.env.example`` for every variable with a comment."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # `VOICELIVE_API_KEY=` means "not set", not an empty key
+        extra="ignore",
+        populate_by_name=True,
     )
 
     # ---- Voice Live

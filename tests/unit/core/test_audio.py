@@ -556,3 +556,23 @@ def test_framer_conserves_bytes_for_any_chunking(
     assert sum(map(len, frames)) == len(kept) + f.padded_bytes
     assert b"".join(frames) == bytes(kept) + bytes(f.padded_bytes)
     assert f.pending_bytes == 0
+
+
+@pytest.mark.parametrize(("in_hz", "out_hz"), [(24000, 16000), (16000, 24000)])
+def test_uncompensated_stream_is_a_pure_delay(in_hz: int, out_hz: int) -> None:
+    """compensate_delay=False: full frames from the first one, the same samples as the
+    compensated stream shifted by delay_samples, and output_for() counts them all."""
+    x = speech_like(in_hz, 1.0, seed=3)
+    frame = in_hz // 50
+    comp = Resampler(in_hz=in_hz, out_hz=out_hz)
+    pure = Resampler(in_hz=in_hz, out_hz=out_hz, compensate_delay=False)
+    chunks = frame_outputs(pure, x, frame)
+    assert all(len(c) == 2 * out_hz // 50 for c in chunks)  # the first frame too
+    y_pure = as_i16(b"".join(chunks) + pure.flush())
+    y_comp = as_i16(b"".join(frame_outputs(comp, x, frame)) + comp.flush())
+    d = comp.delay_samples
+    assert len(y_pure) == pure.output_for(x.size) == len(y_comp) + d
+    assert np.array_equal(y_pure[d:], y_comp)
+    assert pure.output_for(0) == 0
+    produced = len(pure.feed(x[:100].tobytes())) // 2
+    assert pure.clear() == pure.output_for(100) - produced
