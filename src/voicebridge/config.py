@@ -115,10 +115,10 @@ class Settings(BaseSettings):
     )
 
     # ---- audio
-    acs_audio_rate: Literal[16000, 24000] = Field(
+    acs_audio_rate: int = Field(
         default=16000, validation_alias=AliasChoices("ACS_AUDIO_RATE")
     )
-    voicelive_audio_rate: Literal[16000, 24000] = Field(
+    voicelive_audio_rate: int = Field(
         default=24000, validation_alias=AliasChoices("VOICELIVE_AUDIO_RATE")
     )
     pacing_lead_ms: int = Field(
@@ -154,6 +154,13 @@ class Settings(BaseSettings):
         if parsed.scheme not in ("http", "https", "ws", "wss") or not parsed.netloc:
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("acs_audio_rate", "voicelive_audio_rate")
+    @classmethod
+    def _rate(cls, value: int) -> int:
+        if value not in (16000, 24000):
+            raise ValueError("must be 16000 or 24000")
+        return value
 
     @field_validator("interim_response", mode="before")
     @classmethod

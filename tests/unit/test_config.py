@@ -1,0 +1,79 @@
+"""Settings: official variable names and aliases, one clear line per problem, secrets hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voicebridge.config import load_settings
+from voicebridge.errors import ConfigError
+
+BASE = {
+    "VOICELIVE_ENDPOINT": "https://res.services.ai.azure.com/",
+    "VOICELIVE_MODEL": "gpt-realtime",
+    "VOICELIVE_API_KEY": "vl-secret-key",
+    "ACS_CONNECTION_STRING": "endpoint=https://acs.communication.azure.com/;accesskey=c2VjcmV0",
+    "PUBLIC_BASE_URL": "https://bridge.example.com",
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for key in [*BASE, "AGENT_NAME", "PROJECT_NAME", "AZURE_VOICELIVE_ENDPOINT"]:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in BASE.items():
+        monkeypatch.setenv(key, value)
+    return monkeypatch
+
+
+def test_model_mode(env: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.mode == "model" and s.voicelive_host == "res.services.ai.azure.com"
+    assert s.media_base_url == "wss://bridge.example.com"
+    assert "vl-secret-key" not in repr(s) and "c2VjcmV0" not in repr(s)
+
+
+def test_azure_prefixed_aliases(env: pytest.MonkeyPatch) -> None:
+    env.delenv("VOICELIVE_ENDPOINT")
+    env.delenv("VOICELIVE_API_KEY")
+    env.setenv("AZURE_VOICELIVE_ENDPOINT", "https://other.services.ai.azure.com")
+    env.setenv("AZURE_VOICELIVE_KEY", "k2")
+    s = load_settings()
+    assert s.voicelive_host == "other.services.ai.azure.com"
+    assert s.voicelive_api_key is not None and s.voicelive_api_key.get_secret_value() == "k2"
+
+
+def test_agent_mode_needs_project_and_entra(env: pytest.MonkeyPatch) -> None:
+    env.setenv("AGENT_NAME", "support")
+    with pytest.raises(ConfigError, match=r"^PROJECT_NAME: required"):
+        load_settings()
+    env.setenv("PROJECT_NAME", "proj")
+    with pytest.raises(ConfigError, match=r"^VOICELIVE_API_KEY: agent mode needs Entra ID"):
+        load_settings()
+    env.setenv("VOICELIVE_API_KEY", "")  # empty means unset
+    assert load_settings().mode == "agent"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "line"),
+    [
+        ("VOICELIVE_ENDPOINT", None, "VOICELIVE_ENDPOINT: required but not set"),
+        ("PUBLIC_BASE_URL", "not a url", "PUBLIC_BASE_URL: must be an absolute http(s) URL"),
+        ("ACS_AUDIO_RATE", "8000", "ACS_AUDIO_RATE: must be 16000 or 24000"),
+        ("VOICELIVE_CONNECT_TIMEOUT_S", "-1", "VOICELIVE_CONNECT_TIMEOUT_S: "),
+        ("ACS_CONNECTION_STRING", None, "ACS_CONNECTION_STRING: set it"),
+        ("VOICELIVE_MODEL", None, "VOICELIVE_MODEL: set it"),
+    ],
+)
+def test_one_clear_line_naming_the_variable(
+    env: pytest.MonkeyPatch, key: str, value: str | None, line: str
+) -> None:
+    if value is None:
+        env.delenv(key)
+    else:
+        env.setenv(key, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith(line) and "\n" not in str(info.value)
