@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import socket
 import sys
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -153,6 +154,37 @@ def _free_socket() -> socket.socket:
     return sock
 
 
+@contextlib.asynccontextmanager
+async def running_bridge(overrides: dict[str, Any]) -> AsyncIterator[tuple[Any, str]]:
+    """The bridge app on uvicorn on a free loopback port: yields ``(app, base_url)``.
+
+    ``overrides`` are :class:`Settings` fields; ``public_base_url`` is filled in with
+    the bound port (the socket is bound first, so the URL is known before start-up).
+    """
+    sock = _free_socket()
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    fields = {"public_base_url": base_url} | overrides
+    settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, log_level="warning", ws_per_message_deflate=False, lifespan="on", log_config=None
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="bridge")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the bridge stopped during start-up")
+            await asyncio.sleep(0.01)
+        yield app, base_url
+    finally:
+        server.should_exit = True
+        await asyncio.wait({task}, timeout=10)
+        sock.close()
+
+
 async def run_call(options: SimOptions) -> SimResult:
     """Run one simulated call end to end and build its report (files are written by
     :func:`write_outputs`)."""
@@ -165,8 +197,6 @@ async def run_call(options: SimOptions) -> SimResult:
         await emulator.start()
     acs = FakeAcs(acs_rate=options.acs_rate, speed=speed)
     await acs.start()
-    sock = _free_socket()
-    port = sock.getsockname()[1]
     log_dir = (
         (options.out / "logs")
         if options.out
@@ -175,7 +205,6 @@ async def run_call(options: SimOptions) -> SimResult:
     overrides: dict[str, Any] = {
         "voicelive_endpoint": options.voicelive_endpoint or (emulator.endpoint if emulator else ""),
         "acs_connection_string": acs.connection_string,
-        "public_base_url": f"http://127.0.0.1:{port}",
         "acs_audio_rate": options.acs_rate,
         "voicelive_audio_rate": options.voicelive_rate,
         "media_clock_speed": speed,
@@ -184,46 +213,29 @@ async def run_call(options: SimOptions) -> SimResult:
     if emulator is not None:
         overrides |= {"voicelive_api_key": EMULATOR_KEY, "voicelive_model": "gpt-realtime"}
     overrides |= options.settings
-    settings = Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
-    app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            ws_per_message_deflate=False,
-            lifespan="on",
-            log_config=None,
-        )
-    )
-    server_task = asyncio.create_task(server.serve(sockets=[sock]), name="bridge")
     try:
-        while not server.started:
-            if server_task.done():
-                server_task.result()
-                raise RuntimeError("the bridge stopped during start-up")
-            await asyncio.sleep(0.01)
-        audio_s = len(caller_pcm) / options.acs_rate
-        say(
-            f"bridge on :{port}, emulator {'off' if emulator is None else emulator.endpoint}, "
-            f"fake ACS {acs.endpoint}; calling with {audio_s:.1f} s of caller audio at {speed:g}x"
-        )
-        call = await acs.place_call(
-            webhook_url=f"http://127.0.0.1:{port}/api/incoming-call",
-            caller_pcm=caller_pcm.tobytes(),
-        )
-        timeout = options.timeout_s or (audio_s / speed + 30.0)
-        started = time.monotonic()
-        ended = asyncio.create_task(call.wait_ended(timeout))
-        while not ended.done():
-            await asyncio.wait({ended}, timeout=max(0.5, 2.0 / speed))
-            if not ended.done():
-                say(_progress_line(call, emulator, time.monotonic() - started, speed))
-        ended.result()
-        ctx = app.state.ctx
-        summary = await _bridge_summary(ctx, call)
+        async with running_bridge(overrides) as (app, base_url):
+            audio_s = len(caller_pcm) / options.acs_rate
+            where = "off" if emulator is None else emulator.endpoint
+            say(
+                f"bridge on {base_url}, emulator {where}, fake ACS {acs.endpoint}; "
+                f"calling with {audio_s:.1f} s of caller audio at {speed:g}x"
+            )
+            call = await acs.place_call(
+                webhook_url=f"{base_url}/api/incoming-call",
+                caller_pcm=caller_pcm.tobytes(),
+            )
+            timeout = options.timeout_s or (audio_s / speed + 30.0)
+            started = time.monotonic()
+            ended = asyncio.create_task(call.wait_ended(timeout))
+            while not ended.done():
+                await asyncio.wait({ended}, timeout=max(0.5, 2.0 / speed))
+                if not ended.done():
+                    say(_progress_line(call, emulator, time.monotonic() - started, speed))
+            ended.result()
+            ctx = app.state.ctx
+            summary = await _bridge_summary(ctx, call)
     finally:
-        server.should_exit = True
-        await asyncio.wait({server_task}, timeout=10)
         await acs.stop()
         if emulator is not None:
             await emulator.stop()

@@ -1,0 +1,1224 @@
+"""A local Azure Voice Live emulator that the real ``azure.ai.voicelive`` SDK connects to.
+
+``connect(endpoint=emulator.endpoint, ...)`` works unpatched: the SDK turns
+``http://127.0.0.1:PORT`` into ``ws://127.0.0.1:PORT/voice-live/realtime?api-version=…`` and
+the emulator answers there (protocols.md §6.2). It speaks the subset of the protocol the bridge
+uses (§7, §8), shaped like the real service so the SDK parses every event into its typed class:
+
+* **Handshake.** HTTP 401 without an ``api-key`` header (equal to ``api_key`` when that is set)
+  or an ``Authorization: Bearer <token>`` header (any token; an ``api-key`` query parameter
+  also counts, as on the service); 404 for any other path. ``never_answer=True``
+  accepts TCP connections and never answers the upgrade, for connect-timeout tests.
+* **Session.** ``session.created`` at once (id ``sess_…``, the agent query parameters echoed in
+  ``session.agent`` — the SDK's ``AgentConfig`` names ``name``/``agent_id``/``thread_id`` —
+  and ``expires_at``). The conversation id is the ``conversation-id`` parameter or a new
+  ``conv_…``; it is ``agent.thread_id`` in agent mode and the extra key
+  ``session["conversation_id"]`` always. The first client message must be ``session.update``.
+  A ``session.update`` *replaces* the configuration (defaults + the given fields, §7).
+* **Turn detection.** An energy VAD over 20 ms blocks, in *audio* time (the samples appended,
+  never the wall clock): ``speech_started`` after 100 ms of blocks above the threshold
+  (``threshold`` 0.5 -> -45 dBFS, linear in dB: 0 -> -65, 1 -> -25), ``speech_stopped`` after
+  ``silence_duration_ms`` of blocks below it. Deviation from the service, on purpose: the
+  reported ``audio_start_ms``/``audio_end_ms`` are the speech onset and offset, without prefix
+  padding or the trailing silence, so they can be compared with ``caller.json``.
+* **Transcripts are emulated.** A finished user turn's transcript is the next segment text of
+  the shipped ``caller.json`` (in order, per session), then ``"(speech 2.4 s)"`` placeholders.
+  Nothing is recognised.
+* **Responses** play shipped prompts (``sim/data/prompts.json``): the greeting for the first
+  response of a session and for ``pre_generated_assistant_message`` (with the given text as the
+  transcript), then ``answer_cycle`` in order, so with ``caller.json`` turn 2 gets the long
+  answer and the barge-in turn the short one. Audio goes out as ``response.audio.delta`` chunks
+  of 40-200 ms (seeded, mostly not multiples of 20 ms), ~3x faster than real time times
+  ``speed``, interleaved with transcript words. One response at a time, counted from the moment
+  it is scheduled: ``response.create`` meanwhile gets ``conversation_already_has_active_response``
+  (``cancel_previous`` is not honoured).
+* **Barge-in.** ``speech_started`` with ``interrupt_response`` cancels the active response
+  (``response.done`` status ``cancelled``, reason ``turn_detected``, after the usual
+  ``audio.done``/``audio_transcript.done``/``content_part.done``/``output_item.done`` with item
+  status ``incomplete``; a response still waiting for its delay is dropped unseen). With
+  ``auto_truncate`` the last assistant item whose audio is still "playing" is truncated after
+  that: ``audio_end_ms`` = wall-clock since its first delta x ``speed``, capped at the audio
+  sent (the service assumes real-time playback, §7).
+* **message_creation_failed.** A text field (session instructions, response instructions,
+  pre-generated message text, item content text, tool output) that is not a string or is longer
+  than ``max_text_chars`` gets an ``error`` (type ``server_error``) with that code; then the
+  emulator ignores input and sends nothing for ``stall_s`` and closes with 1011 — what
+  production users report (protocols.md §7 "Error event"; the service documents nothing).
+* Malformed JSON or unknown types get an ``invalid_request_error`` and the session goes on.
+
+Everything is recorded on :class:`EmulatedSession` for tests and the simulator's report.
+``speed`` scales the emulated wall-clock durations (response delay, streaming pace, playback
+estimate); ``stall_s`` is not scaled. Loopback use only: there is no TLS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import functools
+import http
+import io
+import json
+import logging
+import math
+import random
+import secrets
+import signal
+import time
+import wave
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import soxr
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+log = logging.getLogger(__name__)
+
+PROMPT_RATE_HZ = 24_000
+#: ``output_audio_format`` -> sample rate of ``response.audio.delta`` (§7; no rate field exists)
+OUTPUT_RATES = {"pcm16": 24_000, "pcm16_16000hz": 16_000, "pcm16-16000hz": 16_000}
+INPUT_RATES = (16_000, 24_000)
+VAD_BLOCK_MS = 20
+VAD_ONSET_MS = 100  # speech energy needed before speech_started
+GENERATION_SPEEDUP = 3.0  # audio streams this much faster than real time (x speed)
+CHUNK_MS = (40, 200)  # audio delta sizes are drawn from this range
+SESSION_LIFETIME_S = 30 * 60
+MAX_MESSAGE_BYTES = 16 * 2**20  # the service takes appends of up to 15 MiB (§7)
+# A client that stops reading never answers our close frame; don't let stop() hang for long.
+CLOSE_TIMEOUT_S = 2.0
+# Query parameters the SDK sends in agent mode (§6.2) -> keys echoed in session.agent.
+AGENT_QUERY_KEYS = {
+    "agent-project-name": "project_name",
+    "agent-version": "agent_version",
+    "agent-authentication-identity-client-id": "authentication_identity_client_id",
+    "foundry-resource-override": "foundry_resource_override",
+}
+
+
+def _default_config() -> dict[str, Any]:
+    """The session configuration before (and under) any ``session.update``."""
+    return {
+        "modalities": ["text", "audio"],
+        "instructions": "",
+        "voice": {"type": "azure-standard", "name": "en-US-AvaMultilingualNeural"},
+        "input_audio_format": "pcm16",
+        "input_audio_sampling_rate": 24_000,
+        "output_audio_format": "pcm16",
+        "turn_detection": {
+            "type": "server_vad",
+            "threshold": 0.5,
+            "prefix_padding_ms": 300,
+            "silence_duration_ms": 500,
+            "create_response": True,
+            "interrupt_response": True,
+            "auto_truncate": False,
+        },
+        "input_audio_transcription": None,
+        "tools": [],
+        "tool_choice": "auto",
+        "temperature": 0.8,
+        "max_response_output_tokens": "inf",
+    }
+
+
+# --- shipped data ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromptAudio:
+    """One shipped agent prompt: 24 kHz PCM16 samples and the exact transcript."""
+
+    name: str
+    role: str
+    text: str
+    pcm: np.ndarray
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    prompts: dict[str, PromptAudio]
+    greeting: str
+    answer_cycle: tuple[str, ...]
+
+
+def _data_dir() -> Any:
+    return resources.files("voicebridge.sim") / "data"
+
+
+def read_wav(raw: bytes) -> tuple[np.ndarray, int]:
+    """Decode a mono PCM16 WAV held in memory; returns (int16 samples, sample rate)."""
+    with wave.open(io.BytesIO(raw)) as w:
+        if w.getnchannels() != 1 or w.getsampwidth() != 2:
+            raise ValueError("expected mono 16-bit PCM")
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy(), w.getframerate()
+
+
+@functools.cache
+def load_prompts() -> PromptSet:
+    """The shipped prompts (``sim/data/prompts.json`` and its WAVs), loaded once."""
+    data = _data_dir()
+    manifest = json.loads((data / "prompts.json").read_text())
+    prompts: dict[str, PromptAudio] = {}
+    for entry in manifest["prompts"]:
+        pcm, rate = read_wav((data / entry["file"]).read_bytes())
+        if rate != PROMPT_RATE_HZ:
+            raise ValueError(f"{entry['file']}: {rate} Hz, expected {PROMPT_RATE_HZ}")
+        prompts[entry["name"]] = PromptAudio(entry["name"], entry["role"], entry["text"], pcm)
+    greeting = next(p.name for p in prompts.values() if p.role == "greeting")
+    return PromptSet(prompts, greeting, tuple(manifest["answer_cycle"]))
+
+
+@functools.cache
+def prompt_pcm(name: str, rate_hz: int) -> np.ndarray:
+    """A prompt's samples at ``rate_hz`` (soxr VHQ when it is not the native 24 kHz)."""
+    pcm = load_prompts().prompts[name].pcm
+    if rate_hz == PROMPT_RATE_HZ:
+        return pcm
+    y: np.ndarray = soxr.resample(
+        pcm.astype(np.float32) / 32768.0, PROMPT_RATE_HZ, rate_hz, quality="VHQ"
+    )
+    return np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
+
+
+@functools.cache
+def caller_texts() -> tuple[str, ...]:
+    """Segment texts of the shipped ``caller.json``, in order (empty if it is missing)."""
+    try:
+        segments = json.loads((_data_dir() / "caller.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return ()
+    return tuple(str(s["text"]) for s in segments)
+
+
+# --- turn detection -------------------------------------------------------------------------
+class EnergyVad:
+    """Energy VAD over 20 ms blocks, timed by the audio fed (no clock).
+
+    ``feed(samples)`` returns ``("speech_started", onset_ms)`` / ``("speech_stopped",
+    offset_ms)`` events; times count from ``base_ms``, the audio already received at
+    creation (so a rate change mid-session keeps one time line).
+    """
+
+    def __init__(
+        self, rate_hz: int, *, threshold_dbfs: float, silence_ms: int, base_ms: float = 0.0
+    ) -> None:
+        self.block = rate_hz * VAD_BLOCK_MS // 1000
+        self.threshold = 10 ** (threshold_dbfs / 20.0) * 32768.0  # RMS in sample units
+        self.silence_blocks = max(1, math.ceil(silence_ms / VAD_BLOCK_MS))
+        self.onset_blocks = VAD_ONSET_MS // VAD_BLOCK_MS
+        self.base_ms = base_ms
+        self.carry = np.zeros(0, dtype=np.int16)
+        self.blocks_seen = 0
+        self.speaking = False
+        self.run = 0  # consecutive loud blocks (idle) or quiet blocks (speaking)
+
+    def feed(self, samples: np.ndarray) -> list[tuple[str, float]]:
+        x = np.concatenate([self.carry, samples]) if len(self.carry) else samples
+        n = len(x) // self.block
+        self.carry = x[n * self.block :].copy()
+        if n == 0:
+            return []
+        blocks = x[: n * self.block].astype(np.float64).reshape(n, self.block)
+        loud = np.sqrt(np.mean(blocks**2, axis=1)) > self.threshold
+        events: list[tuple[str, float]] = []
+        for is_loud in loud:
+            self.blocks_seen += 1
+            if self.speaking:
+                self.run = 0 if is_loud else self.run + 1
+                if self.run >= self.silence_blocks:
+                    self.speaking, self.run = False, 0
+                    events.append(("speech_stopped", self._ms(self.silence_blocks)))
+            else:
+                self.run = self.run + 1 if is_loud else 0
+                if self.run >= self.onset_blocks:
+                    self.speaking, self.run = True, 0
+                    events.append(("speech_started", self._ms(self.onset_blocks)))
+        return events
+
+    def _ms(self, blocks_back: int) -> float:
+        """Audio time at the start of the block ``blocks_back`` blocks before the current end."""
+        return self.base_ms + (self.blocks_seen - blocks_back) * VAD_BLOCK_MS
+
+
+def threshold_dbfs(threshold: Any) -> float:
+    """Map the service's 0..1 ``threshold`` onto an energy level (0.5 -> -45 dBFS).
+
+    -45 dBFS keeps the quiet onsets of the shipped caller's fricatives ("Th-") inside the turn
+    while digital silence and dithered silence stay far below it.
+    """
+    t = float(threshold) if isinstance(threshold, int | float) else 0.5
+    return -65.0 + 40.0 * min(max(t, 0.0), 1.0)
+
+
+# --- per-session state ----------------------------------------------------------------------
+class _Violation(Exception):
+    """A client message carries text the emulated service cannot turn into a message."""
+
+
+class _Rejected(Exception):
+    """A client message is invalid; answered with an ``error`` event, the session goes on."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def _b64_samples(audio: str) -> int:
+    """PCM16 samples in a base64 payload, from its length alone (nothing is decoded)."""
+    return (len(audio) // 4 * 3 - audio[-2:].count("=")) // 2
+
+
+@dataclass(eq=False)
+class _Response:
+    """One response in flight; ``record`` is the dict exposed in ``EmulatedSession.responses``."""
+
+    id: str
+    record: dict[str, Any]
+    pre_generated_text: str | None = None
+    item_id: str = ""
+    rate_hz: int = PROMPT_RATE_HZ
+    terminating: bool = False  # the final events are being sent; too late to cancel
+    cancel_reason: str | None = None
+    cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    first_delta_at: float | None = None  # loop time of the first audio delta
+    samples_sent: int = 0
+    truncated: bool = False
+
+    def cancel(self, reason: str) -> bool:
+        """Ask the streaming task to stop; False when it is already finishing."""
+        if self.terminating or self.cancel_reason is not None:
+            return False
+        self.cancel_reason = reason
+        self.cancel_event.set()
+        return True
+
+    def played_ms(self, now: float, speed: float) -> int:
+        """Audio the client has played, assuming real-time playback from the first delta."""
+        if self.first_delta_at is None:
+            return 0
+        played = (now - self.first_delta_at) * speed * 1000.0
+        return int(min(played, self.samples_sent * 1000 / self.rate_hz))
+
+
+class EmulatedSession:
+    """Everything one accepted connection did; attributes are read by tests and reports.
+
+    ``received`` holds every client message parsed (``input_audio_buffer.append`` audio replaced
+    by its sample count); ``received_types`` counts them by type, with ``<invalid-json>`` /
+    ``<not-an-object>`` / ``<no-type>`` for junk. ``timeline`` entries are ``(input-audio time in
+    s, event type, details)``. ``close_code`` is the code the emulator closed with, else the code
+    the client sent (1006 when the TCP connection just dropped).
+
+    ``responses`` has one dict per response, updated while it runs: ``id``, ``trigger``
+    (``client`` | ``turn``), ``status`` (``scheduled``, ``in_progress``, then ``completed`` |
+    ``cancelled`` | ``dropped`` (barge-in before it began; never shown to the client) |
+    ``silenced`` | ``connection_closed``), ``reason`` (``turn_detected`` / ``client_cancelled``),
+    ``prompt``, ``transcript``, ``item_id``, ``samples_sent``, ``samples_total``,
+    ``output_rate``, ``started_audio_s`` / ``ended_audio_s`` (input-audio time at
+    response.created / response.done) and ``audio_end_ms`` (set if it was truncated).
+    Extras beyond the brief: ``path``, ``conversation_id``, ``resumed`` (the conversation id
+    was seen in an earlier session of this emulator) and ``config`` (the current session config).
+    """
+
+    def __init__(
+        self, emulator: VoiceLiveEmulator, ws: ServerConnection, request: Request, auth: str
+    ) -> None:
+        self._emu = emulator
+        self._ws = ws
+        self.id = _new_id("sess")
+        parts = urlsplit(request.path)
+        self.path = parts.path
+        self.query: dict[str, str] = dict(parse_qsl(parts.query, keep_blank_values=True))
+        self.headers: dict[str, str] = {
+            k.lower(): ("***" if k.lower() in ("api-key", "authorization") else v)
+            for k, v in request.headers.raw_items()
+        }
+        self.auth = auth
+        given = self.query.get("conversation-id")
+        self.resumed = bool(given) and given in emulator.conversations
+        self.conversation_id = given or _new_id("conv")
+        emulator.conversations.add(self.conversation_id)
+        self.received: list[dict[str, Any]] = []
+        self.received_types: collections.Counter[str] = collections.Counter()
+        self.input_samples = 0
+        self.output_samples = 0
+        self.config = _default_config()
+        self.input_rate = 24_000
+        self.output_rate = 24_000
+        self.errors_sent: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+        self.timeline: list[tuple[float, str, dict[str, Any]]] = []
+        self.expires_at = int(time.time()) + SESSION_LIFETIME_S
+
+        self._updated = False
+        self._silenced = False  # message_creation_failed: ignore input, send nothing
+        self._server_close_code: int | None = None
+        self._audio_s = 0.0  # input audio received, in seconds (the VAD's clock)
+        self._vad: EnergyVad | None = None
+        self._turn_item: str | None = None
+        self._turn_started_s = 0.0
+        self._last_item: str | None = None
+        self._transcripts = iter(caller_texts())
+        self._active: _Response | None = None
+        self._last_audio: _Response | None = None
+        self._answers = 0
+        self._responses_created = 0
+        self._rng = random.Random(self.id)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._event_seq = 0
+        self._configure_vad()
+
+    # --- outbound ------------------------------------------------------------------------
+    async def _send(self, event: dict[str, Any]) -> None:
+        """Send a server event (adds ``event_id``); dropped while silenced."""
+        if self._silenced:
+            return
+        self._event_seq += 1
+        await self._ws.send(json.dumps({"event_id": f"event_{self._event_seq:06d}", **event}))
+
+    async def _error(
+        self,
+        code: str,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        client_event_id: Any = None,
+    ) -> None:
+        details = {
+            "type": kind,
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": client_event_id,
+        }
+        self.errors_sent.append({"code": code, "message": message, "type": kind})
+        self._mark("error", {"code": code})
+        await self._send({"type": "error", "error": details})
+
+    def _mark(self, kind: str, details: dict[str, Any], at_s: float | None = None) -> None:
+        """Add a timeline entry at ``at_s`` (default: all input audio received so far)."""
+        self.timeline.append((round(self._audio_s if at_s is None else at_s, 3), kind, details))
+
+    def _session_object(self) -> dict[str, Any]:
+        """The ``session`` of session.created/updated: config plus server-owned fields."""
+        session: dict[str, Any] = {
+            "id": self.id,
+            "object": "realtime.session",
+            "model": self.query.get("model"),
+            **self.config,
+            "expires_at": self.expires_at,
+            "conversation_id": self.conversation_id,  # emulator extra, for resuming
+        }
+        if "agent-name" in self.query:
+            name = self.query["agent-name"]
+            version = self.query.get("agent-version")
+            agent = {
+                "type": "agent",
+                "name": name,
+                "description": None,
+                "agent_id": f"{name}:{version}" if version else name,
+                "thread_id": self.conversation_id,
+                "conversation_id": self.conversation_id,
+            }
+            for param, key in AGENT_QUERY_KEYS.items():
+                if param in self.query:
+                    agent[key] = self.query[param]
+            session["agent"] = agent
+        return session
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve the connection until it closes."""
+        try:
+            await self._send({"type": "session.created", "session": self._session_object()})
+            async for message in self._ws:
+                await self._on_message(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._ws.wait_closed()
+            self.close_code = self._server_close_code or self._ws.close_code
+            self.closed.set()
+            log.info(
+                "session %s closed (code %s, auth %s, %s): received %s, %d input samples, "
+                "%d output samples, responses %s, errors %s",
+                self.id,
+                self.close_code,
+                self.auth,
+                self.query.get("agent-name") or self.query.get("model") or "no model",
+                dict(self.received_types),
+                self.input_samples,
+                self.output_samples,
+                [(r["prompt"], r["status"]) for r in self.responses],
+                [e["code"] for e in self.errors_sent],
+            )
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _on_message(self, message: str | bytes) -> None:
+        try:
+            event = json.loads(message)
+        except (ValueError, UnicodeDecodeError):
+            self.received_types["<invalid-json>"] += 1
+            self.received.append({"type": "<invalid-json>", "size": len(message)})
+            if not self._silenced:
+                await self._error("invalid_json", "The message is not valid JSON.")
+            return
+        if not isinstance(event, dict):
+            self.received_types["<not-an-object>"] += 1
+            self.received.append({"type": "<not-an-object>"})
+            if not self._silenced:
+                await self._error("invalid_event", "The event must be a JSON object.")
+            return
+        kind = event.get("type")
+        self.received_types[kind if isinstance(kind, str) else "<no-type>"] += 1
+        record = dict(event)
+        if kind == "input_audio_buffer.append" and isinstance(event.get("audio"), str):
+            record["audio"] = _b64_samples(event["audio"])  # keep the count, not the audio
+        self.received.append(record)
+        if self._silenced:
+            return
+        client_event_id = event.get("event_id")
+        try:
+            _check_texts(event, self._emu.max_text_chars)
+            if not self._updated and kind != "session.update":
+                raise _Rejected(
+                    "session_update_required",
+                    "The first client event must be session.update.",
+                )
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise _Rejected("unknown_event_type", f"Unknown client event type: {kind!r}.")
+            await handler(self, event)
+        except _Rejected as exc:
+            await self._error(
+                exc.code, exc.message, param=exc.param, client_event_id=client_event_id
+            )
+        except _Violation as exc:
+            await self._message_creation_failed(str(exc), client_event_id)
+
+    async def _message_creation_failed(self, why: str, client_event_id: Any) -> None:
+        await self._error(
+            "message_creation_failed",
+            f"Failed to create message: {why}",
+            kind="server_error",
+            client_event_id=client_event_id,
+        )
+        self._silenced = True
+        self._mark("stall", {"reason": why})
+        if self._active is not None:
+            self._active.cancel("silenced")
+        self._spawn(self._close_after_stall())
+
+    async def _close_after_stall(self) -> None:
+        await asyncio.sleep(self._emu.stall_s)
+        self._server_close_code = 1011
+        self._mark("close", {"code": 1011})
+        await self._ws.close(1011, "message_creation_failed")
+
+    # --- client events -------------------------------------------------------------------
+    async def _on_session_update(self, event: dict[str, Any]) -> None:
+        given = event.get("session")
+        if not isinstance(given, dict):
+            raise _Rejected("invalid_value", "session.update needs a session object.", "session")
+        config = {**_default_config(), **given}
+        in_rate = config.get("input_audio_sampling_rate")
+        if in_rate not in INPUT_RATES:
+            raise _Rejected(
+                "invalid_value",
+                f"Unsupported input_audio_sampling_rate {in_rate!r}"
+                " (the emulator takes 16000 or 24000).",
+                "session.input_audio_sampling_rate",
+            )
+        if config.get("input_audio_format") != "pcm16":
+            raise _Rejected(
+                "invalid_value",
+                "The emulator only takes pcm16 input audio.",
+                "session.input_audio_format",
+            )
+        out_format = config.get("output_audio_format")
+        if out_format not in OUTPUT_RATES:
+            raise _Rejected(
+                "invalid_value",
+                f"Unsupported output_audio_format {out_format!r}.",
+                "session.output_audio_format",
+            )
+        td = config.get("turn_detection")
+        if td is not None and not isinstance(td, dict):
+            raise _Rejected(
+                "invalid_value",
+                "turn_detection must be an object or null.",
+                "session.turn_detection",
+            )
+        self.config = config
+        self.input_rate, self.output_rate = int(in_rate), OUTPUT_RATES[out_format]
+        self._updated = True
+        self._configure_vad()
+        self._mark(
+            "session.updated",
+            {"input_rate": self.input_rate, "output_rate": self.output_rate, "vad": td is not None},
+        )
+        await self._send({"type": "session.updated", "session": self._session_object()})
+
+    async def _on_append(self, event: dict[str, Any]) -> None:
+        audio = event.get("audio")
+        if not isinstance(audio, str):
+            raise _Rejected("invalid_value", "audio must be a base64 string.", "audio")
+        try:
+            raw = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise _Rejected("invalid_value", "audio is not valid base64.", "audio") from None
+        if len(raw) % 2:
+            raise _Rejected("invalid_value", "audio has an odd number of bytes.", "audio")
+        samples = np.frombuffer(raw, dtype="<i2")
+        self.input_samples += len(samples)
+        self._audio_s += len(samples) / self.input_rate
+        if self._vad is None:
+            return
+        for kind, at_ms in self._vad.feed(samples):
+            if kind == "speech_started":
+                await self._speech_started(at_ms)
+            else:
+                await self._speech_stopped(at_ms)
+
+    async def _on_commit(self, event: dict[str, Any]) -> None:
+        if self._vad is not None and self._vad.speaking:
+            self._vad.speaking, self._vad.run = False, 0
+        item = self._turn_item or _new_id("item")
+        self._turn_item = None
+        await self._finish_turn(item, self._turn_started_s, self._audio_s)
+
+    async def _on_clear(self, event: dict[str, Any]) -> None:
+        self._configure_vad()
+        self._turn_item = None
+        await self._send({"type": "input_audio_buffer.cleared"})
+
+    async def _on_response_create(self, event: dict[str, Any]) -> None:
+        if self._active is not None:
+            raise _Rejected(
+                "conversation_already_has_active_response",
+                f"Conversation already has an active response in progress: {self._active.id}. "
+                "Wait until the response is finished before creating a new one.",
+            )
+        params = event.get("response") or {}
+        text = None
+        pre = params.get("pre_generated_assistant_message") if isinstance(params, dict) else None
+        if isinstance(pre, dict):
+            texts = [p.get("text") for p in pre.get("content") or [] if isinstance(p, dict)]
+            text = " ".join(t for t in texts if isinstance(t, str))
+        self._start_response(trigger="client", pre_generated_text=text)
+
+    async def _on_response_cancel(self, event: dict[str, Any]) -> None:
+        active = self._active
+        if active is None or not active.cancel("client_cancelled"):
+            raise _Rejected(
+                "response_cancel_not_active", "Cancellation failed: no active response found."
+            )
+        if active.task is not None:
+            await asyncio.wait({active.task})
+
+    async def _on_item_create(self, event: dict[str, Any]) -> None:
+        item = event.get("item")
+        if not isinstance(item, dict):
+            raise _Rejected("invalid_value", "conversation.item.create needs an item.", "item")
+        created = {"object": "realtime.item", "status": "completed", **item}
+        created.setdefault("id", _new_id("item"))
+        await self._item_created(created)
+
+    async def _on_item_truncate(self, event: dict[str, Any]) -> None:
+        item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
+        if not isinstance(item_id, str) or not isinstance(end_ms, int):
+            raise _Rejected("invalid_value", "truncate needs item_id and audio_end_ms.")
+        self._mark(
+            "conversation.item.truncated",
+            {"item_id": item_id, "audio_end_ms": end_ms, "by": "client"},
+        )
+        await self._send(
+            {
+                "type": "conversation.item.truncated",
+                "item_id": item_id,
+                "content_index": event.get("content_index", 0),
+                "audio_end_ms": end_ms,
+            }
+        )
+
+    _handlers: dict[str, Any] = {
+        "session.update": _on_session_update,
+        "input_audio_buffer.append": _on_append,
+        "input_audio_buffer.commit": _on_commit,
+        "input_audio_buffer.clear": _on_clear,
+        "response.create": _on_response_create,
+        "response.cancel": _on_response_cancel,
+        "conversation.item.create": _on_item_create,
+        "conversation.item.truncate": _on_item_truncate,
+    }
+
+    # --- turns ---------------------------------------------------------------------------
+    @property
+    def _turn_detection(self) -> dict[str, Any] | None:
+        td = self.config.get("turn_detection")
+        return td if isinstance(td, dict) else None
+
+    def _configure_vad(self) -> None:
+        td = self._turn_detection
+        if td is None:
+            self._vad = None
+            return
+        silence = td.get("silence_duration_ms")
+        self._vad = EnergyVad(
+            self.input_rate,
+            threshold_dbfs=threshold_dbfs(td.get("threshold")),
+            silence_ms=silence if isinstance(silence, int) and silence > 0 else 500,
+            base_ms=self._audio_s * 1000.0,
+        )
+
+    async def _speech_started(self, at_ms: float) -> None:
+        self._turn_item = _new_id("item")
+        self._turn_started_s = at_ms / 1000.0
+        self._mark(
+            "input_audio_buffer.speech_started", {"audio_start_ms": int(at_ms)}, at_ms / 1000.0
+        )
+        await self._send(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": int(at_ms),
+                "item_id": self._turn_item,
+            }
+        )
+        td = self._turn_detection or {}
+        if not td.get("interrupt_response", True):
+            return
+        active = self._active
+        if active is not None and active.cancel("turn_detected") and active.task is not None:
+            await asyncio.wait({active.task})  # its response.done goes out before truncation
+        last = self._last_audio
+        if td.get("auto_truncate", False) and last is not None and not last.truncated:
+            played = last.played_ms(asyncio.get_running_loop().time(), self._emu.speed)
+            sent_ms = last.samples_sent * 1000 // last.rate_hz
+            if last is active or played < sent_ms:
+                last.truncated = True
+                last.record["audio_end_ms"] = played
+                self._mark(
+                    "conversation.item.truncated", {"item_id": last.item_id, "audio_end_ms": played}
+                )
+                await self._send(
+                    {
+                        "type": "conversation.item.truncated",
+                        "item_id": last.item_id,
+                        "content_index": 0,
+                        "audio_end_ms": played,
+                    }
+                )
+
+    async def _speech_stopped(self, at_ms: float) -> None:
+        item = self._turn_item or _new_id("item")
+        self._turn_item = None
+        self._mark(
+            "input_audio_buffer.speech_stopped", {"audio_end_ms": int(at_ms)}, at_ms / 1000.0
+        )
+        await self._send(
+            {
+                "type": "input_audio_buffer.speech_stopped",
+                "audio_end_ms": int(at_ms),
+                "item_id": item,
+            }
+        )
+        await self._finish_turn(item, self._turn_started_s, at_ms / 1000.0)
+        td = self._turn_detection or {}
+        if td.get("create_response", True) and self._active is None:
+            self._start_response(trigger="turn")
+
+    async def _finish_turn(self, item_id: str, start_s: float, end_s: float) -> None:
+        """Commit the user turn: committed, item.created and the (emulated) transcript."""
+        await self._send(
+            {
+                "type": "input_audio_buffer.committed",
+                "previous_item_id": self._last_item,
+                "item_id": item_id,
+            }
+        )
+        await self._item_created(
+            {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed",
+                "role": "user",
+                "content": [{"type": "input_audio", "transcript": None}],
+            }
+        )
+        transcript = next(self._transcripts, None)
+        if transcript is None:
+            transcript = f"(speech {max(end_s - start_s, 0.0):.1f} s)"
+        self._mark("transcription", {"item_id": item_id, "transcript": transcript})
+        await self._send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": item_id,
+                "content_index": 0,
+                "transcript": transcript,
+            }
+        )
+
+    async def _item_created(self, item: dict[str, Any]) -> None:
+        previous, self._last_item = self._last_item, item.get("id")
+        await self._send(
+            {"type": "conversation.item.created", "previous_item_id": previous, "item": item}
+        )
+
+    # --- responses -----------------------------------------------------------------------
+    def _start_response(self, *, trigger: str, pre_generated_text: str | None = None) -> None:
+        record: dict[str, Any] = {
+            "id": _new_id("resp"),
+            "trigger": trigger,
+            "status": "scheduled",
+            "reason": None,
+            "prompt": None,
+            "transcript": None,
+            "samples_sent": 0,
+            "samples_total": 0,
+            "output_rate": self.output_rate,
+            "started_audio_s": None,
+            "ended_audio_s": None,
+            "audio_end_ms": None,
+        }
+        response = _Response(record["id"], record, pre_generated_text, rate_hz=self.output_rate)
+        self._active = response
+        self.responses.append(record)
+        response.task = self._spawn(self._run_response(response))
+
+    def _pick_prompt(self, response: _Response) -> tuple[str, str]:
+        """(prompt name, transcript): greeting first, then the answer cycle."""
+        prompts = load_prompts()
+        first = self._responses_created == 0
+        self._responses_created += 1
+        if response.pre_generated_text is not None:
+            return prompts.greeting, response.pre_generated_text
+        if first:
+            return prompts.greeting, prompts.prompts[prompts.greeting].text
+        name = prompts.answer_cycle[self._answers % len(prompts.answer_cycle)]
+        self._answers += 1
+        return name, prompts.prompts[name].text
+
+    def _response_object(
+        self,
+        r: _Response,
+        status: str,
+        details: Any = None,
+        output: list[Any] | None = None,
+        usage: Any = None,
+    ) -> dict[str, Any]:
+        return {
+            "id": r.id,
+            "object": "realtime.response",
+            "status": status,
+            "status_details": details,
+            "output": output or [],
+            "usage": usage,
+            "conversation_id": self.conversation_id,
+            "modalities": self.config.get("modalities"),
+            "voice": self.config.get("voice"),
+            "output_audio_format": self.config.get("output_audio_format"),
+            "temperature": self.config.get("temperature"),
+            "max_output_tokens": "inf",
+        }
+
+    async def _pause(self, response: _Response, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True as soon as the response is cancelled."""
+        if response.cancel_event.is_set():
+            return True
+        if seconds <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(response.cancel_event.wait(), seconds)
+        return response.cancel_event.is_set()
+
+    async def _run_response(self, r: _Response) -> None:
+        try:
+            await self._stream_response(r)
+        except ConnectionClosed:
+            r.record["status"] = "connection_closed"
+        finally:
+            r.terminating = True
+            if self._active is r:
+                self._active = None
+
+    async def _stream_response(self, r: _Response) -> None:
+        loop = asyncio.get_running_loop()
+        speed = self._emu.speed
+        rec = r.record
+        cancelled_early = await self._pause(r, self._emu.response_delay_ms / 1000.0 / speed)
+        # Cancelled before it began: a barge-in drops it unseen; a client cancel still gets
+        # response.created + response.done, as the client asked for this response.
+        if cancelled_early and r.cancel_reason != "client_cancelled":
+            rec.update(status="dropped", reason=r.cancel_reason)
+            self._mark("response.dropped", {"response_id": r.id, "reason": r.cancel_reason})
+            return
+        name, transcript = self._pick_prompt(r)
+        pcm = prompt_pcm(name, r.rate_hz)
+        r.item_id = _new_id("item")
+        rec.update(
+            prompt=name,
+            transcript=transcript,
+            samples_total=len(pcm),
+            status="in_progress",
+            item_id=r.item_id,
+            started_audio_s=round(self._audio_s, 3),
+        )
+        self._mark("response.created", {"response_id": r.id, "prompt": name})
+        ids = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
+        item: dict[str, Any] = {
+            "id": r.item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
+        await self._send(
+            {"type": "response.created", "response": self._response_object(r, "in_progress")}
+        )
+        await self._send(
+            {
+                "type": "response.output_item.added",
+                "response_id": r.id,
+                "output_index": 0,
+                "item": item,
+            }
+        )
+        await self._item_created(item)
+        await self._send(
+            {
+                "type": "response.content_part.added",
+                **ids,
+                "part": {"type": "audio", "transcript": ""},
+            }
+        )
+
+        words = transcript.split()
+        spoken: list[str] = []
+        pace = GENERATION_SPEEDUP * speed
+        lo, hi = (r.rate_hz * ms // 1000 for ms in CHUNK_MS)
+        t0 = loop.time()
+        while r.samples_sent < len(pcm) and r.cancel_reason is None:
+            n = min(self._rng.randint(lo, hi), len(pcm) - r.samples_sent)
+            chunk = pcm[r.samples_sent : r.samples_sent + n]
+            upto = math.ceil(len(words) * (r.samples_sent + n) / len(pcm))
+            while len(spoken) < upto:  # the transcript runs slightly ahead of the audio
+                delta = ("" if not spoken else " ") + words[len(spoken)]
+                spoken.append(words[len(spoken)])
+                await self._send({"type": "response.audio_transcript.delta", **ids, "delta": delta})
+            if r.cancel_reason is not None:
+                break
+            await self._send(
+                {
+                    "type": "response.audio.delta",
+                    **ids,
+                    "delta": base64.b64encode(chunk.tobytes()).decode("ascii"),
+                }
+            )
+            if r.first_delta_at is None:
+                r.first_delta_at = loop.time()
+                self._last_audio = r  # the item a barge-in would truncate
+            r.samples_sent += n
+            rec["samples_sent"] = r.samples_sent
+            self.output_samples += n
+            due = t0 + r.samples_sent / r.rate_hz / pace
+            await self._pause(r, due - loop.time())
+
+        if r.cancel_reason == "silenced":
+            rec.update(status="silenced", reason="message_creation_failed")
+            return
+        r.terminating = True
+        status = "completed" if r.cancel_reason is None else "cancelled"
+        done_text = transcript if status == "completed" else " ".join(spoken)
+        part = {"type": "audio", "transcript": done_text}
+        item = {
+            **item,
+            "status": "completed" if status == "completed" else "incomplete",
+            "content": [part],
+        }
+        await self._send({"type": "response.audio.done", **ids})
+        await self._send({"type": "response.audio_transcript.done", **ids, "transcript": done_text})
+        await self._send({"type": "response.content_part.done", **ids, "part": part})
+        await self._send(
+            {
+                "type": "response.output_item.done",
+                "response_id": r.id,
+                "output_index": 0,
+                "item": item,
+            }
+        )
+        details = (
+            None if status == "completed" else {"type": "cancelled", "reason": r.cancel_reason}
+        )
+        audio_tokens = max(1, round(r.samples_sent / r.rate_hz * 10))
+        usage = {
+            "total_tokens": audio_tokens + len(spoken) + 20,
+            "input_tokens": 20,
+            "output_tokens": audio_tokens + len(spoken),
+            "input_token_details": {
+                "cached_tokens": 0,
+                "text_tokens": 20,
+                "audio_tokens": 0,
+                "image_tokens": 0,
+            },
+            "output_token_details": {"text_tokens": len(spoken), "audio_tokens": audio_tokens},
+        }
+        rec.update(status=status, reason=r.cancel_reason, ended_audio_s=round(self._audio_s, 3))
+        self._mark(
+            "response.done",
+            {
+                "response_id": r.id,
+                "status": status,
+                "reason": r.cancel_reason,
+                "samples_sent": r.samples_sent,
+            },
+        )
+        if self._active is r:
+            self._active = None  # a new response may be asked for once response.done is out
+        await self._send(
+            {
+                "type": "response.done",
+                "response": self._response_object(r, status, details, [item], usage),
+            }
+        )
+
+
+def _check_texts(event: dict[str, Any], max_chars: int) -> None:
+    """Raise :class:`_Violation` if a text field the service turns into a message is unusable."""
+
+    def check(value: Any, where: str) -> None:
+        if not isinstance(value, str):
+            raise _Violation(f"{where} is {type(value).__name__}, not a string")
+        if len(value) > max_chars:
+            raise _Violation(f"{where} has {len(value)} characters (limit {max_chars})")
+
+    def check_parts(parts: Any, where: str) -> None:
+        for i, part in enumerate(parts if isinstance(parts, list) else []):
+            if isinstance(part, dict) and "text" in part:
+                check(part["text"], f"{where}.content[{i}].text")
+
+    kind = event.get("type")
+    if kind == "session.update":
+        session = event.get("session")
+        if isinstance(session, dict) and "instructions" in session:
+            check(session["instructions"], "session.instructions")
+    elif kind == "response.create":
+        if "additional_instructions" in event:
+            check(event["additional_instructions"], "additional_instructions")
+        response = event.get("response")
+        if isinstance(response, dict):
+            if "instructions" in response:
+                check(response["instructions"], "response.instructions")
+            pre = response.get("pre_generated_assistant_message")
+            if isinstance(pre, dict):
+                check_parts(pre.get("content"), "response.pre_generated_assistant_message")
+    elif kind == "conversation.item.create":
+        item = event.get("item")
+        if isinstance(item, dict):
+            check_parts(item.get("content"), "item")
+            if "output" in item:
+                check(item["output"], "item.output")
+
+
+# --- the server -----------------------------------------------------------------------------
+class VoiceLiveEmulator:
+    """A Voice Live WebSocket endpoint on loopback; see the module docstring for behaviour.
+
+    ``await start()`` binds (port 0 picks a free port) and sets :attr:`endpoint` (pass it to
+    ``connect(endpoint=...)``); ``await stop()`` closes every session (1001) and the listener.
+    ``sessions`` lists one :class:`EmulatedSession` per accepted connection; ``rejected``
+    counts refused upgrades.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = "emulator-key",
+        require_auth: bool = True,
+        speed: float = 1.0,
+        response_delay_ms: int = 150,
+        max_text_chars: int = 16_384,
+        stall_s: float = 5.0,
+        never_answer: bool = False,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.api_key = api_key
+        self.require_auth = require_auth
+        self.speed = speed
+        self.response_delay_ms = response_delay_ms
+        self.max_text_chars = max_text_chars
+        self.stall_s = stall_s
+        self.never_answer = never_answer
+        self.endpoint = ""
+        self.sessions: list[EmulatedSession] = []
+        self.rejected = 0
+        self.conversations: set[str] = set()
+        self._server: Server | None = None
+        self._silent_server: asyncio.Server | None = None
+        self._silent_holds: set[asyncio.Task[Any]] = set()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Start listening on ``host:port`` (loopback; 0 = any free port)."""
+        if self._server is not None or self._silent_server is not None:
+            raise RuntimeError("already started")
+        if self.never_answer:
+            self._silent_server = await asyncio.start_server(self._hold, host, port)
+            bound = self._silent_server.sockets[0].getsockname()
+        else:
+            self._server = await serve(
+                self._handle,
+                host,
+                port,
+                process_request=self._process_request,
+                compression=None,
+                max_size=MAX_MESSAGE_BYTES,
+                close_timeout=CLOSE_TIMEOUT_S,
+            )
+            bound = next(iter(self._server.sockets)).getsockname()
+        self.endpoint = f"http://{bound[0]}:{bound[1]}"
+        log.info("Voice Live emulator listening on %s (speed %.3g)", self.endpoint, self.speed)
+
+    async def stop(self) -> None:
+        """Close all sessions and stop listening; safe to call twice."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._silent_server is not None:
+            self._silent_server.close()
+            for task in list(self._silent_holds):
+                task.cancel()  # _hold closes its socket on the way out
+            await asyncio.gather(*self._silent_holds, return_exceptions=True)
+            await self._silent_server.wait_closed()
+            self._silent_server = None
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """never_answer: read and discard until the peer closes or stop() cancels us."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._silent_holds.add(task)
+        try:
+            while await reader.read(65536):
+                pass
+        except (ConnectionError, asyncio.CancelledError):
+            # Swallowed so asyncio's stream callback does not log the cancellation as an error.
+            pass
+        finally:
+            self._silent_holds.discard(task)
+            writer.close()
+
+    def auth_kind(self, headers: Headers, query: dict[str, str]) -> str | None:
+        """``"api-key"`` / ``"bearer"`` / ``"none"`` for an acceptable upgrade, else None."""
+        key = headers.get("api-key") or query.get("api-key")
+        if key and (self.api_key is None or secrets.compare_digest(key, self.api_key)):
+            return "api-key"
+        scheme, _, token = (headers.get("authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return "bearer"
+        return None if self.require_auth else "none"
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        if not parts.path.rstrip("/").endswith("/voice-live/realtime"):
+            self.rejected += 1
+            return ws.respond(http.HTTPStatus.NOT_FOUND, "Not found: use /voice-live/realtime\n")
+        query = dict(parse_qsl(parts.query))
+        if self.auth_kind(request.headers, query) is None:
+            self.rejected += 1
+            log.info("rejected upgrade without valid credentials")
+            return ws.respond(http.HTTPStatus.UNAUTHORIZED, "Missing or invalid credentials\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None  # set once the handshake succeeded
+        query = dict(parse_qsl(urlsplit(request.path).query))
+        auth = self.auth_kind(request.headers, query) or "none"
+        session = EmulatedSession(self, ws, request, auth)
+        self.sessions.append(session)
+        log.info(
+            "session %s opened: auth %s, %s, conversation %s%s",
+            session.id,
+            auth,
+            f"agent {query['agent-name']}"
+            if "agent-name" in query
+            else f"model {query.get('model')}",
+            session.conversation_id,
+            " (resumed)" if session.resumed else "",
+        )
+        await session.run()
+
+
+# --- CLI: voicebridge emulator ----------------------------------------------------------------
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``voicebridge emulator``."""
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0 = any free port)")
+    parser.add_argument("--api-key", default="emulator-key", help="the accepted api-key")
+    parser.add_argument("--any-key", action="store_true", help="accept any api-key value")
+    parser.add_argument("--no-auth", action="store_true", help="accept upgrades without auth")
+    parser.add_argument("--speed", type=float, default=1.0, help="time scale (2 = twice as fast)")
+    parser.add_argument("--response-delay-ms", type=int, default=150)
+    parser.add_argument("--max-text-chars", type=int, default=16_384)
+    parser.add_argument("--stall-s", type=float, default=5.0)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+async def _serve_forever(args: argparse.Namespace) -> None:
+    emulator = VoiceLiveEmulator(
+        api_key=None if args.any_key else args.api_key,
+        require_auth=not args.no_auth,
+        speed=args.speed,
+        response_delay_ms=args.response_delay_ms,
+        max_text_chars=args.max_text_chars,
+        stall_s=args.stall_s,
+    )
+    await emulator.start(args.host, args.port)
+    print(f"Voice Live emulator: connect(endpoint={emulator.endpoint!r}); Ctrl-C stops it.")
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError):  # SIGTERM (containers) stops it cleanly too
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await emulator.stop()
+        log.info("emulator stopped after %d session(s)", len(emulator.sessions))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the emulator until Ctrl-C; sessions are logged as they open and close."""
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # we log sessions ourselves
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(args))
+    return 0
