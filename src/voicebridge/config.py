@@ -115,9 +115,7 @@ class Settings(BaseSettings):
     )
 
     # ---- audio
-    acs_audio_rate: int = Field(
-        default=16000, validation_alias=AliasChoices("ACS_AUDIO_RATE")
-    )
+    acs_audio_rate: int = Field(default=16000, validation_alias=AliasChoices("ACS_AUDIO_RATE"))
     voicelive_audio_rate: int = Field(
         default=24000, validation_alias=AliasChoices("VOICELIVE_AUDIO_RATE")
     )
