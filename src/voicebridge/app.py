@@ -16,6 +16,7 @@ from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call, CallRegistry
 from voicebridge.config import Settings
 from voicebridge.routes import calls, health, media
+from voicebridge.stats import ServiceStats
 from voicebridge.voicelive.session import make_credential
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ class AppContext:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = CallRegistry(log_dir=settings.log_dir)
+        self.stats = ServiceStats()
+        self.registry = CallRegistry(log_dir=settings.log_dir, stats=self.stats)
         self.voicelive_credential: Any = None
         self.acs: Any = None
         self.ready = False
@@ -35,6 +37,7 @@ class AppContext:
     async def start(self) -> None:
         self.voicelive_credential = make_credential(self.settings)
         self.acs = acs_client.make_client(self.settings)
+        self.spawn(self.stats.watch_loop(), name="loop-lag")
         self.ready = True
 
     async def stop(self) -> None:

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from voicebridge.stats import ServiceStats
+
 log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -84,13 +86,15 @@ class Call:
 class CallRegistry:
     """Live calls by key and by call connection id, plus recent event ids and reports."""
 
-    def __init__(self, *, log_dir: str, dedupe_ttl_s: float = 600.0) -> None:
+    def __init__(
+        self, *, log_dir: str, stats: ServiceStats | None = None, dedupe_ttl_s: float = 600.0
+    ) -> None:
         self.log_dir = log_dir
+        self.stats = stats or ServiceStats()
         self.by_key: dict[str, Call] = {}
         self.dedupe_ttl_s = dedupe_ttl_s
         self._seen: OrderedDict[str, float] = OrderedDict()
         self.finished: deque[dict[str, Any]] = deque(maxlen=200)
-        self.outcomes: dict[str, int] = {}
 
     def seen_before(self, event_id: str) -> bool:
         """True if ``event_id`` was delivered within the TTL (Event Grid retries)."""
@@ -125,7 +129,7 @@ class CallRegistry:
         if call.ended.is_set():
             return
         call.outcome = call.outcome or outcome
-        self.outcomes[call.outcome] = self.outcomes.get(call.outcome, 0) + 1
+        self.stats.call_ended(call.outcome)
         call.ended.set()
         self.by_key.pop(call.key, None)
         summary = {

@@ -32,7 +32,7 @@ from starlette.websockets import WebSocket
 from voicebridge.calls import Call
 from voicebridge.core.audio import Resampler
 from voicebridge.core.bridge import CallBridge
-from voicebridge.core.stats import Samples
+from voicebridge.core.stats import Histogram
 from voicebridge.errors import UpstreamUnavailable
 from voicebridge.voicelive.session import OpenSession, open_session, session_config
 
@@ -76,7 +76,7 @@ class MediaRelay:
             max_message_bytes=s.max_message_bytes,
         )
         self.session: OpenSession | None = None
-        self.inbound_latency_ms = Samples()
+        self.inbound_latency_ms = Histogram()
         self._vl_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.outcome = "completed"
@@ -270,6 +270,12 @@ class MediaRelay:
                 k: (v if k == "count" else round(v / self.speed, 3))
                 for k, v in report["outbound_latency_ms"].items()
             }
+        self.ctx.stats.call_finished(
+            report,
+            self.inbound_latency_ms,
+            bridge.outbound_latency_ms,
+            outbound_scale=1.0 / self.speed,
+        )
         report["voicelive_close_code"] = self.voicelive_close_code
         report["session_id"] = bridge.session_id
         report["conversation_id"] = bridge.conversation_id

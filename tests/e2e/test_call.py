@@ -39,6 +39,13 @@ async def test_a_whole_call_with_greeting_turns_and_barge_in(tmp_path: Path) -> 
     assert any('"agent_transcript"' in e for e in events)
     assert any('"user_transcript"' in e for e in events)
 
+    # the process-wide stats add up the call
+    stats = result.service_stats
+    assert stats is not None and stats["calls_by_outcome"] == {"caller_hung_up": 1}
+    assert stats["calls_not_conserved"] == 0 and stats["counters"]["barge_ins"] >= 1
+    assert stats["relay_latency_ms"]["inbound"]["count"] > 1000
+    assert stats["loop_lag_ms"]["count"] > 0
+
     # the caller really heard the agent
     assert agent_energy(result.call.heard) > 0.2
     for name in ("caller.wav", "heard.wav", "report.json", "timeline.png"):

@@ -35,7 +35,7 @@ from voicebridge.core import acs
 from voicebridge.core import voicelive as vl
 from voicebridge.core.audio import Framer, Resampler
 from voicebridge.core.guard import OutboundGuard
-from voicebridge.core.stats import Samples
+from voicebridge.core.stats import Histogram
 from voicebridge.core.turns import ACTIVE, REQUESTED, Event, TurnTable
 from voicebridge.errors import GuardRejected, IllegalTransition, RemoteProtocolError
 
@@ -143,7 +143,7 @@ class CallBridge:
             self.turns, max_text_bytes=max_text_bytes, max_message_bytes=max_message_bytes
         )
         self.counters = Counters()
-        self.outbound_latency_ms = Samples()
+        self.outbound_latency_ms = Histogram()
         self.records: deque[dict[str, Any]] = deque()
 
         self._voicelive_out: list[dict[str, Any]] = []

@@ -45,5 +45,13 @@ async def status(request: Request) -> dict[str, object]:
         "acs_audio_rate": s.acs_audio_rate,
         "voicelive_audio_rate": s.voicelive_audio_rate,
         "active_calls": ctx.registry.active,
-        "calls_by_outcome": dict(ctx.registry.outcomes),
+        "calls_by_outcome": dict(ctx.stats.outcomes),
     }
+
+
+@router.get("/api/stats")
+async def stats(request: Request) -> dict[str, object]:
+    """Relay latency, loop lag and counters summed over finished calls (no call data)."""
+    ctx = request.app.state.ctx
+    snapshot: dict[str, object] = ctx.stats.snapshot(ctx.registry.active)
+    return snapshot

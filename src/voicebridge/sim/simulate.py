@@ -71,6 +71,7 @@ class SimResult:
     acs: FakeAcs
     caller_pcm: np.ndarray
     log_path: Path | None
+    service_stats: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- audio files
@@ -235,13 +236,14 @@ async def run_call(options: SimOptions) -> SimResult:
             ended.result()
             ctx = app.state.ctx
             summary = await _bridge_summary(ctx, call)
+            service_stats = ctx.stats.snapshot(ctx.registry.active)
     finally:
         await acs.stop()
         if emulator is not None:
             await emulator.stop()
     report = build_report(options, call, summary, emulator, caller_pcm, segments)
     log_path = _conversation_log(log_dir, call)
-    return SimResult(report, call, summary, emulator, acs, caller_pcm, log_path)
+    return SimResult(report, call, summary, emulator, acs, caller_pcm, log_path, service_stats)
 
 
 async def _bridge_summary(ctx: Any, call: FakeCall) -> dict[str, Any] | None:
