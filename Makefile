@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint format typecheck pytest simulate bench clean
+.PHONY: test lint format typecheck pytest fuzz simulate bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The long fuzz campaign: 10 000 examples per target (make test runs a short one).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -m fuzz -p no:cacheprovider --hypothesis-show-statistics
 
 simulate: $(STAMP)
 	$(BIN)/voicebridge simulate $(ARGS)

@@ -16,6 +16,12 @@ from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call, CallRegistry
 from voicebridge.config import Settings
 from voicebridge.routes import calls, health, media
+from voicebridge.security import (
+    ENTRA_OPENID_CONFIG_URL,
+    CallUrlSigner,
+    JwksCache,
+    TokenValidator,
+)
 from voicebridge.stats import ServiceStats
 from voicebridge.voicelive.session import make_credential
 
@@ -28,21 +34,37 @@ class AppContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = ServiceStats()
-        self.registry = CallRegistry(log_dir=settings.log_dir, stats=self.stats)
+        secret = settings.call_url_secret
+        self.registry = CallRegistry(
+            log_dir=settings.log_dir,
+            stats=self.stats,
+            signer=CallUrlSigner(secret.get_secret_value().encode() if secret else None),
+        )
+        self.acs_tokens = acs_token_validator(settings)
+        self.eventgrid_tokens = eventgrid_token_validator(settings)
         self.voicelive_credential: Any = None
         self.acs: Any = None
         self.ready = False
+        self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         self.voicelive_credential = make_credential(self.settings)
         self.acs = acs_client.make_client(self.settings)
         self.spawn(self.stats.watch_loop(), name="loop-lag")
+        for name, validator in (("ACS", self.acs_tokens), ("Entra", self.eventgrid_tokens)):
+            if validator is not None:  # warm the key cache; a failure retries on first use
+                self.spawn(_prefetch(validator.keys, name), name=f"jwks-{name}")
+        if self.acs_tokens is None:
+            log.warning(
+                "!!! ACS_JWT_VALIDATION=false: callbacks and media sockets are NOT "
+                "authenticated beyond the per-call URL key. Development only. !!!"
+            )
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
-        for call in list(self.registry.by_key.values()):
+        for call in list(self.registry.by_id.values()):
             if call.media_task is not None:
                 call.media_task.cancel()
         for task in list(self._tasks):
@@ -71,6 +93,69 @@ class AppContext:
         """Hang up ``call`` through Call Automation (idempotent, never raises)."""
         if call.call_connection_id and self.acs is not None:
             await acs_client.hang_up(self.acs, call.call_connection_id)
+
+
+async def _prefetch(keys: JwksCache, name: str) -> None:
+    try:
+        await keys.refresh()
+    except Exception as exc:
+        log.warning(
+            "%s signing keys not fetched at start-up (%s); will retry on first use",
+            name,
+            type(exc).__name__,
+        )
+
+
+def acs_token_validator(settings: Settings) -> TokenValidator | None:
+    """The ACS Call Automation JWT check (None only when explicitly turned off)."""
+    if not settings.acs_jwt_validation:
+        return None
+    assert settings.acs_resource_id is not None  # enforced by Settings
+    keys = JwksCache(
+        jwks_url=settings.acs_jwks_url, openid_config_url=settings.acs_openid_config_url
+    )
+    return TokenValidator(
+        keys,
+        issuers=[settings.acs_jwt_issuer],
+        audience=settings.acs_resource_id,
+        leeway_s=settings.jwt_leeway_s,
+    )
+
+
+def eventgrid_token_validator(settings: Settings) -> TokenValidator | None:
+    """The Entra check for protected Event Grid delivery, when configured."""
+    tenant = settings.eventgrid_entra_tenant_id
+    if not tenant or not settings.eventgrid_entra_audience:
+        return None
+    keys = JwksCache(
+        openid_config_url=settings.eventgrid_entra_openid_config_url
+        or ENTRA_OPENID_CONFIG_URL.format(tenant=tenant)
+    )
+    return TokenValidator(
+        keys,
+        # v2.0 and v1.0 tokens name the tenant differently (protocols.md §5).
+        issuers=[
+            f"https://login.microsoftonline.com/{tenant}/v2.0",
+            f"https://sts.windows.net/{tenant}/",
+        ],
+        audience=settings.eventgrid_entra_audience,
+        leeway_s=settings.jwt_leeway_s,
+    )
+
+
+def create_app_from_env() -> FastAPI:
+    """``uvicorn --factory voicebridge.app:create_app_from_env``: settings from the
+    environment; a bad setting exits with one line naming the variable."""
+    from voicebridge import logs
+    from voicebridge.config import load_settings
+    from voicebridge.errors import ConfigError
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"voicebridge: configuration error: {exc}") from None
+    logs.setup(settings.log_level)
+    return create_app(settings)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import re
-import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from voicebridge.security import CallUrlSigner
 from voicebridge.stats import ServiceStats
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class ConversationLog:
 class Call:
     """One phone call, from IncomingCall to CallDisconnected."""
 
-    key: str  # unguessable; appears in the callback and media URLs
+    id: str  # random; the registry key
+    url_key: str  # "<id>.<HMAC>": the unguessable part of the callback and media URLs
     correlation_id: str
     server_call_id: str
     caller: str
@@ -80,18 +81,24 @@ class Call:
 
     @property
     def label(self) -> str:
-        return self.call_connection_id or self.correlation_id or self.key[:8]
+        return self.call_connection_id or self.correlation_id or self.id
 
 
 class CallRegistry:
     """Live calls by key and by call connection id, plus recent event ids and reports."""
 
     def __init__(
-        self, *, log_dir: str, stats: ServiceStats | None = None, dedupe_ttl_s: float = 600.0
+        self,
+        *,
+        log_dir: str,
+        stats: ServiceStats | None = None,
+        signer: CallUrlSigner | None = None,
+        dedupe_ttl_s: float = 600.0,
     ) -> None:
         self.log_dir = log_dir
         self.stats = stats or ServiceStats()
-        self.by_key: dict[str, Call] = {}
+        self.signer = signer or CallUrlSigner()
+        self.by_id: dict[str, Call] = {}
         self.dedupe_ttl_s = dedupe_ttl_s
         self._seen: OrderedDict[str, float] = OrderedDict()
         self.finished: deque[dict[str, Any]] = deque(maxlen=200)
@@ -110,19 +117,20 @@ class CallRegistry:
         return False
 
     def new_call(self, *, correlation_id: str, server_call_id: str, caller: str) -> Call:
-        key = secrets.token_urlsafe(24)
+        call_id, url_key = self.signer.new_key()
         call = Call(
-            key=key,
+            id=call_id,
+            url_key=url_key,
             correlation_id=correlation_id,
             server_call_id=server_call_id,
             caller=caller,
-            log=ConversationLog(self.log_dir, correlation_id or key[:12]),
+            log=ConversationLog(self.log_dir, correlation_id or call_id),
         )
-        self.by_key[key] = call
+        self.by_id[call_id] = call
         return call
 
-    def get(self, key: str) -> Call | None:
-        return self.by_key.get(key)
+    def get(self, call_id: str) -> Call | None:
+        return self.by_id.get(call_id)
 
     def end(self, call: Call, outcome: str) -> None:
         """Mark ``call`` finished (idempotent): first outcome wins."""
@@ -131,7 +139,7 @@ class CallRegistry:
         call.outcome = call.outcome or outcome
         self.stats.call_ended(call.outcome)
         call.ended.set()
-        self.by_key.pop(call.key, None)
+        self.by_id.pop(call.id, None)
         summary = {
             "call": call.label,
             "correlation_id": call.correlation_id,
@@ -146,4 +154,4 @@ class CallRegistry:
 
     @property
     def active(self) -> int:
-        return len(self.by_key)
+        return len(self.by_id)

@@ -139,6 +139,64 @@ class Settings(BaseSettings):
     acs_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("ACS_ENDPOINT"))
     public_base_url: str = _env("PUBLIC_BASE_URL")
 
+    # ---- security (docs/security.md)
+    acs_jwt_validation: bool = Field(
+        default=True, validation_alias=AliasChoices("ACS_JWT_VALIDATION")
+    )
+    acs_resource_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("ACS_RESOURCE_ID")
+    )
+    acs_jwt_issuer: str = Field(
+        default="https://acscallautomation.communication.azure.com",
+        validation_alias=AliasChoices("ACS_JWT_ISSUER"),
+    )
+    acs_openid_config_url: str = Field(
+        default=(
+            "https://acscallautomation.communication.azure.com"
+            "/calling/.well-known/acsopenidconfiguration"
+        ),
+        validation_alias=AliasChoices("ACS_OPENID_CONFIG_URL"),
+    )
+    acs_jwks_url: str | None = Field(default=None, validation_alias=AliasChoices("ACS_JWKS_URL"))
+    jwt_leeway_s: float = Field(
+        default=60.0, ge=0, le=600, validation_alias=AliasChoices("JWT_LEEWAY_S")
+    )
+    call_url_secret: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CALL_URL_SECRET")
+    )
+    eventgrid_shared_secret: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("EVENTGRID_SHARED_SECRET")
+    )
+    eventgrid_entra_tenant_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("EVENTGRID_ENTRA_TENANT_ID")
+    )
+    eventgrid_entra_audience: str | None = Field(
+        default=None, validation_alias=AliasChoices("EVENTGRID_ENTRA_AUDIENCE")
+    )
+    eventgrid_entra_openid_config_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("EVENTGRID_ENTRA_OPENID_CONFIG_URL")
+    )
+
+    # ---- limits
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, validation_alias=AliasChoices("MAX_BODY_BYTES")
+    )
+    max_media_message_bytes: int = Field(
+        default=64 * 1024, ge=4096, validation_alias=AliasChoices("MAX_MEDIA_MESSAGE_BYTES")
+    )
+    max_concurrent_calls: int = Field(
+        default=100, ge=1, validation_alias=AliasChoices("MAX_CONCURRENT_CALLS")
+    )
+    media_idle_timeout_s: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("MEDIA_IDLE_TIMEOUT_S")
+    )
+    max_call_duration_s: float = Field(
+        default=3600.0, gt=0, validation_alias=AliasChoices("MAX_CALL_DURATION_S")
+    )
+    drain_grace_s: float = Field(
+        default=120.0, ge=0, validation_alias=AliasChoices("DRAIN_GRACE_S")
+    )
+
     # ---- service
     log_dir: str = Field(default="./logs", validation_alias=AliasChoices("LOG_DIR"))
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL"))
@@ -182,6 +240,15 @@ class Settings(BaseSettings):
             )
         if self.acs_connection_string is None and not self.acs_endpoint:
             raise ValueError("ACS_CONNECTION_STRING: set it, or ACS_ENDPOINT for managed identity")
+        if self.acs_jwt_validation and not self.acs_resource_id:
+            raise ValueError(
+                "ACS_RESOURCE_ID: required while ACS_JWT_VALIDATION is on (the ACS resource's "
+                "Immutable Resource ID, a GUID); ACS_JWT_VALIDATION=false is for development only"
+            )
+        if bool(self.eventgrid_entra_tenant_id) != bool(self.eventgrid_entra_audience):
+            raise ValueError(
+                "EVENTGRID_ENTRA_AUDIENCE: set both it and EVENTGRID_ENTRA_TENANT_ID, or neither"
+            )
         return self
 
     # ---- derived

@@ -33,6 +33,10 @@ class AcsCodecError(RemoteProtocolError):
     """
 
 
+class WebhookError(RemoteProtocolError):
+    """An Event Grid delivery or a Call Automation callback body is unusable."""
+
+
 class VoiceLiveEventError(RemoteProtocolError):
     """A Voice Live server event is missing a field the bridge needs."""
 

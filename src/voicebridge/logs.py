@@ -23,6 +23,11 @@ def setup(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    hold_back_libraries()
+
+
+def hold_back_libraries() -> None:
+    """Keep the libraries in ``_QUIET`` at or above their floor, whatever the root level."""
     root_level = logging.getLogger().level
     for name, floor in _QUIET.items():
         logging.getLogger(name).setLevel(max(floor, root_level))

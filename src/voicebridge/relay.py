@@ -81,6 +81,7 @@ class MediaRelay:
         self._wake = asyncio.Event()
         self.outcome = "completed"
         self.voicelive_close_code: int | None = None
+        self._last_acs_rx = time.perf_counter()
 
     def now(self) -> float:
         """The media clock (seconds); runs ``MEDIA_CLOCK_SPEED`` times real time."""
@@ -123,7 +124,7 @@ class MediaRelay:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return "caller_hung_up"
-            t0 = perf()
+            t0 = self._last_acs_rx = perf()
             bridge.receive_acs(message.get("text") or message.get("bytes") or b"")
             if bridge.voicelive_pending and self.session is not None:
                 await self._send_voicelive()
@@ -173,6 +174,21 @@ class MediaRelay:
             for text in bridge.acs_to_send(self.now()):
                 await send(text)
 
+    async def _limits(self) -> str:
+        """Return when a limit ends the call: ACS silent for ``MEDIA_IDLE_TIMEOUT_S``
+        (it streams 50 frames a second, silence included, so quiet means dead) or the
+        call longer than ``MAX_CALL_DURATION_S``. Both in real time."""
+        s = self.settings
+        started = time.perf_counter()
+        tick = min(1.0, s.media_idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.perf_counter()
+            if now - self._last_acs_rx > s.media_idle_timeout_s:
+                return "media_idle_timeout"
+            if now - started > s.max_call_duration_s:
+                return "max_duration"
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> str:
@@ -183,14 +199,18 @@ class MediaRelay:
             tasks["acs"] = asyncio.create_task(self._acs_pump(), name=f"acs-{call.label}")
             tasks["pacer"] = asyncio.create_task(self._pacer(), name=f"pacer-{call.label}")
             tasks["hangup"] = asyncio.create_task(call.disconnected.wait(), name="disconnected")
+            tasks["limits"] = asyncio.create_task(self._limits(), name=f"limits-{call.label}")
             connect = asyncio.create_task(self._connect(), name=f"connect-{call.label}")
             done, _ = await asyncio.wait(
-                {connect, tasks["acs"], tasks["hangup"]}, return_when=asyncio.FIRST_COMPLETED
+                {connect, tasks["acs"], tasks["hangup"], tasks["limits"]},
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            if connect not in done:  # the caller hung up while we were connecting
+            if connect not in done:  # the call ended while we were connecting
                 connect.cancel()
                 with contextlib.suppress(BaseException):
                     await connect
+                if tasks["limits"] in done:
+                    return await self._limit_reached(tasks)
                 return await self._finish(call.outcome or "caller_hung_up")
             try:
                 await connect
@@ -203,11 +223,19 @@ class MediaRelay:
                 self._voicelive_pump(), name=f"vl-{call.label}"
             )
             done, _ = await asyncio.wait(
-                {tasks["acs"], tasks["voicelive"], tasks["pacer"], tasks["hangup"]},
+                {
+                    tasks["acs"],
+                    tasks["voicelive"],
+                    tasks["pacer"],
+                    tasks["hangup"],
+                    tasks["limits"],
+                },
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if tasks["acs"] in done or tasks["hangup"] in done:
                 return await self._finish(call.outcome or "caller_hung_up")
+            if tasks["limits"] in done:
+                return await self._limit_reached(tasks)
             if tasks["voicelive"] in done:
                 tasks["voicelive"].result()
                 log.error(
@@ -237,10 +265,22 @@ class MediaRelay:
         self.session = session
         self.call.log.write("voicelive_connected", connect_ms=round(session.connect_ms, 1))
 
-    async def _apologise_and_hang_up(self, tasks: dict[str, asyncio.Task[Any]]) -> None:
-        """Play the shipped apology, wait until the caller heard it, then hang up."""
+    async def _limit_reached(self, tasks: dict[str, asyncio.Task[Any]]) -> str:
+        outcome = tasks["limits"].result()
+        log.warning("call %s: %s, ending the call", self.call.label, outcome)
+        self.call.log.write("limit_reached", limit=outcome)
+        if outcome == "max_duration":  # the caller is there: say goodbye first
+            await self._apologise_and_hang_up(tasks, prompt="goodbye")
+        else:
+            await self.ctx.hang_up(self.call)
+        return await self._finish(outcome)
+
+    async def _apologise_and_hang_up(
+        self, tasks: dict[str, asyncio.Task[Any]], prompt: str = "apology"
+    ) -> None:
+        """Play a shipped prompt, wait until the caller heard it, then hang up."""
         bridge = self.bridge
-        bridge.play_prompt(prompt_pcm("apology", bridge.acs_hz), self.now())
+        bridge.play_prompt(prompt_pcm(prompt, bridge.acs_hz), self.now())
         self._wake.set()
         acs_task = tasks.get("acs")
         deadline = time.monotonic() + 15.0

@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from voicebridge.sim.fake_acs import FakeAcs
-from voicebridge.sim.simulate import running_bridge
+from voicebridge.sim.simulate import fake_acs_settings, running_bridge
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +29,7 @@ async def bridge(tmp_path: Path) -> AsyncIterator[tuple[Any, str, FakeAcs]]:
             "voicelive_endpoint": "http://127.0.0.1:9",  # never reached in these tests
             "voicelive_api_key": SECRET_KEY,
             "voicelive_model": "gpt-realtime",
-            "acs_connection_string": acs.connection_string,
+            **fake_acs_settings(acs),
             "log_dir": str(tmp_path),
         }
         async with running_bridge(overrides) as (app, base):
@@ -88,9 +87,18 @@ async def test_event_grid_validation_handshake(bridge: tuple[Any, str, FakeAcs])
 async def test_bad_bodies_get_a_clear_400(bridge: tuple[Any, str, FakeAcs]) -> None:
     _, base, _ = bridge
     async with httpx.AsyncClient() as client:
-        for content in (b"not json", b"42", b'["x"]'):
-            r = await client.post(f"{base}/api/incoming-call", content=content)
-            assert r.status_code == 400 and "expected" in r.json()["error"]
+        for content, message in (
+            (b"not json", "body is not JSON"),
+            (b"42", "expected a JSON array of events, got int"),
+            (b'["x"]', "every event must be a JSON object"),
+            (b'[{"eventType": "Microsoft.EventGrid.SubscriptionValidationEvent"}]', "validation"),
+        ):
+            r = await client.post(
+                f"{base}/api/incoming-call",
+                content=content,
+                headers={"content-type": "application/json"},
+            )
+            assert r.status_code == 400 and message in r.json()["error"]
 
 
 async def test_incoming_call_answered_once_despite_retries(
@@ -129,20 +137,6 @@ async def test_status_and_probes_never_show_secrets(bridge: tuple[Any, str, Fake
     assert data["mode"] == "model" and data["model"] == "gpt-realtime"
     assert data["voicelive_endpoint_host"] == "127.0.0.1:9" and data["active_calls"] == 0
     assert SECRET_KEY not in status.text and acs.access_key not in status.text
-
-
-async def test_unknown_call_callbacks_and_media(bridge: tuple[Any, str, FakeAcs]) -> None:
-    _, base, _ = bridge
-    async with httpx.AsyncClient() as client:
-        r = await client.post(
-            f"{base}/api/callbacks/no-such-call",
-            json=[{"type": "Microsoft.Communication.CallDisconnected", "data": {}}],
-        )
-    assert r.status_code == 204
-    ws_url = base.replace("http", "ws") + "/ws/media/no-such-call"
-    with pytest.raises(websockets.exceptions.InvalidStatus):
-        async with websockets.connect(ws_url) as ws:
-            await ws.recv()
 
 
 async def test_a_failed_answer_is_logged_and_ends_the_call(

@@ -15,6 +15,7 @@ BASE = {
     "VOICELIVE_API_KEY": "vl-secret-key",
     "ACS_CONNECTION_STRING": "endpoint=https://acs.communication.azure.com/;accesskey=c2VjcmV0",
     "PUBLIC_BASE_URL": "https://bridge.example.com",
+    "ACS_RESOURCE_ID": "0f3d1b9e-5c0a-4c41-9a57-2a3a4e5b6c7d",
 }
 
 

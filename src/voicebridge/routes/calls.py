@@ -1,15 +1,18 @@
-"""Event Grid ``IncomingCall`` webhook and Call Automation callbacks (protocols.md §1, §3).
+"""Event Grid ``IncomingCall`` webhook and Call Automation callbacks (protocols.md §1, §3, §5).
 
 The webhook answers fast: it registers the call, starts ``answer_call`` in the
 background and returns 200 at once — a slow reply makes Event Grid retry, which
 would mean a second answer attempt. Retries that still arrive are dropped by event id.
+
+Every request is checked before its body is parsed: content type, size
+(``MAX_BODY_BYTES``), then the configured credentials — the Event Grid shared secret
+and/or Entra token on the webhook (the validation handshake is always answered),
+the per-call URL key and the ACS JWT on callbacks.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -17,36 +20,40 @@ from fastapi.responses import JSONResponse
 
 from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call
+from voicebridge.core import webhooks
+from voicebridge.errors import WebhookError
+from voicebridge.security import TokenRejected, constant_time_equal
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["calls"])
 
-VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
-INCOMING_CALL = "Microsoft.Communication.IncomingCall"
-_CA = "Microsoft.Communication."
+_JSON_TYPES = (
+    "application/json",
+    "application/cloudevents+json",
+    "application/cloudevents-batch+json",
+)
 
 
-def _events(body: bytes) -> list[Mapping[str, Any]] | None:
-    """The delivered events (an array, or one CloudEvents object), or None if unusable."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if isinstance(data, Mapping):
-        data = [data]
-    if not isinstance(data, list) or not all(isinstance(e, Mapping) for e in data):
-        return None
-    return data
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
 
 
-def _event_type(event: Mapping[str, Any]) -> str:
-    value = event.get("eventType") or event.get("type") or ""
-    return value if isinstance(value, str) else ""
-
-
-def _bad_request(message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=400)
+async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
+    """The body, or the error response for a wrong content type or an oversized body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in _JSON_TYPES:
+        return _error(415, f"content type must be JSON, not {ctype or '(none)'}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _error(413, f"body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return _error(413, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @router.options("/api/incoming-call")
@@ -62,48 +69,91 @@ async def cloudevents_handshake(request: Request) -> Response:
 async def incoming_call(request: Request) -> Response:
     """Event Grid delivery: the validation handshake, or IncomingCall events."""
     ctx = request.app.state.ctx
-    events = _events(await request.body())
-    if events is None:
-        return _bad_request("expected a JSON array of Event Grid events or a CloudEvent")
-    answered = 0
+    s = ctx.settings
+    body = await _read_body(request, s.max_body_bytes)
+    if isinstance(body, Response):
+        return body
+    try:
+        events = webhooks.parse_delivery(body)
+    except WebhookError as exc:
+        log.warning("Event Grid delivery refused: %s", exc)
+        return _error(400, str(exc))
     for event in events:
-        etype = _event_type(event)
-        data = event.get("data")
-        if etype == VALIDATION_EVENT:
-            code = data.get("validationCode") if isinstance(data, Mapping) else None
-            if not isinstance(code, str):
-                return _bad_request("validation event without data.validationCode")
+        if isinstance(event, webhooks.SubscriptionValidation):
+            # Always answered: it proves URL ownership to Event Grid and echoes a code
+            # (validation events may come without the delivery token).
             log.info("Event Grid subscription validated")
-            return JSONResponse({"validationResponse": code})
-        if etype != INCOMING_CALL:
-            log.info("ignoring Event Grid event %s", etype or "(no type)")
-            continue
-        if not isinstance(data, Mapping) or not isinstance(data.get("incomingCallContext"), str):
-            log.warning("IncomingCall without data.incomingCallContext: ignored")
-            continue
-        event_id = str(event.get("id") or "")
-        if event_id and ctx.registry.seen_before(event_id):
-            log.info(
-                "IncomingCall %s delivered again (aeg-delivery-count=%s): ignored",
-                event_id,
-                request.headers.get("aeg-delivery-count", "?"),
-            )
-            continue
-        _start_answer(ctx, data)
-        answered += 1
-    return JSONResponse({"answering": answered})
+            return JSONResponse({"validationResponse": event.validation_code})
+    denied = await _check_event_grid(ctx, request)
+    if denied is not None:
+        return denied
+    answering = 0
+    for event in events:
+        if isinstance(event, webhooks.Ignored):
+            log.info("ignoring Event Grid event %s (%s)", event.event_type, event.why)
+        elif isinstance(event, webhooks.IncomingCall):
+            if event.event_id and ctx.registry.seen_before(event.event_id):
+                log.info(
+                    "IncomingCall %s delivered again (aeg-delivery-count=%s): ignored",
+                    event.event_id,
+                    request.headers.get("aeg-delivery-count", "?"),
+                )
+                continue
+            if ctx.draining:
+                _reject(ctx, event, "draining")
+            elif ctx.registry.active >= s.max_concurrent_calls:
+                _reject(ctx, event, "busy")
+            else:
+                _start_answer(ctx, event)
+                answering += 1
+    return JSONResponse({"answering": answering})
 
 
-def _start_answer(ctx: Any, data: Mapping[str, Any]) -> Call:
-    caller = data.get("from")
-    caller_id = caller.get("rawId", "") if isinstance(caller, Mapping) else ""
+async def _check_event_grid(ctx: Any, request: Request) -> Response | None:
+    """The configured Event Grid protections; None when the request passes."""
+    s = ctx.settings
+    if s.eventgrid_shared_secret is not None:
+        given = request.query_params.get("secret")
+        if not constant_time_equal(given, s.eventgrid_shared_secret.get_secret_value()):
+            log.warning("Event Grid delivery refused: wrong or missing shared secret")
+            return _error(401, "unauthorized")
+    if ctx.eventgrid_tokens is not None:
+        try:
+            await ctx.eventgrid_tokens.validate(request.headers.get("authorization"))
+        except TokenRejected as exc:
+            log.warning("Event Grid delivery refused: Entra token %s", exc.reason)
+            return _error(401, "unauthorized")
+    return None
+
+
+def _reject(ctx: Any, event: webhooks.IncomingCall, why: str) -> None:
+    """Refuse a call we cannot take: ACS gives the caller a busy signal at once."""
+    log.warning(
+        "IncomingCall %s rejected (%s): %d active calls, limit %d",
+        event.correlation_id,
+        why,
+        ctx.registry.active,
+        ctx.settings.max_concurrent_calls,
+    )
+    ctx.stats.call_ended(f"rejected_{why}")
+    ctx.spawn(_reject_call(ctx, event.incoming_call_context), name=f"reject-{event.event_id[:8]}")
+
+
+async def _reject_call(ctx: Any, incoming_call_context: str) -> None:
+    try:
+        await ctx.acs.reject_call(incoming_call_context, call_reject_reason="busy")
+    except Exception as exc:
+        log.error("reject_call failed: %s %s", type(exc).__name__, getattr(exc, "status_code", ""))
+
+
+def _start_answer(ctx: Any, event: webhooks.IncomingCall) -> Call:
     call: Call = ctx.registry.new_call(
-        correlation_id=str(data.get("correlationId") or ""),
-        server_call_id=str(data.get("serverCallId") or ""),
-        caller=str(caller_id),
+        correlation_id=event.correlation_id,
+        server_call_id=event.server_call_id,
+        caller=event.caller_raw_id,
     )
     call.log.write("incoming_call", correlation_id=call.correlation_id)
-    ctx.spawn(_answer(ctx, call, str(data["incomingCallContext"])), name=f"answer-{call.key[:8]}")
+    ctx.spawn(_answer(ctx, call, event.incoming_call_context), name=f"answer-{call.id}")
     return call
 
 
@@ -113,8 +163,8 @@ async def _answer(ctx: Any, call: Call, incoming_call_context: str) -> None:
         call.call_connection_id = await acs_client.answer(
             ctx.acs,
             incoming_call_context=incoming_call_context,
-            callback_url=f"{s.public_base_url}/api/callbacks/{call.key}",
-            transport_url=f"{s.media_base_url}/ws/media/{call.key}",
+            callback_url=f"{s.public_base_url}/api/callbacks/{call.url_key}",
+            transport_url=f"{s.media_base_url}/ws/media/{call.url_key}",
             acs_rate=s.acs_audio_rate,
         )
     except Exception as exc:
@@ -127,44 +177,67 @@ async def _answer(ctx: Any, call: Call, incoming_call_context: str) -> None:
     call.log.write("answered", call_connection_id=call.call_connection_id)
 
 
-@router.post("/api/callbacks/{call_key}")
-async def callbacks(call_key: str, request: Request) -> Response:
+async def authenticate_acs(ctx: Any, url_key: str, authorization: str | None) -> str | None:
+    """The call id if the per-call URL key and the ACS token are both valid; None (and
+    a log line saying why, never the token) otherwise."""
+    call_id = ctx.registry.signer.verify(url_key)
+    if call_id is None:
+        log.warning("ACS request refused: the per-call URL key is not valid")
+        return None
+    if ctx.acs_tokens is not None:
+        try:
+            await ctx.acs_tokens.validate(authorization)
+        except TokenRejected as exc:
+            log.warning("ACS request for call %s refused: token %s", call_id, exc.reason)
+            return None
+    return str(call_id)
+
+
+@router.post("/api/callbacks/{url_key}")
+async def callbacks(url_key: str, request: Request) -> Response:
     """Call Automation mid-call events (a JSON array of CloudEvents)."""
     ctx = request.app.state.ctx
-    events = _events(await request.body())
-    if events is None:
-        return _bad_request("expected a JSON array of CloudEvents")
-    call = ctx.registry.get(call_key)
+    call_id = await authenticate_acs(ctx, url_key, request.headers.get("authorization"))
+    if call_id is None:
+        return _error(401, "unauthorized")
+    body = await _read_body(request, ctx.settings.max_body_bytes)
+    if isinstance(body, Response):
+        return body
+    try:
+        events = webhooks.parse_callbacks(body)
+    except WebhookError as exc:
+        log.warning("callback refused: %s", exc)
+        return _error(400, str(exc))
+    call = ctx.registry.get(call_id)
     if call is None:
         # Late events for a call that already ended are normal (CallDisconnected
         # after our hang-up); acknowledge so ACS does not retry.
-        log.info("callback for an unknown or ended call: %s", [_event_type(e) for e in events])
+        log.info("callback for an ended call: %s", [e.type for e in events])
         return Response(status_code=204)
     for event in events:
         await _callback(ctx, call, event)
     return Response(status_code=204)
 
 
-async def _callback(ctx: Any, call: Call, event: Mapping[str, Any]) -> None:
-    etype = _event_type(event).removeprefix(_CA)
-    data = event.get("data") if isinstance(event.get("data"), Mapping) else {}
-    assert isinstance(data, Mapping)
-    result = data.get("resultInformation")
-    result = result if isinstance(result, Mapping) else {}
-    if not call.call_connection_id and isinstance(data.get("callConnectionId"), str):
-        call.call_connection_id = data["callConnectionId"]
-    call.log.write("callback", type=etype, result=dict(result) if result else None)
+async def _callback(ctx: Any, call: Call, event: webhooks.CallbackEvent) -> None:
+    if not call.call_connection_id and event.call_connection_id:
+        call.call_connection_id = event.call_connection_id
+    call.log.write(
+        "callback",
+        type=event.type,
+        code=event.result_code,
+        sub_code=event.sub_code,
+        message=event.message or None,
+    )
+    etype = event.type
     if etype == "CallConnected":
         call.connected = True
         log.info("call %s connected", call.label)
     elif etype == "MediaStreamingStarted":
         log.info("call %s: media streaming started", call.label)
     elif etype in ("MediaStreamingFailed", "MediaStreamingStopped"):
-        update = data.get("mediaStreamingUpdate")
-        details = update.get("mediaStreamingStatusDetails") if isinstance(update, Mapping) else None
-        sub_code = result.get("subCode")
         hint = ""
-        if sub_code == 8581:
+        if event.sub_code == 8581:
             hint = (
                 " — ACS could not keep the media WebSocket: check that PUBLIC_BASE_URL is a"
                 " public wss:// host that forwards WebSocket upgrades, and this app's logs for"
@@ -176,17 +249,17 @@ async def _callback(ctx: Any, call: Call, event: Mapping[str, Any]) -> None:
             "call %s: %s code=%s subCode=%s status=%s: %s%s",
             call.label,
             etype,
-            result.get("code"),
-            sub_code,
-            details,
-            result.get("message", ""),
+            event.result_code,
+            event.sub_code,
+            event.status_details,
+            event.message,
             hint,
         )
         if etype == "MediaStreamingFailed":
             await ctx.hang_up(call)
             _end(ctx, call, "media_failed")
     elif etype == "AnswerFailed":
-        log.error("call %s: answer failed: %s", call.label, result.get("message", ""))
+        log.error("call %s: answer failed: %s", call.label, event.message)
         _end(ctx, call, "answer_failed")
     elif etype == "CallDisconnected":
         log.info("call %s disconnected", call.label)

@@ -1,4 +1,8 @@
-"""The ACS media WebSocket (protocols.md §4): one relay per call."""
+"""The ACS media WebSocket (protocols.md §4, §5): one relay per call.
+
+The upgrade is refused (HTTP 403, before ``accept``) unless the per-call URL key and
+the ACS JWT are valid and the call is live without another media socket.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,22 @@ import logging
 from fastapi import APIRouter, WebSocket
 
 from voicebridge.relay import MediaRelay
+from voicebridge.routes.calls import authenticate_acs
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["media"])
 
 
-@router.websocket("/ws/media/{call_key}")
-async def media(websocket: WebSocket, call_key: str) -> None:
+@router.websocket("/ws/media/{url_key}")
+async def media(websocket: WebSocket, url_key: str) -> None:
     """Relay one call's audio between ACS and Voice Live until either side ends."""
     ctx = websocket.app.state.ctx
-    call = ctx.registry.get(call_key)
+    call_id = await authenticate_acs(ctx, url_key, websocket.headers.get("authorization"))
+    call = ctx.registry.get(call_id) if call_id else None
     if call is None:
-        log.warning("media socket for an unknown or ended call: refused")
+        if call_id:
+            log.warning("media socket for an ended call %s: refused", call_id)
         await websocket.close(code=1008)
         return
     if call.media_task is not None and not call.media_task.done():

@@ -985,6 +985,10 @@ class FakeAcs:
             if method != "POST":
                 return _error(405, "Method not allowed.")
             return await self._answer(request, parsed, record)
+        if path == "/calling/callConnections:reject":
+            if method != "POST":
+                return _error(405, "Method not allowed.")
+            return self._reject(parsed)
         match = _CALL_PATH_RE.match(path)
         if match is None:
             return _error(404, f"Resource not found: {path}")
@@ -1034,6 +1038,24 @@ class FakeAcs:
             self._spawn(self._stop_streaming(call, body_obj), f"mediastop-{cid[:8]}")
             return web.Response(status=202)
         return _error(501, f"The fake ACS does not implement :{action}.")
+
+    def _reject(self, parsed: Any) -> web.StreamResponse:
+        """``reject_call``: a ringing call ends without media (204, as the SDK expects).
+
+        The caller hears a busy signal for reason ``busy``; ``end_reason`` records
+        ``rejected_<reason>``.
+        """
+        if not isinstance(parsed, dict):
+            return _error(400, "The request body must be a JSON object.")
+        call = self._by_context.get(str(parsed.get("incomingCallContext")))
+        if call is None:
+            return _error(400, "incomingCallContext is invalid.")
+        if call._answer_props is not None or call._ending:
+            return _error(400, "The call is no longer ringing.")
+        reason = str(parsed.get("callRejectReason") or "none").lower()
+        call._log("rest", {"method": "POST", "action": "reject", "reason": reason})
+        self._spawn(self._end(call, f"rejected_{reason}"), f"reject-{call.event_id[:8]}")
+        return web.Response(status=204)
 
     async def _answer(
         self, request: web.Request, parsed: Any, record: dict[str, Any]

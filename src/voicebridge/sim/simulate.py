@@ -38,6 +38,7 @@ import uvicorn
 from voicebridge.app import create_app
 from voicebridge.config import Settings
 from voicebridge.core.audio import Resampler
+from voicebridge.server import uvicorn_options
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall
 
@@ -155,6 +156,18 @@ def _free_socket() -> socket.socket:
     return sock
 
 
+def fake_acs_settings(acs: FakeAcs) -> dict[str, Any]:
+    """Settings that point the bridge at a fake ACS — with token validation ON: the
+    fake signs its JWTs with a local key and serves the JWKS the bridge fetches."""
+    return {
+        "acs_connection_string": acs.connection_string,
+        "acs_resource_id": acs.resource_id,
+        "acs_jwt_issuer": acs.issuer,
+        "acs_openid_config_url": acs.openid_config_url,
+        "acs_jwt_validation": True,
+    }
+
+
 @contextlib.asynccontextmanager
 async def running_bridge(overrides: dict[str, Any]) -> AsyncIterator[tuple[Any, str]]:
     """The bridge app on uvicorn on a free loopback port: yields ``(app, base_url)``.
@@ -167,11 +180,8 @@ async def running_bridge(overrides: dict[str, Any]) -> AsyncIterator[tuple[Any, 
     fields = {"public_base_url": base_url} | overrides
     settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, log_level="warning", ws_per_message_deflate=False, lifespan="on", log_config=None
-        )
-    )
+    options = uvicorn_options(settings) | {"timeout_graceful_shutdown": 5}
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **options))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="bridge")
     try:
         while not server.started:
@@ -205,7 +215,7 @@ async def run_call(options: SimOptions) -> SimResult:
     )
     overrides: dict[str, Any] = {
         "voicelive_endpoint": options.voicelive_endpoint or (emulator.endpoint if emulator else ""),
-        "acs_connection_string": acs.connection_string,
+        **fake_acs_settings(acs),
         "acs_audio_rate": options.acs_rate,
         "voicelive_audio_rate": options.voicelive_rate,
         "media_clock_speed": speed,

@@ -1,0 +1,329 @@
+"""Abuse over real sockets: tokens, URL keys, Event Grid protection, limits, garbage.
+
+The bridge runs on loopback with ACS JWT validation ON against the fake ACS's JWKS
+(as in every simulated call); the tests play a hostile ACS with their own sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import numpy as np
+import pytest
+import websockets
+from cryptography.hazmat.primitives import serialization
+
+from voicebridge import logs
+from voicebridge.core import acs as codec
+from voicebridge.sim.emulator import VoiceLiveEmulator
+from voicebridge.sim.fake_acs import FakeAcs
+from voicebridge.sim.simulate import (
+    EMULATOR_KEY,
+    SimOptions,
+    fake_acs_settings,
+    run_call,
+    running_bridge,
+)
+
+pytestmark = pytest.mark.e2e
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+EG_AUDIENCE = "api://voicebridge-webhook"
+
+
+@dataclass
+class Env:
+    app: Any
+    base: str
+    acs: FakeAcs
+    emulator: VoiceLiveEmulator
+
+    @property
+    def ws_base(self) -> str:
+        return self.base.replace("http", "ws", 1)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=5.0)
+    acs = FakeAcs()
+    await emulator.start()
+    await acs.start()
+    try:
+        overrides = {
+            "voicelive_endpoint": emulator.endpoint,
+            "voicelive_api_key": EMULATOR_KEY,
+            "voicelive_model": "gpt-realtime",
+            "log_dir": str(tmp_path),
+            "max_concurrent_calls": 2,
+            "media_idle_timeout_s": 1.0,
+            "eventgrid_shared_secret": "eg-shared-secret",
+            "eventgrid_entra_tenant_id": TENANT,
+            "eventgrid_entra_audience": EG_AUDIENCE,
+            # the fake ACS's key server stands in for Entra's
+            "eventgrid_entra_openid_config_url": acs.openid_config_url,
+            **fake_acs_settings(acs),
+        }
+        async with running_bridge(overrides) as (app, base):
+            yield Env(app, base, acs, emulator)
+    finally:
+        await acs.stop()
+        await emulator.stop()
+
+
+def hostile_tokens(acs: FakeAcs) -> dict[str, str]:
+    """Every kind of bad ACS token, signed (or not) every wrong way."""
+    now = int(time.time())
+    public_pem = acs.jwks()["keys"][0]
+    pem = jwt.PyJWK.from_dict(public_pem).key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    good = {"iss": acs.issuer, "aud": acs.resource_id, "iat": now, "nbf": now, "exp": now + 300}
+    unsigned = jwt.encode(good, key=None, algorithm="none")  # type: ignore[arg-type]
+    return {
+        "missing": "",
+        "garbage": "Bearer not.a.jwt",
+        "alg_none": f"Bearer {unsigned}",
+        "hs256_with_public_key": "Bearer "
+        + jwt.encode(good, key=base64.b64encode(pem).decode(), algorithm="HS256"),
+        "expired": "Bearer " + acs.sign_jwt(exp=now - 3600, iat=now - 7200, nbf=now - 7200),
+        "not_yet_valid": "Bearer " + acs.sign_jwt(nbf=now + 3600, iat=now),
+        "wrong_audience": "Bearer " + acs.sign_jwt(aud="00000000-0000-0000-0000-000000000000"),
+        "wrong_issuer": "Bearer " + acs.sign_jwt(iss="https://evil.example.com"),
+        "unknown_kid": "Bearer " + acs.sign_jwt(kid="no-such-key"),
+        "basic_auth": "Basic dXNlcjpwYXNz",
+    }
+
+
+def new_call(env: Env) -> Any:
+    return env.app.state.ctx.registry.new_call(
+        correlation_id="abuse-test", server_call_id="s", caller="4:+15550000000"
+    )
+
+
+async def test_callbacks_refuse_every_bad_token_and_url_key(env: Env) -> None:
+    call = new_call(env)
+    url = f"{env.base}/api/callbacks/{call.url_key}"
+    body = [{"type": "Microsoft.Communication.ParticipantsUpdated", "data": {}}]
+    async with httpx.AsyncClient() as client:
+        for name, auth in hostile_tokens(env.acs).items():
+            headers = {"authorization": auth} if auth else {}
+            r = await client.post(url, json=body, headers=headers)
+            assert r.status_code == 401, name
+            assert r.json() == {"error": "unauthorized"}
+        good = {"authorization": "Bearer " + env.acs.sign_jwt()}
+        tampered = call.url_key[:-2] + ("AA" if not call.url_key.endswith("AA") else "BB")
+        for key in (tampered, call.id, call.id + ".", "x" * 300):
+            r = await client.post(f"{env.base}/api/callbacks/{key}", json=body, headers=good)
+            assert r.status_code == 401, key
+        r = await client.post(url, json=body, headers=good)
+        assert r.status_code == 204
+        # wrong content type and oversized bodies, with valid credentials
+        r = await client.post(url, content=b"[]", headers=good | {"content-type": "text/plain"})
+        assert r.status_code == 415
+        huge = b"[" + b" " * (2 * 1024 * 1024) + b"]"
+        r = await client.post(
+            url, content=huge, headers=good | {"content-type": "application/json"}
+        )
+        assert r.status_code == 413
+
+
+async def test_media_upgrade_refused_for_bad_tokens_and_keys(env: Env) -> None:
+    call = new_call(env)
+    url = f"{env.ws_base}/ws/media/{call.url_key}"
+    for name, auth in hostile_tokens(env.acs).items():
+        headers = {"authorization": auth} if auth else {}
+        with pytest.raises(websockets.exceptions.InvalidStatus) as info:
+            async with websockets.connect(url, additional_headers=headers):
+                pass
+        assert info.value.response.status_code == 403, name
+    good = {"authorization": "Bearer " + env.acs.sign_jwt(lifetime_s=24 * 3600)}
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        async with websockets.connect(
+            f"{env.ws_base}/ws/media/{call.id}.AAAA", additional_headers=good
+        ):
+            pass
+    assert env.app.state.ctx.registry.get(call.id) is call  # nothing changed for the call
+
+
+def frame(value: int = 0) -> str:
+    pcm = np.full(320, value, dtype="<i2").tobytes()
+    return codec.audio_data_message(base64.b64encode(pcm).decode(), silent=value == 0)
+
+
+async def test_garbage_mid_call_is_counted_and_the_call_goes_on(env: Env) -> None:
+    call = new_call(env)
+    headers = {"authorization": "Bearer " + env.acs.sign_jwt(lifetime_s=24 * 3600)}
+    url = f"{env.ws_base}/ws/media/{call.url_key}"
+    garbage = [
+        "not json",
+        "[1,2,3]",
+        '{"kind": "AudioData", "audioData": {"data": "!!!!"}}',
+        '{"kind": "AudioData", "audioData": {"data": "AA=="}}',  # one byte: odd PCM16
+        '{"kind": 7}',
+        b"\x00\x01binary junk",
+    ]
+    async with websockets.connect(url, additional_headers=headers, compression=None) as ws:
+        await ws.send(codec.audio_metadata_message(sample_rate=16000))
+        # a second socket for the same live call is refused
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            async with websockets.connect(url, additional_headers=headers):
+                pass
+        heard = 0
+        for i in range(150):  # 3 s of audio with garbage sprinkled in
+            await ws.send(frame())
+            if i % 25 == 5:
+                await ws.send(garbage[(i // 25) % len(garbage)])
+            await asyncio.sleep(0.004)
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), 0.001)
+                except TimeoutError:
+                    break
+                if isinstance(codec.parse_outbound(message), codec.OutboundAudio):
+                    heard += 1
+        assert heard > 0  # the greeting kept coming through the garbage
+    for _ in range(100):
+        if call.ended.is_set():
+            break
+        await asyncio.sleep(0.05)
+    counters = call.report["counters"]
+    assert counters["acs_malformed"] == 6
+    assert call.report["inbound"]["conserved"]
+    assert call.outcome == "caller_hung_up"
+
+
+async def test_oversized_media_message_closes_1009(env: Env) -> None:
+    call = new_call(env)
+    headers = {"authorization": "Bearer " + env.acs.sign_jwt(lifetime_s=24 * 3600)}
+    async with websockets.connect(
+        f"{env.ws_base}/ws/media/{call.url_key}", additional_headers=headers, max_size=None
+    ) as ws:
+        await ws.send(codec.audio_metadata_message(sample_rate=16000))
+        await ws.send("x" * (65 * 1024))
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
+            for _ in range(1000):
+                await ws.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+async def test_idle_media_ends_the_call(env: Env) -> None:
+    call = new_call(env)
+    headers = {"authorization": "Bearer " + env.acs.sign_jwt(lifetime_s=24 * 3600)}
+    async with websockets.connect(
+        f"{env.ws_base}/ws/media/{call.url_key}", additional_headers=headers
+    ) as ws:
+        await ws.send(codec.audio_metadata_message(sample_rate=16000))
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            for _ in range(10_000):  # drain the greeting until the bridge gives up on us
+                await asyncio.wait_for(ws.recv(), 5)
+    await asyncio.wait_for(call.ended.wait(), 5)
+    assert call.outcome == "media_idle_timeout"
+
+
+def incoming(acs: FakeAcs, event_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": event_id,
+            "eventType": "Microsoft.Communication.IncomingCall",
+            "data": {"incomingCallContext": "ctx", "correlationId": event_id},
+        }
+    ]
+
+
+async def test_event_grid_shared_secret_and_entra_token(env: Env) -> None:
+    hook = f"{env.base}/api/incoming-call"
+    now = int(time.time())
+    entra = env.acs.sign_jwt(
+        iss=f"https://login.microsoftonline.com/{TENANT}/v2.0", aud=EG_AUDIENCE, iat=now
+    )
+    entra_v1 = env.acs.sign_jwt(iss=f"https://sts.windows.net/{TENANT}/", aud=EG_AUDIENCE)
+    wrong_tenant = env.acs.sign_jwt(
+        iss="https://login.microsoftonline.com/other-tenant/v2.0", aud=EG_AUDIENCE
+    )
+    wrong_aud = env.acs.sign_jwt(
+        iss=f"https://login.microsoftonline.com/{TENANT}/v2.0", aud="api://someone-else"
+    )
+    validation = [
+        {
+            "id": "v",
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "data": {"validationCode": "code-1"},
+        }
+    ]
+    async with httpx.AsyncClient() as client:
+        # the handshake works with neither secret nor token
+        r = await client.post(hook, json=validation)
+        assert r.json() == {"validationResponse": "code-1"}
+        cases = [
+            ("", "", 401),
+            ("?secret=wrong", f"Bearer {entra}", 401),
+            ("?secret=eg-shared-secret", "", 401),
+            ("?secret=eg-shared-secret", f"Bearer {wrong_tenant}", 401),
+            ("?secret=eg-shared-secret", f"Bearer {wrong_aud}", 401),
+            ("?secret=eg-shared-secret", f"Bearer {entra}", 200),
+            ("?secret=eg-shared-secret", f"Bearer {entra_v1}", 200),
+        ]
+        for i, (query, auth, status) in enumerate(cases):
+            headers = {"authorization": auth} if auth else {}
+            r = await client.post(hook + query, json=incoming(env.acs, f"e{i}"), headers=headers)
+            assert r.status_code == status, (query, auth[:20])
+        r = await client.post(hook, content=b"{}", headers={"content-type": "text/xml"})
+        assert r.status_code == 415
+
+
+async def test_calls_over_the_limit_hear_busy(env: Env, tmp_path: Path) -> None:
+    pcm = np.zeros(16000 * 3, dtype="<i2").tobytes()
+    # two calls fill the limit of 2; a third is rejected with a busy signal
+    # (Event Grid protection is on in this fixture: deliver with secret and token)
+    ctx = env.app.state.ctx
+    ctx.settings.eventgrid_shared_secret = None
+    ctx.eventgrid_tokens = None
+    hook = f"{env.base}/api/incoming-call"
+    calls = [await env.acs.place_call(webhook_url=hook, caller_pcm=pcm) for _ in range(2)]
+    await asyncio.wait_for(asyncio.gather(*(c.media_connected.wait() for c in calls)), 5)
+    third = await env.acs.place_call(webhook_url=hook, caller_pcm=pcm)
+    await third.wait_ended(5)
+    assert third.end_reason == "rejected_busy"
+    assert ctx.stats.outcomes["rejected_busy"] == 1
+    for c in calls:
+        await c.hang_up()
+
+
+async def test_no_secret_reaches_the_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A whole call logged at DEBUG: keys, tokens and URL secrets never appear."""
+    caplog.set_level(logging.DEBUG)
+    logs.hold_back_libraries()  # what `voicebridge serve` does at LOG_LEVEL=DEBUG
+    url_secret = "call-url-hmac-secret-xyz"
+    result = await run_call(
+        SimOptions(
+            caller_audio=None,
+            speed=8.0,
+            out=tmp_path,
+            settings={"call_url_secret": url_secret},
+            timeout_s=60,
+        )
+    )
+    text = "\n".join(
+        f"{r.name} {r.getMessage()}"
+        for r in caplog.records
+        if not r.name.startswith("voicebridge.sim")
+    )
+    assert "voicebridge.relay" in text or "voicebridge.routes" in text  # we did capture the bridge
+    callback_uri = result.call.answer_request["callbackUri"]  # type: ignore[index]
+    url_key = callback_uri.rsplit("/", 1)[1]
+    for secret in (EMULATOR_KEY, result.acs.access_key, url_secret, url_key.split(".")[1]):
+        assert secret not in text
+    assert not re.search(r"eyJ[\w-]{10,}\.[\w-]{10,}\.", text), "a JWT was logged"
+    assert json.dumps(result.report).find(EMULATOR_KEY) == -1
