@@ -327,3 +327,15 @@ async def test_no_secret_reaches_the_logs(tmp_path: Path, caplog: pytest.LogCapt
         assert secret not in text
     assert not re.search(r"eyJ[\w-]{10,}\.[\w-]{10,}\.", text), "a JWT was logged"
     assert json.dumps(result.report).find(EMULATOR_KEY) == -1
+
+
+async def test_max_call_duration_says_goodbye_and_hangs_up(tmp_path: Path) -> None:
+    from tests.e2e.conftest import agent_energy
+
+    result = await run_call(
+        SimOptions(speed=5.0, out=tmp_path, settings={"max_call_duration_s": 1.5}, timeout_s=30)
+    )
+    assert result.report["outcome"] == "max_duration"
+    assert result.call.end_reason == "bridge_hung_up"
+    assert result.report["audio"]["prompt_samples_sent"] > 16000  # the goodbye prompt
+    assert agent_energy(result.call.heard) > 0.0
