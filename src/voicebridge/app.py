@@ -70,6 +70,8 @@ class AppContext:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for call in list(self.registry.by_id.values()):  # never got media: close their logs
+            self.registry.end(call, "shutdown")
         if self.acs is not None:
             await self.acs.close()
         close = getattr(self.voicelive_credential, "close", None)
@@ -88,6 +90,28 @@ class AppContext:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking calls, let live ones finish for ``grace_s``, then end the rest
+        politely (goodbye prompt, hang-up). Readiness is false from the first moment,
+        so Container Apps stops routing new work here (docs/reliability.md)."""
+        self.draining = True
+        self.ready = False
+        active = self.registry.active
+        log.warning("draining: %d live call(s), up to %.0f s to finish", active, grace_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.registry.empty.wait(), grace_s)
+        calls = list(self.registry.by_id.values())
+        if calls:
+            log.warning("drain grace over: ending %d call(s) with a goodbye", len(calls))
+        for call in calls:
+            call.drain_now.set()
+            if call.relay is None:  # still ringing or answering: no media to speak on
+                await self.hang_up(call)
+                self.registry.end(call, "drained")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.registry.empty.wait(), 20.0)
+        log.warning("drained")
 
     async def hang_up(self, call: Call) -> None:
         """Hang up ``call`` through Call Automation (idempotent, never raises)."""

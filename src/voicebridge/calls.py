@@ -75,6 +75,8 @@ class Call:
     media_task: asyncio.Task[Any] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)  # ACS says it is over
+    drain_now: asyncio.Event = field(default_factory=asyncio.Event)  # drain grace is over
+    relay: Any = None  # the MediaRelay while media flows
     outcome: str | None = None
     report: dict[str, Any] | None = None
     conversation_id: str | None = None
@@ -99,6 +101,8 @@ class CallRegistry:
         self.stats = stats or ServiceStats()
         self.signer = signer or CallUrlSigner()
         self.by_id: dict[str, Call] = {}
+        self.empty = asyncio.Event()  # set while no call is live (drain waits on it)
+        self.empty.set()
         self.dedupe_ttl_s = dedupe_ttl_s
         self._seen: OrderedDict[str, float] = OrderedDict()
         self.finished: deque[dict[str, Any]] = deque(maxlen=200)
@@ -127,6 +131,7 @@ class CallRegistry:
             log=ConversationLog(self.log_dir, correlation_id or call_id),
         )
         self.by_id[call_id] = call
+        self.empty.clear()
         return call
 
     def get(self, call_id: str) -> Call | None:
@@ -140,6 +145,8 @@ class CallRegistry:
         self.stats.call_ended(call.outcome)
         call.ended.set()
         self.by_id.pop(call.id, None)
+        if not self.by_id:
+            self.empty.set()
         summary = {
             "call": call.label,
             "correlation_id": call.correlation_id,

@@ -83,6 +83,26 @@ class Settings(BaseSettings):
         default=10.0, gt=0, validation_alias=AliasChoices("VOICELIVE_CONNECT_TIMEOUT_S")
     )
 
+    # ---- reliability (docs/reliability.md)
+    voicelive_reconnect_budget_s: float = Field(
+        default=10.0, ge=0, validation_alias=AliasChoices("VOICELIVE_RECONNECT_BUDGET_S")
+    )
+    reconnect_buffer_s: float = Field(
+        default=5.0, ge=0, le=60, validation_alias=AliasChoices("RECONNECT_BUFFER_S")
+    )
+    session_update_timeout_s: float = Field(
+        default=5.0, gt=0, validation_alias=AliasChoices("SESSION_UPDATE_TIMEOUT_S")
+    )
+    response_start_timeout_s: float = Field(
+        default=4.0, gt=0, validation_alias=AliasChoices("RESPONSE_START_TIMEOUT_S")
+    )
+    session_expiry_margin_s: float = Field(
+        default=30.0, ge=0, validation_alias=AliasChoices("SESSION_EXPIRY_MARGIN_S")
+    )
+    acs_reconnect_grace_s: float = Field(
+        default=3.0, ge=0, validation_alias=AliasChoices("ACS_RECONNECT_GRACE_S")
+    )
+
     # ---- session behaviour
     greeting_mode: Literal["llm", "text", "none"] = Field(
         default="llm", validation_alias=AliasChoices("GREETING_MODE")

@@ -1,23 +1,36 @@
 """The per-call media relay: thin async pumps around one :class:`CallBridge`.
 
-Three tasks per call (design.md §1):
+Tasks per call (design.md §1):
 
 * **ACS pump** — reads the media WebSocket, feeds the core, sends what the core queued
   for Voice Live;
 * **Voice Live pump** — the *only* reader of the SDK connection (protocols §6.4);
   feeds the core, sends its Voice Live messages, wakes the pacer;
 * **pacer** — the *only* writer of the ACS socket: control messages at once,
-  agent audio in 20 ms frames ``PACING_LEAD_MS`` ahead of real time.
+  agent audio in 20 ms frames ``PACING_LEAD_MS`` ahead of real time;
+* **timers** — limits (idle media, call length), the core's timeouts, session expiry.
 
-Sends to Voice Live come from two pumps, so they go through one lock that covers
+Sends to Voice Live come from several tasks, so they go through one lock that covers
 draining the core's outbox *and* sending it: order is preserved (``session.update``
 before any audio) and writes never overlap.
+
+What ends or repairs a call (docs/reliability.md):
+
+* Voice Live drops, stalls or nears ``expires_at`` → reconnect with backoff within
+  ``VOICELIVE_RECONNECT_BUDGET_S``, keeping the conversation (agent mode: the same
+  conversation id; model mode: the transcript is replayed); caller audio is held
+  meanwhile. If the budget runs out: the apology, then hang-up.
+* The ACS socket closes without ``CallDisconnected`` → wait
+  ``ACS_RECONNECT_GRACE_S`` for ACS to open a new one; a second socket for the call
+  replaces the first.
+* Draining (SIGTERM) past ``DRAIN_GRACE_S`` → the goodbye prompt, then hang-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 import wave
@@ -33,10 +46,16 @@ from voicebridge.calls import Call
 from voicebridge.core.audio import Resampler
 from voicebridge.core.bridge import CallBridge
 from voicebridge.core.stats import Histogram
+from voicebridge.core.turns import IDLE
 from voicebridge.errors import UpstreamUnavailable
 from voicebridge.voicelive.session import OpenSession, open_session, session_config
 
 log = logging.getLogger(__name__)
+
+#: Reasons to replace the Voice Live session (the rest end the call).
+RECONNECT_REASONS = frozenset(
+    {"voicelive_closed", "session_update_timeout", "response_timeout", "session_expiring"}
+)
 
 
 @cache
@@ -53,8 +72,17 @@ def prompt_pcm(name: str, rate: int) -> bytes:
     return out
 
 
+def _epoch(value: Any) -> float | None:
+    """``expires_at`` as epoch seconds (the wire sends an int; the SDK a datetime)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    return None
+
+
 class MediaRelay:
-    """Runs one call's media until either side ends; see the module docstring."""
+    """Runs one call's media until the call ends; see the module docstring."""
 
     def __init__(self, ctx: Any, call: Call, websocket: WebSocket) -> None:
         self.ctx = ctx
@@ -74,18 +102,69 @@ class MediaRelay:
             lead_ms=s.pacing_lead_ms,
             max_text_bytes=s.max_text_bytes,
             max_message_bytes=s.max_message_bytes,
+            max_buffered_caller_ms=int(s.reconnect_buffer_s * 1000),
+            replay_history=s.mode == "model",
+            session_update_timeout_s=s.session_update_timeout_s,
+            response_start_timeout_s=s.response_start_timeout_s,
         )
         self.session: OpenSession | None = None
         self.inbound_latency_ms = Histogram()
+        self.reconnects: list[dict[str, Any]] = []
+        self._pending_reconnect: dict[str, Any] | None = None
         self._vl_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self.outcome = "completed"
+        self._new_socket: asyncio.Future[WebSocket] = asyncio.get_running_loop().create_future()
+        self._released: dict[int, asyncio.Event] = {}
         self.voicelive_close_code: int | None = None
+        self.sockets = 1
+        self._started = time.perf_counter()
         self._last_acs_rx = time.perf_counter()
 
     def now(self) -> float:
         """The media clock (seconds); runs ``MEDIA_CLOCK_SPEED`` times real time."""
         return time.monotonic() * self.speed
+
+    def call_time(self) -> float:
+        """Seconds of media time since the relay started (for reports)."""
+        return (time.perf_counter() - self._started) * self.speed
+
+    # ------------------------------------------------------------------ ACS sockets
+
+    def attach(self, websocket: WebSocket) -> asyncio.Event:
+        """A new media socket for this call (ACS reconnected): it replaces the current
+        one. Returns an event set once the relay no longer uses it."""
+        released = asyncio.Event()
+        self._released[id(websocket)] = released
+        if self._new_socket.done():  # two replacements at once: the newest wins
+            self._release(self._new_socket.result())
+            self._new_socket = asyncio.get_running_loop().create_future()
+        self._new_socket.set_result(websocket)
+        return released
+
+    def _release(self, websocket: WebSocket) -> None:
+        released = self._released.pop(id(websocket), None)
+        if released is not None:
+            released.set()
+
+    async def _swap_socket(self, tasks: dict[str, asyncio.Task[Any]]) -> None:
+        new = self._new_socket.result()
+        self._new_socket = asyncio.get_running_loop().create_future()
+        for name in ("acs", "pacer"):
+            tasks[name].cancel()
+            with contextlib.suppress(BaseException):
+                await tasks[name]
+        old, self.ws = self.ws, new
+        with contextlib.suppress(Exception):
+            await old.close(code=1000)
+        self._release(old)
+        self.sockets += 1
+        self._last_acs_rx = time.perf_counter()
+        log.info("call %s: media socket replaced (socket %d)", self.call.label, self.sockets)
+        self.call.log.write("media_socket_replaced", socket=self.sockets)
+        self.bridge.acs_socket_replaced(self.now())
+        tasks["acs"] = asyncio.create_task(self._acs_pump(), name=f"acs-{self.call.label}")
+        tasks["pacer"] = asyncio.create_task(self._pacer(), name=f"pacer-{self.call.label}")
+        tasks["newsock"] = asyncio.ensure_future(self._new_socket)
 
     # ------------------------------------------------------------------ pumps
 
@@ -114,6 +193,8 @@ class MediaRelay:
                 log.warning("call %s: %s %s", self.call.label, event, _brief(record))
             elif event == "session_created" and record.get("conversation_id"):
                 self.call.conversation_id = record["conversation_id"]
+            elif event == "session_updated" and self._pending_reconnect is not None:
+                self._reconnected()
 
     async def _acs_pump(self) -> str:
         receive = self.ws.receive
@@ -123,7 +204,7 @@ class MediaRelay:
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
-                return "caller_hung_up"
+                return "acs_closed"
             t0 = self._last_acs_rx = perf()
             bridge.receive_acs(message.get("text") or message.get("bytes") or b"")
             if bridge.voicelive_pending and self.session is not None:
@@ -132,9 +213,8 @@ class MediaRelay:
             if bridge.records:
                 self._drain_records()
 
-    async def _voicelive_pump(self) -> str:
-        assert self.session is not None
-        conn = self.session.connection
+    async def _voicelive_pump(self, session: OpenSession) -> str:
+        conn = session.connection
         bridge = self.bridge
         while True:
             try:
@@ -174,20 +254,41 @@ class MediaRelay:
             for text in bridge.acs_to_send(self.now()):
                 await send(text)
 
-    async def _limits(self) -> str:
-        """Return when a limit ends the call: ACS silent for ``MEDIA_IDLE_TIMEOUT_S``
-        (it streams 50 frames a second, silence included, so quiet means dead) or the
-        call longer than ``MAX_CALL_DURATION_S``. Both in real time."""
+    async def _timers(self) -> str:
+        """Return the first reason the call must change course: a limit (ACS silent
+        for ``MEDIA_IDLE_TIMEOUT_S`` — it streams 50 frames a second, silence
+        included — or the call longer than ``MAX_CALL_DURATION_S``), one of the core's
+        timeouts, or the session nearing ``expires_at``. Limits are in real time."""
         s = self.settings
-        started = time.perf_counter()
-        tick = min(1.0, s.media_idle_timeout_s / 4)
+        tick = min(0.25, s.media_idle_timeout_s / 4)
         while True:
             await asyncio.sleep(tick)
             now = time.perf_counter()
             if now - self._last_acs_rx > s.media_idle_timeout_s:
                 return "media_idle_timeout"
-            if now - started > s.max_call_duration_s:
+            if now - self._started > s.max_call_duration_s:
                 return "max_duration"
+            if self.session is None:
+                continue
+            timeout = self.bridge.poll(self.now())
+            if self.bridge.voicelive_pending:
+                await self._send_voicelive()
+            if self.bridge.records:
+                self._drain_records()
+            if timeout is not None:
+                return timeout
+            if self._expiring():
+                return "session_expiring"
+
+    def _expiring(self) -> bool:
+        """Close to ``expires_at``: reconnect at a quiet moment, or regardless at the end."""
+        expires = _epoch(self.bridge.expires_at)
+        if expires is None:
+            return False
+        left = expires - time.time()
+        margin = self.settings.session_expiry_margin_s
+        quiet = self.bridge.turns.state is IDLE and self.bridge.frames_queued == 0
+        return left < margin and (quiet or left < min(5.0, margin))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -199,53 +300,49 @@ class MediaRelay:
             tasks["acs"] = asyncio.create_task(self._acs_pump(), name=f"acs-{call.label}")
             tasks["pacer"] = asyncio.create_task(self._pacer(), name=f"pacer-{call.label}")
             tasks["hangup"] = asyncio.create_task(call.disconnected.wait(), name="disconnected")
-            tasks["limits"] = asyncio.create_task(self._limits(), name=f"limits-{call.label}")
-            connect = asyncio.create_task(self._connect(), name=f"connect-{call.label}")
-            done, _ = await asyncio.wait(
-                {connect, tasks["acs"], tasks["hangup"], tasks["limits"]},
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if connect not in done:  # the call ended while we were connecting
-                connect.cancel()
-                with contextlib.suppress(BaseException):
-                    await connect
-                if tasks["limits"] in done:
-                    return await self._limit_reached(tasks)
-                return await self._finish(call.outcome or "caller_hung_up")
+            tasks["drain"] = asyncio.create_task(call.drain_now.wait(), name="drain")
+            tasks["timers"] = asyncio.create_task(self._timers(), name=f"timers-{call.label}")
+            tasks["newsock"] = asyncio.ensure_future(self._new_socket)
             try:
-                await connect
+                await self._first_connect(tasks)
             except UpstreamUnavailable as exc:
                 log.error("call %s: %s", call.label, exc)
                 call.log.write("voicelive_unavailable", error=str(exc))
-                await self._apologise_and_hang_up(tasks)
+                await self._say_and_hang_up(tasks, "apology")
                 return await self._finish("apology_hangup")
-            tasks["voicelive"] = asyncio.create_task(
-                self._voicelive_pump(), name=f"vl-{call.label}"
-            )
-            done, _ = await asyncio.wait(
-                {
-                    tasks["acs"],
-                    tasks["voicelive"],
-                    tasks["pacer"],
-                    tasks["hangup"],
-                    tasks["limits"],
-                },
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if tasks["acs"] in done or tasks["hangup"] in done:
-                return await self._finish(call.outcome or "caller_hung_up")
-            if tasks["limits"] in done:
-                return await self._limit_reached(tasks)
-            if tasks["voicelive"] in done:
-                tasks["voicelive"].result()
-                log.error(
-                    "call %s: Voice Live closed (code %s)", call.label, self.voicelive_close_code
+            if self.session is None:  # the call ended while we were connecting
+                return await self._end_by(tasks)
+            while True:
+                done, _ = await asyncio.wait(
+                    set(tasks.values()), return_when=asyncio.FIRST_COMPLETED
                 )
-                call.log.write("voicelive_closed", code=self.voicelive_close_code)
-                await self._apologise_and_hang_up(tasks)
-                return await self._finish("apology_hangup")
-            tasks["pacer"].result()  # re-raise whatever stopped the pacer
-            return await self._finish("error")
+                if tasks["hangup"] in done:
+                    return await self._finish(call.outcome or "caller_hung_up")
+                if tasks["newsock"] in done:
+                    await self._swap_socket(tasks)
+                    continue
+                if tasks["acs"] in done:
+                    if not await self._await_acs_reconnect(tasks):
+                        return await self._end_by(tasks, lost=True)
+                    continue
+                if tasks["drain"] in done:
+                    log.info("call %s: drain grace over: goodbye", call.label)
+                    await self._say_and_hang_up(tasks, "goodbye")
+                    return await self._finish("drained")
+                if tasks["pacer"] in done:
+                    tasks["pacer"].result()  # re-raise whatever stopped the pacer
+                    return await self._finish("error")
+                reason = None
+                if "voicelive" in tasks and tasks["voicelive"] in done:
+                    reason = tasks.pop("voicelive").result()
+                elif tasks["timers"] in done:
+                    reason = tasks["timers"].result()
+                    tasks["timers"] = asyncio.create_task(self._timers(), name="timers")
+                if reason in ("media_idle_timeout", "max_duration"):
+                    return await self._limit_reached(tasks, reason)
+                if reason in RECONNECT_REASONS and not await self._reconnect(tasks, reason):
+                    await self._say_and_hang_up(tasks, "apology")
+                    return await self._finish("apology_hangup")
         finally:
             for task in tasks.values():
                 task.cancel()
@@ -254,30 +351,155 @@ class MediaRelay:
                     await task
             if self.session is not None:
                 await self.session.close()
+            self._release(self.ws)
+            for released in self._released.values():
+                released.set()
 
-    async def _connect(self) -> None:
+    async def _first_connect(self, tasks: dict[str, asyncio.Task[Any]]) -> None:
+        """Connect, unless the call ends first (then ``self.session`` stays None)."""
+        connect = asyncio.create_task(self._open(), name=f"connect-{self.call.label}")
+        enders = {tasks["acs"], tasks["hangup"], tasks["timers"], tasks["drain"]}
+        done, _ = await asyncio.wait({connect, *enders}, return_when=asyncio.FIRST_COMPLETED)
+        if connect not in done:
+            connect.cancel()
+            with contextlib.suppress(BaseException):
+                await connect
+            return
+        self.session = connect.result()
+        tasks["voicelive"] = asyncio.create_task(
+            self._voicelive_pump(self.session), name=f"vl-{self.call.label}"
+        )
+
+    async def _open(self, timeout_s: float | None = None) -> OpenSession:
+        agent = self.settings.mode == "agent"
         session = await open_session(
             self.settings,
             self.ctx.voicelive_credential,
             call_id=self.call.call_connection_id or self.call.correlation_id,
-            conversation_id=self.call.conversation_id,
+            conversation_id=(self.bridge.conversation_id or self.call.conversation_id)
+            if agent
+            else None,
+            timeout_s=timeout_s,
         )
-        self.session = session
         self.call.log.write("voicelive_connected", connect_ms=round(session.connect_ms, 1))
+        return session
 
-    async def _limit_reached(self, tasks: dict[str, asyncio.Task[Any]]) -> str:
-        outcome = tasks["limits"].result()
+    async def _end_by(self, tasks: dict[str, asyncio.Task[Any]], *, lost: bool = False) -> str:
+        """The call ended before or outside the main loop: find out how."""
+        if tasks["timers"].done():
+            return await self._limit_reached(tasks, tasks["timers"].result())
+        if tasks["drain"].done():
+            await self._say_and_hang_up(tasks, "goodbye")
+            return await self._finish("drained")
+        if lost and not self.call.disconnected.is_set():
+            log.warning("call %s: media socket lost and not reopened: hanging up", self.call.label)
+            await self.ctx.hang_up(self.call)
+            return await self._finish("media_lost")
+        return await self._finish(self.call.outcome or "caller_hung_up")
+
+    async def _await_acs_reconnect(self, tasks: dict[str, asyncio.Task[Any]]) -> bool:
+        """The ACS socket closed: True if a new one came within the grace period."""
+        if self.call.disconnected.is_set():
+            return False
+        grace = self.settings.acs_reconnect_grace_s
+        done, _ = await asyncio.wait(
+            {tasks["newsock"], tasks["hangup"]}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+        )
+        if tasks["newsock"] in done:
+            await self._swap_socket(tasks)
+            return True
+        return False
+
+    async def _reconnect(self, tasks: dict[str, asyncio.Task[Any]], reason: str) -> bool:
+        """Replace the Voice Live session within the budget; False if it cannot be done."""
+        call, bridge, s = self.call, self.bridge, self.settings
+        lost_at = time.perf_counter()
+        log.warning(
+            "call %s: Voice Live %s (close code %s): reconnecting",
+            call.label,
+            reason,
+            self.voicelive_close_code,
+        )
+        call.log.write("voicelive_reconnecting", reason=reason, code=self.voicelive_close_code)
+        old_conversation = bridge.conversation_id
+        if "voicelive" in tasks:
+            tasks.pop("voicelive").cancel()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        bridge.voicelive_lost(self.now())
+        self._drain_records()
+        deadline = lost_at + s.voicelive_reconnect_budget_s
+        delay = 0.2
+        attempt = 0
+        while True:
+            if call.disconnected.is_set() or call.drain_now.is_set():
+                return True  # the main loop ends the call
+            attempt += 1
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                session = await self._open(timeout_s=min(s.voicelive_connect_timeout_s, left))
+            except UpstreamUnavailable as exc:
+                log.warning("call %s: reconnect attempt %d failed: %s", call.label, attempt, exc)
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.perf_counter())))
+                delay = min(delay * 2, 2.0)
+                continue
+            self.session = session
+            self._pending_reconnect = {
+                "at_s": round(self.call_time(), 3),
+                "reason": reason,
+                "attempts": attempt,
+                "lost_at": lost_at,
+                "old_conversation": old_conversation,
+            }
+            tasks["voicelive"] = asyncio.create_task(
+                self._voicelive_pump(session), name=f"vl-{call.label}"
+            )
+            return True
+        log.error(
+            "call %s: Voice Live reconnect failed within %.1f s",
+            call.label,
+            s.voicelive_reconnect_budget_s,
+        )
+        call.log.write("voicelive_reconnect_failed", attempts=attempt - 1)
+        return False
+
+    def _reconnected(self) -> None:
+        """The new session confirmed its configuration: the gap is over."""
+        pending, self._pending_reconnect = self._pending_reconnect, None
+        assert pending is not None
+        bridge = self.bridge
+        if self.settings.mode == "agent":
+            kept = (
+                bool(pending["old_conversation"])
+                and bridge.conversation_id == pending["old_conversation"]
+            )
+        else:
+            kept = True  # the transcript so far was replayed as conversation items
+        entry = {
+            "at_s": pending["at_s"],
+            "reason": pending["reason"],
+            "gap_ms": round((time.perf_counter() - pending["lost_at"]) * 1000.0, 1),
+            "attempts": pending["attempts"],
+            "conversation_kept": kept,
+        }
+        self.reconnects.append(entry)
+        self.ctx.stats.reconnected()
+        log.info("call %s: Voice Live reconnected after %.0f ms", self.call.label, entry["gap_ms"])
+        self.call.log.write("voicelive_reconnected", **entry)
+
+    async def _limit_reached(self, tasks: dict[str, asyncio.Task[Any]], outcome: str) -> str:
         log.warning("call %s: %s, ending the call", self.call.label, outcome)
         self.call.log.write("limit_reached", limit=outcome)
         if outcome == "max_duration":  # the caller is there: say goodbye first
-            await self._apologise_and_hang_up(tasks, prompt="goodbye")
+            await self._say_and_hang_up(tasks, "goodbye")
         else:
             await self.ctx.hang_up(self.call)
         return await self._finish(outcome)
 
-    async def _apologise_and_hang_up(
-        self, tasks: dict[str, asyncio.Task[Any]], prompt: str = "apology"
-    ) -> None:
+    async def _say_and_hang_up(self, tasks: dict[str, asyncio.Task[Any]], prompt: str) -> None:
         """Play a shipped prompt, wait until the caller heard it, then hang up."""
         bridge = self.bridge
         bridge.play_prompt(prompt_pcm(prompt, bridge.acs_hz), self.now())
@@ -305,20 +527,22 @@ class MediaRelay:
             self._drain_records()
         report = bridge.report()
         report["inbound_latency_ms"] = self.inbound_latency_ms.summary()
-        if self.speed != 1.0:  # the core measured on the media clock: back to real ms
-            report["outbound_latency_ms"] = {
-                k: (v if k == "count" else round(v / self.speed, 3))
-                for k, v in report["outbound_latency_ms"].items()
-            }
         self.ctx.stats.call_finished(
             report,
             self.inbound_latency_ms,
             bridge.outbound_latency_ms,
             outbound_scale=1.0 / self.speed,
         )
+        if self.speed != 1.0:  # the core measured on the media clock: back to real ms
+            report["outbound_latency_ms"] = {
+                k: (v if k == "count" else round(v / self.speed, 3))
+                for k, v in report["outbound_latency_ms"].items()
+            }
         report["voicelive_close_code"] = self.voicelive_close_code
         report["session_id"] = bridge.session_id
         report["conversation_id"] = bridge.conversation_id
+        report["reconnects"] = self.reconnects
+        report["media_sockets"] = self.sockets
         self.call.report = report
         self.call.log.write(
             "counters",
@@ -326,8 +550,8 @@ class MediaRelay:
             outbound=report["outbound"],
             guard=report["guard"],
             counters=report["counters"],
+            reconnects=self.reconnects,
         )
-        self.outcome = outcome
         return outcome
 
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
+from types import FrameType
 from typing import Any
+
+import uvicorn
 
 from voicebridge.errors import ConfigError
 
@@ -28,9 +33,38 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
+class DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM drains instead of closing every socket.
 
+    Plain uvicorn closes open WebSockets (1012) as soon as it shuts down, which would
+    cut every live call at each revision rollout. Here the first SIGTERM starts
+    :meth:`AppContext.drain` — readiness false, no new calls, live calls finish or hear
+    a goodbye after ``DRAIN_GRACE_S`` — and only then lets uvicorn exit. A second
+    SIGTERM, or SIGINT, exits at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, ctx: Any) -> None:
+        super().__init__(config)
+        self.ctx = ctx
+        self._drain: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self._drain is None and not self.should_exit:
+            asyncio.get_running_loop().call_soon_threadsafe(self._start_drain)
+            return
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self) -> None:
+        self._drain = asyncio.create_task(self._drain_then_exit(), name="drain")
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.ctx.drain(self.ctx.settings.drain_grace_s)
+        finally:
+            self.should_exit = True
+
+
+def run(args: argparse.Namespace) -> int:
     from voicebridge import logs
     from voicebridge.app import create_app
     from voicebridge.config import load_settings
@@ -41,10 +75,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"voicebridge: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host or settings.host,
         port=args.port or settings.port,
         **uvicorn_options(settings),
     )
+    DrainingServer(config, app.state.ctx).run()
     return 0

@@ -73,6 +73,9 @@ class ServiceStats:
         ):
             self.calls_not_conserved += 1
 
+    def reconnected(self) -> None:
+        self.counters["voicelive_reconnects"] += 1
+
     def call_ended(self, outcome: str) -> None:
         self.outcomes[outcome] += 1
 

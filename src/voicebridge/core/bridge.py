@@ -119,6 +119,10 @@ class CallBridge:
         max_text_bytes: int = 8 * 1024,
         max_message_bytes: int = 128 * 1024,
         max_buffered_caller_ms: int = 10_000,
+        replay_history: bool = True,
+        max_history_items: int = 40,
+        session_update_timeout_s: float = 5.0,
+        response_start_timeout_s: float = 4.0,
     ) -> None:
         if greeting not in GREETING_MODES:
             raise ValueError(f"greeting must be one of {GREETING_MODES}, not {greeting!r}")
@@ -137,6 +141,17 @@ class CallBridge:
             cancel_on_barge_in = not interrupts
         self.cancel_on_barge_in = cancel_on_barge_in
         self.max_buffered_caller_ms = max_buffered_caller_ms
+        # Model mode: a new session knows nothing, so the conversation so far is
+        # replayed into it. Agent mode keeps it server-side (conversation id).
+        self.replay_history = replay_history
+        self.history: deque[tuple[str, str]] = deque(maxlen=max_history_items)
+        self.session_update_timeout_s = session_update_timeout_s
+        self.response_start_timeout_s = response_start_timeout_s
+        self.sessions = 0
+        self.expires_at: Any = None
+        self._awaiting_update_since: float | None = None
+        self._turn_waiting_since: float | None = None  # committed, no response yet
+        self._nudged = False
 
         self.turns = TurnTable()
         self.guard = OutboundGuard(
@@ -286,13 +301,17 @@ class CallBridge:
                 self._end_stream(ev.response_id, now)
             case vl.InputCommitted():
                 self.turns.user_turn()
+                self._turn_waiting_since = now
+                self._nudged = False
             case vl.SessionCreated():
-                self._session_created(ev)
+                self._session_created(ev, now)
             case vl.SessionUpdated():
                 self._session_updated(ev)
             case vl.TranscriptionCompleted():
+                self.history.append(("user", ev.transcript))
                 self._record("user_transcript", item_id=ev.item_id, text=ev.transcript)
             case vl.TranscriptDone():
+                self.history.append(("assistant", ev.transcript))
                 self._record(
                     "agent_transcript",
                     response_id=ev.response_id,
@@ -309,8 +328,10 @@ class CallBridge:
                 c.voicelive_other_types[ev.type] += 1
         return ev
 
-    def _session_created(self, ev: vl.SessionCreated) -> None:
+    def _session_created(self, ev: vl.SessionCreated, now: float) -> None:
+        self.sessions += 1
         self.session_id = ev.session_id
+        self.expires_at = ev.expires_at
         if ev.conversation_id:
             self.conversation_id = ev.conversation_id
         self._record(
@@ -323,9 +344,17 @@ class CallBridge:
         )
         self.guard.new_session()
         self._send(vl.session_update(self.session_config))
+        self._awaiting_update_since = now
+        if self.sessions > 1 and self.replay_history and self.history:
+            for role, text in self.history:
+                self._send(vl.message_item_create(role, text))
+            self._record("history_replayed", items=len(self.history))
         self._release_buffered_caller()
 
     def _session_updated(self, ev: vl.SessionUpdated) -> None:
+        self._awaiting_update_since = None
+        if ev.expires_at is not None:
+            self.expires_at = ev.expires_at
         self._record("session_updated", session_id=ev.session_id, voice=ev.voice)
         if self._greeted or self.greeting == "none":
             return
@@ -357,6 +386,7 @@ class CallBridge:
             self._record("turn_anomaly", error=str(exc))
 
     def _response_created(self, ev: vl.ResponseCreated) -> None:
+        self._turn_waiting_since = None
         self.counters.responses_created += 1
         self._turn(Event.CREATED, ev.response_id)
         self._responses.setdefault(ev.response_id, _Response())
@@ -474,6 +504,65 @@ class CallBridge:
         self._record("barge_in", dropped_samples=dropped, response_id=active)
         if self.cancel_on_barge_in and self.turns.state is ACTIVE:
             self._send(vl.response_cancel())
+
+    # ------------------------------------------------------------------ session loss, timeouts
+
+    def voicelive_lost(self, now: float) -> None:
+        """The Voice Live session is gone (a reconnect follows).
+
+        Agent audio already queued keeps playing; the response that was streaming ends
+        with what arrived; caller audio is held (bounded) until the next session's
+        ``session.update`` is out, then sent — nothing said in the gap is lost unless
+        the buffer overflows (``caller_samples_buffered_dropped``).
+        """
+        if self._streaming is not None:
+            self._end_stream(self._streaming, now)
+        for resp in self._responses.values():
+            self._finish(resp)
+        self._responses.clear()
+        self.guard.new_session()  # session.update must go first again
+        # Unsent messages belonged to the dead session; unsent caller audio goes back
+        # into the buffer for the next one.
+        unsent, self._voicelive_out = self._voicelive_out, []
+        for message in unsent:
+            if message.get("type") == "input_audio_buffer.append":
+                b64 = message["audio"]
+                samples = len(binascii.a2b_base64(b64)) >> 1
+                self.counters.voicelive_samples_appended -= samples
+                self._buffer_caller(b64, samples)
+        self._awaiting_update_since = None
+        self._turn_waiting_since = None
+        self._record("voicelive_lost", session_id=self.session_id)
+
+    def acs_socket_replaced(self, now: float) -> None:
+        """ACS opened a new media socket: what it queued on the old one is gone, so
+        pacing restarts from now (nothing already sent is re-sent)."""
+        self._play_end = now
+        self._record("acs_socket_replaced")
+
+    def poll(self, now: float) -> str | None:
+        """Timers, sans-I/O: call every few hundred ms with the media clock.
+
+        Returns ``"session_update_timeout"`` (no ``session.updated`` in time) or
+        ``"response_timeout"`` (a committed turn got no response even after one
+        ``response.create`` of our own) when the session should be replaced, else None.
+        A turn left unanswered for ``response_start_timeout_s`` is nudged once with a
+        ``response.create`` (the guard still allows one per turn).
+        """
+        if (
+            self._awaiting_update_since is not None
+            and now - self._awaiting_update_since > self.session_update_timeout_s
+        ):
+            return "session_update_timeout"
+        waiting = self._turn_waiting_since
+        if waiting is not None and now - waiting > self.response_start_timeout_s:
+            if self._nudged:
+                return "response_timeout"
+            self._nudged = True
+            self._turn_waiting_since = now
+            sent = self.request_response()
+            self._record("response_nudged", sent=sent, turn=self.turns.turn)
+        return None
 
     # ------------------------------------------------------------------ prompts (apology, goodbye)
 

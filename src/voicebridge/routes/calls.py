@@ -87,6 +87,11 @@ async def incoming_call(request: Request) -> Response:
     denied = await _check_event_grid(ctx, request)
     if denied is not None:
         return denied
+    if ctx.draining:
+        # Event Grid retries a 503 (after ~10 s), by when the ingress routes it to a
+        # replica that is not shutting down; the caller just rings a little longer.
+        log.warning("draining: IncomingCall delivery refused with 503 for a retry elsewhere")
+        return _error(503, "draining")
     answering = 0
     for event in events:
         if isinstance(event, webhooks.Ignored):
@@ -99,9 +104,7 @@ async def incoming_call(request: Request) -> Response:
                     request.headers.get("aeg-delivery-count", "?"),
                 )
                 continue
-            if ctx.draining:
-                _reject(ctx, event, "draining")
-            elif ctx.registry.active >= s.max_concurrent_calls:
+            if ctx.registry.active >= s.max_concurrent_calls:
                 _reject(ctx, event, "busy")
             else:
                 _start_answer(ctx, event)

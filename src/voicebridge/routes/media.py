@@ -1,7 +1,9 @@
 """The ACS media WebSocket (protocols.md §4, §5): one relay per call.
 
 The upgrade is refused (HTTP 403, before ``accept``) unless the per-call URL key and
-the ACS JWT are valid and the call is live without another media socket.
+the ACS JWT are valid and the call is live. A second valid socket for a call that
+already has one *replaces* it — ACS may reconnect a dropped stream
+(``streamConnectionReestablished``, protocols §4) — and the relay carries on with it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ router = APIRouter(tags=["media"])
 
 @router.websocket("/ws/media/{url_key}")
 async def media(websocket: WebSocket, url_key: str) -> None:
-    """Relay one call's audio between ACS and Voice Live until either side ends."""
+    """Relay one call's audio between ACS and Voice Live until the call ends."""
     ctx = websocket.app.state.ctx
     call_id = await authenticate_acs(ctx, url_key, websocket.headers.get("authorization"))
     call = ctx.registry.get(call_id) if call_id else None
@@ -30,14 +32,15 @@ async def media(websocket: WebSocket, url_key: str) -> None:
             log.warning("media socket for an ended call %s: refused", call_id)
         await websocket.close(code=1008)
         return
-    if call.media_task is not None and not call.media_task.done():
-        log.warning("call %s: a second media socket while one is live: refused", call.label)
-        await websocket.close(code=1008)
+    if call.relay is not None:
+        log.info("call %s: a new media socket replaces the current one", call.label)
+        await websocket.accept()
+        await call.relay.attach(websocket).wait()
         return
     if not call.call_connection_id:
         call.call_connection_id = websocket.headers.get("x-ms-call-connection-id") or None
     await websocket.accept()
-    relay = MediaRelay(ctx, call, websocket)
+    relay = call.relay = MediaRelay(ctx, call, websocket)
     call.media_task = asyncio.current_task()
     outcome = "error"
     try:
@@ -48,6 +51,6 @@ async def media(websocket: WebSocket, url_key: str) -> None:
     finally:
         ctx.registry.end(call, outcome)
         try:
-            await websocket.close(code=1000)
+            await relay.ws.close(code=1000)
         except Exception as exc:  # already closed by the peer
             log.debug("media close: %s", type(exc).__name__)

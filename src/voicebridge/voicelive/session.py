@@ -152,8 +152,11 @@ async def open_session(
     *,
     call_id: str,
     conversation_id: str | None = None,
+    timeout_s: float | None = None,
 ) -> OpenSession:
-    """Connect within ``VOICELIVE_CONNECT_TIMEOUT_S`` or raise ``UpstreamUnavailable``."""
+    """Connect within ``timeout_s`` (default ``VOICELIVE_CONNECT_TIMEOUT_S``) or raise
+    ``UpstreamUnavailable``."""
+    timeout = settings.voicelive_connect_timeout_s if timeout_s is None else timeout_s
     kwargs = connect_kwargs(settings, conversation_id=conversation_id)
     manager = connect(
         credential=credential,
@@ -164,14 +167,14 @@ async def open_session(
     handshake = manager.__aenter__()
     task = asyncio.ensure_future(handshake)
     try:
-        done, _ = await asyncio.wait({task}, timeout=settings.voicelive_connect_timeout_s)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
     finally:
         if not task.done():  # timed out, or our caller was cancelled
             await _abandon(handshake, task)
     if not done:
         raise UpstreamUnavailable(
             f"Voice Live did not complete the handshake within "
-            f"{settings.voicelive_connect_timeout_s:g} s ({settings.voicelive_host})"
+            f"{timeout:g} s ({settings.voicelive_host})"
         )
     try:
         conn = task.result()

@@ -1,0 +1,738 @@
+// voicebridge on Azure Container Apps: one deployment from an (almost) empty resource
+// group to a webhook that answers phone calls. Runbook: docs/deploy.md.
+//
+//   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.parameters.json \
+//     -p containerImage=<acr>.azurecr.io/voicebridge:<tag> registryName=<acr>
+//
+// Creates: Log Analytics + Application Insights, a Container Apps environment, a
+// user-assigned identity, a Key Vault (RBAC) with the app's secrets, the Container App,
+// role assignments (Foundry, ACS, Key Vault, ACR), an Event Grid system topic on ACS and
+// an IncomingCall subscription to /api/incoming-call. ACS and the Foundry resource are
+// created, or existing ones are used (createAcs / createFoundry = false).
+// Prerequisite not created here: the container registry holding the image (the image
+// must exist before the app starts; `az acr build` pushes it).
+//
+// Every setting the app reads (voicebridge.config.Settings) is an env var below, with
+// the app's default as the parameter default; '' means "not set" (the app's default
+// or "off" applies, Settings ignores empty values). tests/infra/test_bicep.py keeps
+// this list and the defaults in step with Settings.
+//
+// Not compiled here: no Bicep CLI is available where this was written; see
+// docs/deploy.md "What was and was not verified here".
+
+targetScope = 'resourceGroup'
+
+// ============================================================== naming and placement
+
+@description('Short lowercase base for resource names.')
+@minLength(3)
+@maxLength(14)
+param baseName string = 'voicebridge'
+
+@description('Region for the Container Apps environment, monitoring and Key Vault.')
+param location string = resourceGroup().location
+
+param tags object = {
+  app: 'voicebridge'
+}
+
+var suffix = uniqueString(subscription().id, resourceGroup().id, baseName)
+
+// ============================================================== image and container app
+
+@description('Full image reference, e.g. myacr.azurecr.io/voicebridge:0.1.0 (built with `az acr build`).')
+param containerImage string
+
+@description('Existing Azure Container Registry in THIS resource group to pull from with the app identity (AcrPull). "" = public image.')
+param registryName string = ''
+
+@description('Container App name; also the first label of its public host name.')
+@maxLength(32)
+param appName string = baseName
+
+@description('vCPU per replica (string, e.g. "0.5", "1.0").')
+param cpuCores string = '1.0'
+
+@description('Memory per replica; must pair with cpuCores (e.g. 1.0 -> 2Gi).')
+param memory string = '2Gi'
+
+@description('Call state is per replica: keep min = max (and 1 per phone number) unless docs/deploy.md "Scaling" applies.')
+@minValue(1)
+param minReplicas int = 1
+
+@minValue(1)
+param maxReplicas int = 1
+
+@description('HTTP scale rule threshold (concurrent requests per replica); only acts when maxReplicas > minReplicas.')
+param scaleConcurrentRequests int = 20
+
+@allowed([
+  'Single'
+  'Multiple'
+])
+param revisionsMode string = 'Single'
+
+@description('Optional revision suffix (lowercase letters, digits, dashes).')
+param revisionSuffix string = ''
+
+@description('Seconds added to DRAIN_GRACE_S for terminationGracePeriodSeconds (uvicorn and process exit after the drain).')
+@minValue(5)
+param shutdownMarginS int = 15
+
+@description('Public https base URL if a custom domain fronts the app; "" = https://<appName>.<environment default domain>.')
+param customPublicBaseUrl string = ''
+
+// ============================================================== Azure Communication Services
+
+@description('Create a new ACS resource (true) or use an existing one named acsName (false).')
+param createAcs bool = true
+
+param acsName string = 'acs-${baseName}-${uniqueString(subscription().id, resourceGroup().id, baseName)}'
+
+@description('Resource group of the ACS resource (the Event Grid system topic goes there too).')
+param acsResourceGroup string = resourceGroup().name
+
+@description('Where a NEW ACS resource keeps data at rest (create-only).')
+param acsDataLocation string = 'United States'
+
+@description('connectionString: ACS_CONNECTION_STRING from Key Vault (HMAC, exercised locally). managedIdentity: ACS_ENDPOINT + the app identity (role below; least privilege unverified).')
+@allowed([
+  'connectionString'
+  'managedIdentity'
+])
+param acsAuth string = 'connectionString'
+
+@description('Role granted on ACS when acsAuth = managedIdentity. Default Contributor; candidate narrower role: 09976791-48a7-449e-bb21-39d1a415f350 (Communication and Email Service Owner). Not verified (protocols.md §9 q7).')
+param acsRoleDefinitionId string = 'b24988ac-6180-42a0-ab88-20f7382dd24c'
+
+@description('Create the Event Grid system topic for ACS (only one may exist per ACS resource; false = reuse eventGridSystemTopicName).')
+param createEventGridSystemTopic bool = true
+
+param eventGridSystemTopicName string = '${acsName}-events'
+
+param eventGridSubscriptionName string = '${appName}-incoming-call'
+
+@description('Optional shared secret Event Grid appends as ?secret=... to the webhook URL (EVENTGRID_SHARED_SECRET). Generate: openssl rand -base64 32')
+@secure()
+param eventGridSharedSecret string = ''
+
+@description('Entra-protected delivery: tenant id of the app registration ("" = off). Sets EVENTGRID_ENTRA_TENANT_ID.')
+param eventGridEntraTenantId string = ''
+
+@description('Entra-protected delivery: app id or app id URI Event Grid gets tokens for. Sets EVENTGRID_ENTRA_AUDIENCE.')
+param eventGridEntraAudience string = ''
+
+// ============================================================== Foundry / Voice Live
+
+@description('Create a new Foundry (AI Services) resource (true) or use an existing one named foundryName (false).')
+param createFoundry bool = true
+
+@description('Foundry resource name; also its custom subdomain (<name>.services.ai.azure.com).')
+param foundryName string = 'ais-${baseName}-${uniqueString(subscription().id, resourceGroup().id, baseName)}'
+
+param foundryResourceGroup string = resourceGroup().name
+
+@description('Region of a NEW Foundry resource: must be a Voice Live region (docs/deploy.md).')
+param foundryLocation string = location
+
+@description('entra: managed identity (required for agent mode). key: VOICELIVE_API_KEY from Key Vault (model mode only).')
+@allowed([
+  'entra'
+  'key'
+])
+param voiceLiveAuth string = 'entra'
+
+@description('Voice Live endpoint override; "" = https://<foundry subdomain>.services.ai.azure.com/')
+param voiceLiveEndpoint string = ''
+
+// ============================================================== app settings (Settings defaults)
+// Voice Live
+@description('VOICELIVE_MODEL: model mode (e.g. gpt-realtime). Leave "" for agent mode.')
+param voiceliveModel string = 'gpt-realtime'
+param voiceliveApiVersion string = '2026-07-15'
+@description('AGENT_NAME: agent mode (Entra ID only); also set projectName and voiceliveModel = "".')
+param agentName string = ''
+param projectName string = ''
+param agentVersion string = ''
+param conversationId string = ''
+param foundryResourceOverride string = ''
+param agentAuthenticationIdentityClientId string = ''
+param voiceName string = 'en-US-AvaMultilingualNeural'
+param instructions string = 'You are a friendly phone assistant. Keep answers short and conversational; the caller is on a phone line.'
+param voiceliveConnectTimeoutS int = 10
+
+// reliability (docs/reliability.md)
+param voiceliveReconnectBudgetS int = 10
+param reconnectBufferS int = 5
+param sessionUpdateTimeoutS int = 5
+param responseStartTimeoutS int = 4
+param sessionExpiryMarginS int = 30
+param acsReconnectGraceS int = 3
+
+// session behaviour
+@allowed([
+  'llm'
+  'text'
+  'none'
+])
+param greetingMode string = 'llm'
+param greetingText string = 'Hello, thanks for calling. How can I help you today?'
+param greetingInstructions string = ''
+param vadType string = 'azure_semantic_vad'
+param vadSilenceMs int = 500
+param noiseSuppression bool = true
+param echoCancellation bool = true
+param transcriptionModel string = 'azure-speech'
+param transcriptionLanguage string = ''
+@description('INTERIM_RESPONSE as a JSON string, "" = off.')
+param interimResponse string = ''
+
+// audio
+@allowed([
+  16000
+  24000
+])
+param acsAudioRate int = 16000
+@allowed([
+  16000
+  24000
+])
+param voiceliveAudioRate int = 24000
+param pacingLeadMs int = 160
+param maxTextBytes int = 8192
+param maxMessageBytes int = 131072
+
+// security (ACS JWTs, Event Grid)
+@description('ACS_JWT_VALIDATION: check the ACS JWT on callbacks and media sockets (audience = the ACS immutable resource id, set automatically).')
+param acsJwtValidation bool = true
+param acsJwtIssuer string = 'https://acscallautomation.communication.azure.com'
+param acsOpenidConfigUrl string = 'https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration'
+param acsJwksUrl string = ''
+param jwtLeewayS int = 60
+@description('CALL_URL_SECRET: HMAC key for per-call callback/media URLs ("" = app default). Generate: openssl rand -base64 32')
+@secure()
+param callUrlSecret string = ''
+param eventgridEntraOpenidConfigUrl string = ''
+
+// limits
+param maxBodyBytes int = 1048576
+param maxMediaMessageBytes int = 65536
+param maxConcurrentCalls int = 100
+param mediaIdleTimeoutS int = 30
+param maxCallDurationS int = 3600
+@description('DRAIN_GRACE_S: on SIGTERM the replica stops taking calls and waits this long for live ones.')
+param drainGraceS int = 120
+
+// service
+param logDir string = './logs'
+@allowed([
+  'DEBUG'
+  'INFO'
+  'WARNING'
+  'ERROR'
+])
+param logLevel string = 'INFO'
+
+// ============================================================== shared pieces
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-${baseName}-${suffix}'
+  location: location
+  tags: tags
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    workspaceName: 'log-${baseName}-${suffix}'
+    appInsightsName: 'appi-${baseName}-${suffix}'
+    location: location
+    tags: tags
+  }
+}
+
+module containerEnv 'modules/environment.bicep' = {
+  name: 'environment'
+  params: {
+    name: 'cae-${baseName}-${suffix}'
+    location: location
+    tags: tags
+    workspaceName: monitoring.outputs.workspaceName
+  }
+}
+
+module acs 'modules/acs.bicep' = {
+  name: 'acs'
+  scope: resourceGroup(acsResourceGroup)
+  params: {
+    create: createAcs
+    name: acsName
+    dataLocation: acsDataLocation
+    tags: tags
+    grantRole: acsAuth == 'managedIdentity'
+    principalId: identity.properties.principalId
+    roleDefinitionId: acsRoleDefinitionId
+  }
+}
+
+module foundry 'modules/foundry.bicep' = {
+  name: 'foundry'
+  scope: resourceGroup(foundryResourceGroup)
+  params: {
+    create: createFoundry
+    name: foundryName
+    location: foundryLocation
+    tags: tags
+    disableLocalAuth: voiceLiveAuth == 'entra'
+    principalId: identity.properties.principalId
+  }
+}
+
+// Container App secret names (lowercase, digits, dashes) = Key Vault secret names.
+var secretNames = {
+  voiceLiveApiKey: 'voicelive-api-key'
+  acsConnectionString: 'acs-connection-string'
+  eventGridSharedSecret: 'eventgrid-shared-secret'
+  callUrlSecret: 'call-url-secret'
+  appInsightsConnectionString: 'appinsights-connection-string'
+}
+
+module vault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  params: {
+    name: 'kv-${take(baseName, 6)}-${suffix}'
+    location: location
+    tags: tags
+    principalId: identity.properties.principalId
+    secretNames: secretNames
+    storeAcsConnectionString: acsAuth == 'connectionString'
+    acsName: acsName
+    acsResourceGroup: acsResourceGroup
+    storeVoiceLiveKey: voiceLiveAuth == 'key'
+    foundryName: foundryName
+    foundryResourceGroup: foundryResourceGroup
+    appInsightsName: monitoring.outputs.appInsightsName
+    eventGridSharedSecret: eventGridSharedSecret
+    callUrlSecret: callUrlSecret
+  }
+  dependsOn: [
+    acs
+    foundry
+  ]
+}
+
+// Only referenced (as a scope) when registryName is set.
+resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
+  name: registryName
+}
+
+// AcrPull (built-in) for the app identity, before the app first pulls its image.
+var acrPull = '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+
+resource registryPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(registryName)) {
+  name: guid(resourceGroup().id, registryName, identity.id, acrPull)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', acrPull)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// ============================================================== the app's configuration
+
+// Known before the app exists (no cycle): the environment's default domain.
+var publicBaseUrl = empty(customPublicBaseUrl)
+  ? 'https://${appName}.${containerEnv.outputs.defaultDomain}'
+  : customPublicBaseUrl
+var webhookUrl = '${publicBaseUrl}/api/incoming-call'
+
+// Secrets: Key Vault references only (keyVaultUrl + identity), never values.
+var keyVaultSecrets = concat(
+  voiceLiveAuth == 'key'
+    ? [
+        {
+          name: secretNames.voiceLiveApiKey
+          keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.voiceLiveApiKey}'
+          identity: identity.id
+        }
+      ]
+    : [],
+  acsAuth == 'connectionString'
+    ? [
+        {
+          name: secretNames.acsConnectionString
+          keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.acsConnectionString}'
+          identity: identity.id
+        }
+      ]
+    : [],
+  !empty(eventGridSharedSecret)
+    ? [
+        {
+          name: secretNames.eventGridSharedSecret
+          keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.eventGridSharedSecret}'
+          identity: identity.id
+        }
+      ]
+    : [],
+  !empty(callUrlSecret)
+    ? [
+        {
+          name: secretNames.callUrlSecret
+          keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.callUrlSecret}'
+          identity: identity.id
+        }
+      ]
+    : [],
+  [
+    {
+      name: secretNames.appInsightsConnectionString
+      keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.appInsightsConnectionString}'
+      identity: identity.id
+    }
+  ]
+)
+
+var secretEnv = concat(
+  voiceLiveAuth == 'key'
+    ? [
+        {
+          name: 'VOICELIVE_API_KEY'
+          secretRef: secretNames.voiceLiveApiKey
+        }
+      ]
+    : [],
+  acsAuth == 'connectionString'
+    ? [
+        {
+          name: 'ACS_CONNECTION_STRING'
+          secretRef: secretNames.acsConnectionString
+        }
+      ]
+    : [],
+  !empty(eventGridSharedSecret)
+    ? [
+        {
+          name: 'EVENTGRID_SHARED_SECRET'
+          secretRef: secretNames.eventGridSharedSecret
+        }
+      ]
+    : [],
+  !empty(callUrlSecret)
+    ? [
+        {
+          name: 'CALL_URL_SECRET'
+          secretRef: secretNames.callUrlSecret
+        }
+      ]
+    : [],
+  [
+    {
+      name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+      secretRef: secretNames.appInsightsConnectionString
+    }
+  ]
+)
+
+// Plain settings. Entries whose value is '' are dropped (= not set).
+// Deliberately not set in Azure (dev/test only, see tests/infra/test_bicep.py):
+// VOICELIVE_BEARER_TOKEN, MEDIA_CLOCK_SPEED, HOST, PORT.
+var plainEnv = [
+  // Voice Live
+  {
+    name: 'VOICELIVE_ENDPOINT'
+    value: empty(voiceLiveEndpoint) ? foundry.outputs.endpoint : voiceLiveEndpoint
+  }
+  {
+    name: 'VOICELIVE_MODEL'
+    value: voiceliveModel
+  }
+  {
+    name: 'VOICELIVE_API_VERSION'
+    value: voiceliveApiVersion
+  }
+  {
+    name: 'AGENT_NAME'
+    value: agentName
+  }
+  {
+    name: 'PROJECT_NAME'
+    value: projectName
+  }
+  {
+    name: 'AGENT_VERSION'
+    value: agentVersion
+  }
+  {
+    name: 'CONVERSATION_ID'
+    value: conversationId
+  }
+  {
+    name: 'FOUNDRY_RESOURCE_OVERRIDE'
+    value: foundryResourceOverride
+  }
+  {
+    name: 'AGENT_AUTHENTICATION_IDENTITY_CLIENT_ID'
+    value: agentAuthenticationIdentityClientId
+  }
+  {
+    name: 'VOICE_NAME'
+    value: voiceName
+  }
+  {
+    name: 'INSTRUCTIONS'
+    value: instructions
+  }
+  {
+    name: 'VOICELIVE_CONNECT_TIMEOUT_S'
+    value: string(voiceliveConnectTimeoutS)
+  }
+  // reliability
+  {
+    name: 'VOICELIVE_RECONNECT_BUDGET_S'
+    value: string(voiceliveReconnectBudgetS)
+  }
+  {
+    name: 'RECONNECT_BUFFER_S'
+    value: string(reconnectBufferS)
+  }
+  {
+    name: 'SESSION_UPDATE_TIMEOUT_S'
+    value: string(sessionUpdateTimeoutS)
+  }
+  {
+    name: 'RESPONSE_START_TIMEOUT_S'
+    value: string(responseStartTimeoutS)
+  }
+  {
+    name: 'SESSION_EXPIRY_MARGIN_S'
+    value: string(sessionExpiryMarginS)
+  }
+  {
+    name: 'ACS_RECONNECT_GRACE_S'
+    value: string(acsReconnectGraceS)
+  }
+  // session behaviour
+  {
+    name: 'GREETING_MODE'
+    value: greetingMode
+  }
+  {
+    name: 'GREETING_TEXT'
+    value: greetingText
+  }
+  {
+    name: 'GREETING_INSTRUCTIONS'
+    value: greetingInstructions
+  }
+  {
+    name: 'VAD_TYPE'
+    value: vadType
+  }
+  {
+    name: 'VAD_SILENCE_MS'
+    value: string(vadSilenceMs)
+  }
+  {
+    name: 'NOISE_SUPPRESSION'
+    value: noiseSuppression ? 'true' : 'false'
+  }
+  {
+    name: 'ECHO_CANCELLATION'
+    value: echoCancellation ? 'true' : 'false'
+  }
+  {
+    name: 'TRANSCRIPTION_MODEL'
+    value: transcriptionModel
+  }
+  {
+    name: 'TRANSCRIPTION_LANGUAGE'
+    value: transcriptionLanguage
+  }
+  {
+    name: 'INTERIM_RESPONSE'
+    value: interimResponse
+  }
+  // audio
+  {
+    name: 'ACS_AUDIO_RATE'
+    value: string(acsAudioRate)
+  }
+  {
+    name: 'VOICELIVE_AUDIO_RATE'
+    value: string(voiceliveAudioRate)
+  }
+  {
+    name: 'PACING_LEAD_MS'
+    value: string(pacingLeadMs)
+  }
+  {
+    name: 'MAX_TEXT_BYTES'
+    value: string(maxTextBytes)
+  }
+  {
+    name: 'MAX_MESSAGE_BYTES'
+    value: string(maxMessageBytes)
+  }
+  // ACS
+  {
+    name: 'ACS_ENDPOINT'
+    value: acs.outputs.endpoint
+  }
+  {
+    name: 'PUBLIC_BASE_URL'
+    value: publicBaseUrl
+  }
+  // security
+  {
+    name: 'ACS_JWT_VALIDATION'
+    value: acsJwtValidation ? 'true' : 'false'
+  }
+  {
+    name: 'ACS_RESOURCE_ID'
+    value: acs.outputs.immutableResourceId
+  }
+  {
+    name: 'ACS_JWT_ISSUER'
+    value: acsJwtIssuer
+  }
+  {
+    name: 'ACS_OPENID_CONFIG_URL'
+    value: acsOpenidConfigUrl
+  }
+  {
+    name: 'ACS_JWKS_URL'
+    value: acsJwksUrl
+  }
+  {
+    name: 'JWT_LEEWAY_S'
+    value: string(jwtLeewayS)
+  }
+  {
+    name: 'EVENTGRID_ENTRA_TENANT_ID'
+    value: eventGridEntraTenantId
+  }
+  {
+    name: 'EVENTGRID_ENTRA_AUDIENCE'
+    value: eventGridEntraAudience
+  }
+  {
+    name: 'EVENTGRID_ENTRA_OPENID_CONFIG_URL'
+    value: eventgridEntraOpenidConfigUrl
+  }
+  // limits
+  {
+    name: 'MAX_BODY_BYTES'
+    value: string(maxBodyBytes)
+  }
+  {
+    name: 'MAX_MEDIA_MESSAGE_BYTES'
+    value: string(maxMediaMessageBytes)
+  }
+  {
+    name: 'MAX_CONCURRENT_CALLS'
+    value: string(maxConcurrentCalls)
+  }
+  {
+    name: 'MEDIA_IDLE_TIMEOUT_S'
+    value: string(mediaIdleTimeoutS)
+  }
+  {
+    name: 'MAX_CALL_DURATION_S'
+    value: string(maxCallDurationS)
+  }
+  {
+    name: 'DRAIN_GRACE_S'
+    value: string(drainGraceS)
+  }
+  // service
+  {
+    name: 'LOG_DIR'
+    value: logDir
+  }
+  {
+    name: 'LOG_LEVEL'
+    value: logLevel
+  }
+  // Not a Settings field: azure-identity's DefaultAzureCredential needs the client id
+  // to pick the user-assigned identity (Voice Live with Entra ID, ACS with managed identity).
+  {
+    name: 'AZURE_CLIENT_ID'
+    value: identity.properties.clientId
+  }
+]
+
+var appEnv = concat(filter(plainEnv, e => !empty(e.value)), secretEnv)
+
+// ============================================================== the app and its webhook
+
+module app 'modules/containerapp.bicep' = {
+  name: 'containerapp'
+  params: {
+    name: appName
+    location: location
+    tags: tags
+    environmentId: containerEnv.outputs.id
+    identityId: identity.id
+    image: containerImage
+    registryServer: empty(registryName) ? '' : '${toLower(registryName)}${az.environment().suffixes.acrLoginServer}'
+    env: appEnv
+    secrets: keyVaultSecrets
+    targetPort: 8000
+    cpuCores: cpuCores
+    memory: memory
+    minReplicas: minReplicas
+    maxReplicas: maxReplicas
+    scaleConcurrentRequests: scaleConcurrentRequests
+    revisionsMode: revisionsMode
+    revisionSuffix: revisionSuffix
+    terminationGracePeriodSeconds: drainGraceS + shutdownMarginS
+  }
+  dependsOn: [
+    registryPull
+    vault
+  ]
+}
+
+// After the app: creating the subscription runs Event Grid's validation handshake.
+module events 'modules/eventgrid.bicep' = {
+  name: 'eventgrid'
+  scope: resourceGroup(acsResourceGroup)
+  params: {
+    acsName: acsName
+    createSystemTopic: createEventGridSystemTopic
+    systemTopicName: eventGridSystemTopicName
+    subscriptionName: eventGridSubscriptionName
+    tags: tags
+    endpointBaseUrl: webhookUrl
+    sharedSecret: eventGridSharedSecret
+    entraTenantId: eventGridEntraTenantId
+    entraApplicationIdOrUri: eventGridEntraAudience
+  }
+  dependsOn: [
+    app
+  ]
+}
+
+// ============================================================== outputs (no secrets)
+
+@description('The app\'s public base URL (PUBLIC_BASE_URL).')
+output appUrl string = publicBaseUrl
+
+@description('The Event Grid webhook, without the ?secret= query (which is never output).')
+output webhookUrl string = webhookUrl
+
+@description('True when PUBLIC_BASE_URL equals the ingress FQDN Container Apps assigned.')
+output publicBaseUrlMatchesIngress bool = !empty(customPublicBaseUrl) || publicBaseUrl == 'https://${app.outputs.fqdn}'
+
+output containerAppName string = app.outputs.name
+output latestRevisionName string = app.outputs.latestRevisionName
+output acsName string = acs.outputs.name
+output acsEndpoint string = acs.outputs.endpoint
+output acsImmutableResourceId string = acs.outputs.immutableResourceId
+output voiceLiveEndpoint string = empty(voiceLiveEndpoint) ? foundry.outputs.endpoint : voiceLiveEndpoint
+output keyVaultName string = vault.outputs.name
+output identityClientId string = identity.properties.clientId
+output identityPrincipalId string = identity.properties.principalId
+output eventGridSystemTopicName string = events.outputs.systemTopicName
