@@ -175,8 +175,14 @@ class MediaRelay:
         async with self._vl_lock:
             messages = self.bridge.voicelive_to_send()
             send = session.connection.send
-            for message in messages:
-                await send(message)
+            for i, message in enumerate(messages):
+                try:
+                    await send(message)
+                except (VoiceLiveConnectionError, ConnectionClosed):
+                    # The socket is going; the Voice Live pump sees it close and
+                    # reconnects. Caller audio not sent waits for the next session.
+                    self.bridge.unsent(messages[i:])
+                    return
 
     def _drain_records(self) -> None:
         records = self.bridge.records

@@ -148,6 +148,10 @@ class CallBridge:
         self.session_update_timeout_s = session_update_timeout_s
         self.response_start_timeout_s = response_start_timeout_s
         self.sessions = 0
+        # Per Voice Live session: caller samples appended and agent samples received,
+        # so what a dropped socket swallowed can be told apart from a bridge bug.
+        self.appended_per_session: list[int] = []
+        self.agent_in_per_session: list[int] = []
         self.expires_at: Any = None
         self._awaiting_update_since: float | None = None
         self._turn_waiting_since: float | None = None  # committed, no response yet
@@ -256,6 +260,7 @@ class CallBridge:
             return
         self._voicelive_out.extend(self.guard.append(b64))
         self.counters.voicelive_samples_appended += samples
+        self.appended_per_session[-1] += samples
 
     def _buffer_caller(self, b64: str, samples: int) -> None:
         """Hold caller audio until ``session.update`` is out (bounded; oldest dropped)."""
@@ -330,6 +335,8 @@ class CallBridge:
 
     def _session_created(self, ev: vl.SessionCreated, now: float) -> None:
         self.sessions += 1
+        self.appended_per_session.append(0)
+        self.agent_in_per_session.append(0)
         self.session_id = ev.session_id
         self.expires_at = ev.expires_at
         if ev.conversation_id:
@@ -425,6 +432,8 @@ class CallBridge:
             return
         n = len(pcm) >> 1
         self.counters.agent_samples_in += n
+        if self.agent_in_per_session:
+            self.agent_in_per_session[-1] += n
         rid = ev.response_id
         resp = self._responses.get(rid)
         if resp is None:  # audio before (or without) response.created
@@ -524,15 +533,24 @@ class CallBridge:
         # Unsent messages belonged to the dead session; unsent caller audio goes back
         # into the buffer for the next one.
         unsent, self._voicelive_out = self._voicelive_out, []
-        for message in unsent:
-            if message.get("type") == "input_audio_buffer.append":
-                b64 = message["audio"]
-                samples = len(binascii.a2b_base64(b64)) >> 1
-                self.counters.voicelive_samples_appended -= samples
-                self._buffer_caller(b64, samples)
+        self.unsent(unsent)
         self._awaiting_update_since = None
         self._turn_waiting_since = None
         self._record("voicelive_lost", session_id=self.session_id)
+
+    def unsent(self, messages: list[dict[str, Any]]) -> None:
+        """``messages`` (taken from :meth:`voicelive_to_send`) could not be sent: the
+        caller audio among them goes back to the buffer, ahead of newer audio, and
+        audio from now on is buffered too (in order) until the next session."""
+        self.guard.new_session()
+        audio = [m["audio"] for m in messages if m.get("type") == "input_audio_buffer.append"]
+        for b64 in reversed(audio):
+            samples = len(binascii.a2b_base64(b64)) >> 1
+            self.counters.voicelive_samples_appended -= samples
+            if self.appended_per_session:
+                self.appended_per_session[-1] -= samples
+            self._buffered_caller.appendleft((b64, samples))
+            self._buffered_samples += samples
 
     def acs_socket_replaced(self, now: float) -> None:
         """ACS opened a new media socket: what it queued on the old one is gone, so
@@ -665,6 +683,11 @@ class CallBridge:
         outbound_accounted = c.agent_samples_sent + c.samples_dropped_by_barge_in + queued
         return {
             "acs_hz": self.acs_hz,
+            "sessions": {
+                "count": self.sessions,
+                "appended": list(self.appended_per_session),
+                "agent_in": list(self.agent_in_per_session),
+            },
             "voicelive_in_hz": self.voicelive_in_hz,
             "voicelive_out_hz": self.voicelive_out_hz,
             "inbound": {

@@ -207,3 +207,66 @@ def test_every_sample_is_accounted_for(vl_hz: int, script: list[tuple[str, int]]
     r = b.report()
     assert r["inbound"]["conserved"], r["inbound"]
     assert r["outbound"]["conserved"], r["outbound"]
+
+
+def test_session_loss_keeps_caller_audio_in_order_and_replays_history() -> None:
+    b = make(vl_hz=16000)
+    start_session(b)
+    b.receive_voicelive(
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "u",
+            "transcript": "hi",
+        }
+    )
+    b.receive_voicelive(
+        {
+            "type": "response.audio_transcript.done",
+            "response_id": "r",
+            "item_id": "a",
+            "transcript": "hello",
+        }
+    )
+    frames = [caller_frame(value=v) for v in (1, 2, 3, 4)]
+    b.receive_acs(frames[0])
+    b.receive_acs(frames[1])
+    sent = b.voicelive_to_send()
+    b.unsent(sent[1:])  # frame 2 never made it out
+    b.receive_acs(frames[2])  # arrives while the socket is dying: buffered after frame 2
+    b.voicelive_lost(1.0)
+    b.receive_acs(frames[3])
+    b.receive_voicelive({"type": "session.created", "session": {"id": "s2"}}, 2.0)
+    out = b.voicelive_to_send()
+    assert [m["type"] for m in out] == [
+        "session.update",
+        "conversation.item.create",
+        "conversation.item.create",
+        "input_audio_buffer.append",
+        "input_audio_buffer.append",
+        "input_audio_buffer.append",
+    ]
+    assert [m["item"]["role"] for m in out[1:3]] == ["user", "assistant"]
+    values = [int(np.frombuffer(base64.b64decode(m["audio"]), "<i2")[0]) for m in out[3:]]
+    assert values == [2, 3, 4]
+    report = b.report()
+    assert report["sessions"]["appended"] == [320, 960]
+    b.finish()
+    assert b.report()["inbound"]["conserved"]
+
+
+def test_timeouts_nudge_then_give_up() -> None:
+    b = make(response_start_timeout_s=1.0, session_update_timeout_s=2.0)
+    b.receive_voicelive({"type": "session.created", "session": {"id": "s"}}, 0.0)
+    assert b.poll(1.0) is None
+    assert b.poll(2.5) == "session_update_timeout"
+    b.receive_voicelive({"type": "session.updated", "session": {"id": "s"}}, 2.6)
+    b.voicelive_to_send()
+    b.receive_voicelive({"type": "response.created", "response": {"id": "g"}}, 2.7)
+    b.receive_voicelive(
+        {"type": "response.done", "response": {"id": "g", "status": "completed"}}, 3.0
+    )
+    b.receive_voicelive({"type": "input_audio_buffer.committed", "item_id": "u"}, 4.0)
+    assert b.poll(4.5) is None
+    assert b.poll(5.1) is None  # nudged: one response.create of our own
+    assert b.voicelive_to_send() == [vl.response_create()]
+    assert b.poll(6.2) == "response_timeout"
