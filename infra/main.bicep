@@ -166,6 +166,7 @@ param voiceliveReconnectBudgetS int = 10
 param reconnectBufferS int = 5
 param sessionUpdateTimeoutS int = 5
 param responseStartTimeoutS int = 4
+param responseStallTimeoutS int = 8
 param sessionExpiryMarginS int = 30
 param acsReconnectGraceS int = 3
 
@@ -504,6 +505,10 @@ var plainEnv = [
   {
     name: 'RESPONSE_START_TIMEOUT_S'
     value: string(responseStartTimeoutS)
+  }
+  {
+    name: 'RESPONSE_STALL_TIMEOUT_S'
+    value: string(responseStallTimeoutS)
   }
   {
     name: 'SESSION_EXPIRY_MARGIN_S'

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     response_start_timeout_s: float = Field(
         default=4.0, gt=0, validation_alias=AliasChoices("RESPONSE_START_TIMEOUT_S")
     )
+    response_stall_timeout_s: float = Field(
+        default=8.0, gt=0, validation_alias=AliasChoices("RESPONSE_STALL_TIMEOUT_S")
+    )
     session_expiry_margin_s: float = Field(
         default=30.0, ge=0, validation_alias=AliasChoices("SESSION_EXPIRY_MARGIN_S")
     )

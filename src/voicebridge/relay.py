@@ -54,7 +54,13 @@ log = logging.getLogger(__name__)
 
 #: Reasons to replace the Voice Live session (the rest end the call).
 RECONNECT_REASONS = frozenset(
-    {"voicelive_closed", "session_update_timeout", "response_timeout", "session_expiring"}
+    {
+        "voicelive_closed",
+        "session_update_timeout",
+        "response_timeout",
+        "response_stalled",
+        "session_expiring",
+    }
 )
 
 
@@ -106,6 +112,7 @@ class MediaRelay:
             replay_history=s.mode == "model",
             session_update_timeout_s=s.session_update_timeout_s,
             response_start_timeout_s=s.response_start_timeout_s,
+            response_stall_timeout_s=s.response_stall_timeout_s,
         )
         self.session: OpenSession | None = None
         self.inbound_latency_ms = Histogram()

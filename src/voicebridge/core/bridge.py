@@ -123,6 +123,7 @@ class CallBridge:
         max_history_items: int = 40,
         session_update_timeout_s: float = 5.0,
         response_start_timeout_s: float = 4.0,
+        response_stall_timeout_s: float = 8.0,
     ) -> None:
         if greeting not in GREETING_MODES:
             raise ValueError(f"greeting must be one of {GREETING_MODES}, not {greeting!r}")
@@ -147,6 +148,8 @@ class CallBridge:
         self.history: deque[tuple[str, str]] = deque(maxlen=max_history_items)
         self.session_update_timeout_s = session_update_timeout_s
         self.response_start_timeout_s = response_start_timeout_s
+        self.response_stall_timeout_s = response_stall_timeout_s
+        self._last_event_at = 0.0
         self.sessions = 0
         # Per Voice Live session: caller samples appended and agent samples received,
         # so what a dropped socket swallowed can be told apart from a bridge bug.
@@ -287,6 +290,7 @@ class CallBridge:
         counted and recorded, never raised; returns the classified event."""
         c = self.counters
         c.voicelive_events_in += 1
+        self._last_event_at = now
         try:
             ev = vl.classify(event)
         except RemoteProtocolError as exc:
@@ -561,9 +565,11 @@ class CallBridge:
     def poll(self, now: float) -> str | None:
         """Timers, sans-I/O: call every few hundred ms with the media clock.
 
-        Returns ``"session_update_timeout"`` (no ``session.updated`` in time) or
+        Returns ``"session_update_timeout"`` (no ``session.updated`` in time),
         ``"response_timeout"`` (a committed turn got no response even after one
-        ``response.create`` of our own) when the session should be replaced, else None.
+        ``response.create`` of our own) or ``"response_stalled"`` (a response is active
+        but the service has sent nothing for ``response_stall_timeout_s``) when the
+        session should be replaced, else None.
         A turn left unanswered for ``response_start_timeout_s`` is nudged once with a
         ``response.create`` (the guard still allows one per turn).
         """
@@ -572,6 +578,8 @@ class CallBridge:
             and now - self._awaiting_update_since > self.session_update_timeout_s
         ):
             return "session_update_timeout"
+        if self.turns.state is ACTIVE and now - self._last_event_at > self.response_stall_timeout_s:
+            return "response_stalled"
         waiting = self._turn_waiting_since
         if waiting is not None and now - waiting > self.response_start_timeout_s:
             if self._nudged:
