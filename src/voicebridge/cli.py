@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fake-acs": ("voicebridge.sim.fake_acs", "run the local fake ACS (Call Automation + media)"),
     "resample": ("voicebridge.tools.resample", "stream a WAV through the production resampler"),
     "bench": ("voicebridge.tools.bench", "per-frame CPU cost and added latency of the core"),
+    "loadtest": (
+        "voicebridge.tools.loadtest",
+        "N concurrent simulated calls against one bridge process",
+    ),
 }
 
 

@@ -24,6 +24,10 @@ What ends or repairs a call (docs/reliability.md):
   ``ACS_RECONNECT_GRACE_S`` for ACS to open a new one; a second socket for the call
   replaces the first.
 * Draining (SIGTERM) past ``DRAIN_GRACE_S`` → the goodbye prompt, then hang-up.
+
+Tracing (:mod:`voicebridge.telemetry`, when on): spans for each Voice Live connect,
+each reconnect and each response (``response.created`` → ``response.done``), started
+and ended from the core's records — control events, never per audio frame.
 """
 
 from __future__ import annotations
@@ -123,9 +127,15 @@ class MediaRelay:
         self._new_socket: asyncio.Future[WebSocket] = asyncio.get_running_loop().create_future()
         self._released: dict[int, asyncio.Event] = {}
         self.voicelive_close_code: int | None = None
+        self.telemetry = ctx.telemetry
+        self._tracing: bool = self.telemetry.enabled
+        self._response_spans: dict[Any, Any] = {}
+        self._reconnect_span: Any = None
         self.sockets = 1
         self._started = time.perf_counter()
         self._last_acs_rx = time.perf_counter()
+        self._expiry_seen: float | None = None
+        self._lifetime = 0.0
 
     def now(self) -> float:
         """The media clock (seconds); runs ``MEDIA_CLOCK_SPEED`` times real time."""
@@ -208,6 +218,55 @@ class MediaRelay:
                 self.call.conversation_id = record["conversation_id"]
             elif event == "session_updated" and self._pending_reconnect is not None:
                 self._reconnected()
+            if self._tracing:
+                self._trace(record)
+
+    def _trace(self, record: dict[str, Any]) -> None:
+        """Spans and span events from the core's records (tracing on only)."""
+        event = record["event"]
+        call_span = self.call.span
+        if event == "response_created":
+            rid = record.get("response_id")
+            self._response_spans[rid] = self.telemetry.start(
+                "voicelive.response",
+                call_span,
+                **{"voicebridge.response_id": rid, "voicebridge.turn": record.get("turn")},
+            )
+        elif event == "response_done":
+            span = self._response_spans.pop(record.get("response_id"), None)
+            if span is not None:
+                status = record.get("status")
+                span.set_attribute("voicebridge.response.status", status)
+                span.set_attribute("voicebridge.response.reason", record.get("reason"))
+                if status == "failed":
+                    span.fail(f"response failed: {record.get('reason')}")
+                span.end()
+        elif event == "barge_in":
+            span = self._response_spans.get(record.get("response_id")) or call_span
+            if span is not None:
+                span.add_event("barge_in", dropped_samples=record.get("dropped_samples"))
+        elif event in ("voicelive_error", "guard_blocked") and call_span is not None:
+            # codes and reasons only: error messages may quote conversation content
+            call_span.add_event(
+                event,
+                code=record.get("code"),
+                type=record.get("type"),
+                reason=record.get("reason"),
+            )
+        elif event == "session_created" and call_span is not None:
+            call_span.set_attribute("voicebridge.session_id", record.get("session_id"))
+            call_span.set_attribute("voicebridge.conversation_id", record.get("conversation_id"))
+
+    def _end_spans(self) -> None:
+        """End the spans still open when the relay stops (responses cut by the call's end)."""
+        for span in self._response_spans.values():
+            span.set_attribute("voicebridge.response.status", "unfinished")
+            span.end()
+        self._response_spans.clear()
+        if self._reconnect_span is not None:
+            self._reconnect_span.set_attribute("voicebridge.reconnect.result", "call_ended")
+            self._reconnect_span.end()
+            self._reconnect_span = None
 
     async def _acs_pump(self) -> str:
         receive = self.ws.receive
@@ -229,16 +288,26 @@ class MediaRelay:
     async def _voicelive_pump(self, session: OpenSession) -> str:
         conn = session.connection
         bridge = self.bridge
+        unreadable = 0
         while True:
             try:
                 event = await conn.recv()
             except ConnectionClosed as exc:
                 self.voicelive_close_code = exc.code
                 return "voicelive_closed"
-            except VoiceLiveConnectionError as exc:  # a frame that is not JSON: count, go on
+            except (VoiceLiveConnectionError, AttributeError, TypeError, KeyError) as exc:
+                # A frame the SDK cannot parse: not JSON (ConnectionError), or JSON that
+                # is not an object (SDK 1.3.1 raises AttributeError on a JSON array).
+                # Count it and read on; a run of them means the socket itself is bad.
+                unreadable += 1
                 bridge.counters.voicelive_malformed += 1
-                log.warning("call %s: unreadable Voice Live frame: %s", self.call.label, exc)
+                log.warning(
+                    "call %s: unreadable Voice Live frame: %s", self.call.label, type(exc).__name__
+                )
+                if unreadable >= 50:
+                    return "voicelive_closed"
                 continue
+            unreadable = 0
             bridge.receive_voicelive(event, self.now())
             if bridge.voicelive_pending:
                 await self._send_voicelive()
@@ -294,14 +363,20 @@ class MediaRelay:
                 return "session_expiring"
 
     def _expiring(self) -> bool:
-        """Close to ``expires_at``: reconnect at a quiet moment, or regardless at the end."""
+        """Close to ``expires_at``: reconnect at a quiet moment, or regardless at the end.
+
+        The window is ``SESSION_EXPIRY_MARGIN_S``, but never more than a quarter of the
+        session's lifetime, so a short-lived session is not replaced over and over."""
         expires = _epoch(self.bridge.expires_at)
         if expires is None:
             return False
-        left = expires - time.time()
-        margin = self.settings.session_expiry_margin_s
+        now = time.time()
+        if self._expiry_seen != expires:  # a new session (or a new expiry): its lifetime
+            self._expiry_seen, self._lifetime = expires, max(0.0, expires - now)
+        left = expires - now
+        margin = min(self.settings.session_expiry_margin_s, self._lifetime / 4)
         quiet = self.bridge.turns.state is IDLE and self.bridge.frames_queued == 0
-        return left < margin and (quiet or left < min(5.0, margin))
+        return left < margin and (quiet or left < min(5.0, margin / 2))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -309,6 +384,12 @@ class MediaRelay:
         """Relay until the call ends; return the outcome."""
         call = self.call
         tasks: dict[str, asyncio.Task[Any]] = {}
+        log.info(
+            "call %s: media connected; relaying ACS %d Hz <-> Voice Live %d Hz",
+            call.label,
+            self.bridge.acs_hz,
+            self.settings.voicelive_audio_rate,
+        )
         try:
             tasks["acs"] = asyncio.create_task(self._acs_pump(), name=f"acs-{call.label}")
             tasks["pacer"] = asyncio.create_task(self._pacer(), name=f"pacer-{call.label}")
@@ -367,6 +448,7 @@ class MediaRelay:
             self._release(self.ws)
             for released in self._released.values():
                 released.set()
+            self._end_spans()
 
     async def _first_connect(self, tasks: dict[str, asyncio.Task[Any]]) -> None:
         """Connect, unless the call ends first (then ``self.session`` stays None)."""
@@ -383,17 +465,29 @@ class MediaRelay:
             self._voicelive_pump(self.session), name=f"vl-{self.call.label}"
         )
 
-    async def _open(self, timeout_s: float | None = None) -> OpenSession:
+    async def _open(self, timeout_s: float | None = None, attempt: int = 0) -> OpenSession:
         agent = self.settings.mode == "agent"
-        session = await open_session(
-            self.settings,
-            self.ctx.voicelive_credential,
-            call_id=self.call.call_connection_id or self.call.correlation_id,
-            conversation_id=(self.bridge.conversation_id or self.call.conversation_id)
-            if agent
-            else None,
-            timeout_s=timeout_s,
-        )
+        parent = self._reconnect_span or self.call.span
+        with self.telemetry.use(
+            "voicelive.connect",
+            parent,
+            **{
+                "voicebridge.mode": self.settings.mode,
+                "server.address": self.settings.voicelive_host,
+                "voicebridge.reconnect_attempt": attempt or None,
+            },
+        ) as span:
+            session = await open_session(
+                self.settings,
+                self.ctx.voicelive_credential,
+                call_id=self.call.call_connection_id or self.call.correlation_id,
+                conversation_id=(self.bridge.conversation_id or self.call.conversation_id)
+                if agent
+                else None,
+                timeout_s=timeout_s,
+            )
+            span.set_attribute("voicebridge.connect_ms", round(session.connect_ms, 1))
+        log.info("call %s: Voice Live connected in %.0f ms", self.call.label, session.connect_ms)
         self.call.log.write("voicelive_connected", connect_ms=round(session.connect_ms, 1))
         return session
 
@@ -434,6 +528,17 @@ class MediaRelay:
             self.voicelive_close_code,
         )
         call.log.write("voicelive_reconnecting", reason=reason, code=self.voicelive_close_code)
+        if self._reconnect_span is not None:  # a new loss before the last gap closed
+            self._reconnect_span.set_attribute("voicebridge.reconnect.result", "lost_again")
+            self._reconnect_span.end()
+        self._reconnect_span = self.telemetry.start(
+            "voicelive.reconnect",
+            call.span,
+            **{
+                "voicebridge.reconnect.reason": reason,
+                "voicebridge.voicelive_close_code": self.voicelive_close_code,
+            },
+        )
         old_conversation = bridge.conversation_id
         if "voicelive" in tasks:
             tasks.pop("voicelive").cancel()
@@ -453,7 +558,9 @@ class MediaRelay:
             if left <= 0:
                 break
             try:
-                session = await self._open(timeout_s=min(s.voicelive_connect_timeout_s, left))
+                session = await self._open(
+                    timeout_s=min(s.voicelive_connect_timeout_s, left), attempt=attempt
+                )
             except UpstreamUnavailable as exc:
                 log.warning("call %s: reconnect attempt %d failed: %s", call.label, attempt, exc)
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.perf_counter())))
@@ -477,6 +584,12 @@ class MediaRelay:
             s.voicelive_reconnect_budget_s,
         )
         call.log.write("voicelive_reconnect_failed", attempts=attempt - 1)
+        if self._reconnect_span is not None:
+            self._reconnect_span.set_attribute("voicebridge.reconnect.attempts", attempt - 1)
+            self._reconnect_span.set_attribute("voicebridge.reconnect.result", "failed")
+            self._reconnect_span.fail("reconnect budget exhausted")
+            self._reconnect_span.end()
+            self._reconnect_span = None
         return False
 
     def _reconnected(self) -> None:
@@ -500,6 +613,13 @@ class MediaRelay:
         }
         self.reconnects.append(entry)
         self.ctx.stats.reconnected()
+        span, self._reconnect_span = self._reconnect_span, None
+        if span is not None:
+            span.set_attribute("voicebridge.reconnect.result", "reconnected")
+            span.set_attribute("voicebridge.reconnect.gap_ms", entry["gap_ms"])
+            span.set_attribute("voicebridge.reconnect.attempts", entry["attempts"])
+            span.set_attribute("voicebridge.reconnect.conversation_kept", kept)
+            span.end()
         log.info("call %s: Voice Live reconnected after %.0f ms", self.call.label, entry["gap_ms"])
         self.call.log.write("voicelive_reconnected", **entry)
 
@@ -557,6 +677,18 @@ class MediaRelay:
         report["reconnects"] = self.reconnects
         report["media_sockets"] = self.sockets
         self.call.report = report
+        c = report["counters"]
+        log.info(
+            "call %s: media ended (%s): %d frames in, %d out, %d responses, %d barge-ins, "
+            "%d reconnects",
+            self.call.label,
+            outcome,
+            c.get("acs_frames_in", 0),
+            c.get("acs_frames_out", 0),
+            c.get("responses_created", 0),
+            c.get("barge_ins", 0),
+            len(self.reconnects),
+        )
         self.call.log.write(
             "counters",
             inbound=report["inbound"],

@@ -22,13 +22,18 @@ uses (§7, §8), shaped like the real service so the SDK parses every event into
   reported ``audio_start_ms``/``audio_end_ms`` are the speech onset and offset, without prefix
   padding or the trailing silence, so they can be compared with ``caller.json``.
 * **Transcripts are emulated.** A finished user turn's transcript is the next segment text of
-  the shipped ``caller.json`` (in order, per session), then ``"(speech 2.4 s)"`` placeholders.
-  Nothing is recognised.
+  the shipped ``caller.json`` (in order, per conversation: see below), then
+  ``"(speech 2.4 s)"`` placeholders. Nothing is recognised.
 * **Responses** play shipped prompts (``sim/data/prompts.json``): the greeting for the first
   response of a session and for ``pre_generated_assistant_message`` (with the given text as the
   transcript), then ``answer_cycle`` in order, so with ``caller.json`` turn 2 gets the long
-  answer and the barge-in turn the short one. Audio goes out as ``response.audio.delta`` chunks
-  of 40-200 ms (seeded, mostly not multiples of 20 ms), ~3x faster than real time times
+  answer and the barge-in turn the short one. A session that *continues* a conversation picks
+  up where it stopped, so a reconnect does not replay the greeting or restart the cycle: one
+  that resumes a conversation id seen before (agent mode) continues from that conversation's
+  last session; one whose client replays message items before its first response (model mode)
+  counts replayed assistant items as responses given (the first being the greeting) and
+  replayed user items as caller transcripts used. Audio goes out as ``response.audio.delta``
+  chunks of 40-200 ms (seeded, mostly not multiples of 20 ms), ~3x faster than real time times
   ``speed``, interleaved with transcript words. One response at a time, counted from the moment
   it is scheduled: ``response.create`` meanwhile gets ``conversation_already_has_active_response``
   (``cancel_previous`` is not honoured).
@@ -45,6 +50,41 @@ uses (§7, §8), shaped like the real service so the SDK parses every event into
   emulator ignores input and sends nothing for ``stall_s`` and closes with 1011 — what
   production users report (protocols.md §7 "Error event"; the service documents nothing).
 * Malformed JSON or unknown types get an ``invalid_request_error`` and the session goes on.
+
+**Faults** (``faults=`` mapping from :func:`voicebridge.sim.faults.parse_faults`; none by
+default, and without one nothing here changes). ``T``/``MS`` are media time (wall time x
+``speed``); session times count from the moment the session's handler started (the handshake
+done, before ``session.created``). "First session" is the first accepted connection of this
+emulator (``EmulatedSession.index == 0``).
+
+* ``voicelive-drop=T``: T s into the first session, abort the TCP connection (no close frame;
+  ``close_code`` 1006). ``voicelive-close=T``: the same with a close frame 1011 "server error".
+* ``voicelive-stall-handshake``: every upgrade that passes auth gets no answer until the client
+  goes away or :meth:`VoiceLiveEmulator.stop` (then 503). ``voicelive-stall-reconnect``: the
+  first accepted upgrade is served, every later one stalls like that.
+* ``voicelive-stall-response=T``: in the first response (of this emulator) that sends audio,
+  once ~0.5 s of audio is out, *nothing* is sent for T s: events the client causes meanwhile
+  are processed and queued, then go out in order; generation pauses too and resumes its pace.
+* ``voicelive-malformed``: in the first session, after each of the first five
+  ``response.audio.delta`` one junk frame follows: a non-JSON text frame, a JSON array, an
+  object without ``type``, an unknown event type, and a ``response.audio.delta`` of the same
+  response with invalid base64. The session goes on normally.
+* ``voicelive-error=CODE``: right after the first session's first ``session.updated``, an
+  ``error`` event (type ``invalid_request_error``, that code). ``message_creation_failed`` takes
+  the path described above instead (``server_error``, silence for ``stall_s``, close 1011).
+* ``voicelive-delay=MS``: every server frame (events, junk, a server close) of every session
+  leaves MS ms after it was produced, in order.
+* ``voicelive-expire=T``: every session's ``expires_at`` is its start + T s of media time, i.e.
+  ``time.time()`` at the start + T / speed, in seconds with millisecond precision (a float
+  unless whole); at that moment a still-open session is closed with 1001 "session_expired".
+* ``voicelive-no-session-updated``: the first session applies ``session.update`` but never
+  sends ``session.updated`` (later client events are accepted as usual).
+* ``voicelive-no-response``: in the first session the first user turn whose end would start a
+  server-side response (``create_response``) starts none; ``response.create`` still works.
+
+Each fault that fires is recorded in ``EmulatedSession.faults_fired`` as ``(media seconds since
+the session started, name)`` and as a ``"fault"`` timeline entry; handshake stalls, which have
+no session, go to ``VoiceLiveEmulator.faults_fired`` (media seconds since ``start()``).
 
 Everything is recorded on :class:`EmulatedSession` for tests and the simulator's report.
 ``speed`` scales the emulated wall-clock durations (response delay, streaming pace, playback
@@ -70,6 +110,7 @@ import secrets
 import signal
 import time
 import wave
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -81,6 +122,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from voicebridge.sim.faults import FAULTS, FaultValue, check_faults, parse_faults
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +140,10 @@ SESSION_LIFETIME_S = 30 * 60
 MAX_MESSAGE_BYTES = 16 * 2**20  # the service takes appends of up to 15 MiB (§7)
 # A client that stops reading never answers our close frame; don't let stop() hang for long.
 CLOSE_TIMEOUT_S = 2.0
+# voicelive-stall-response: media seconds of audio sent before the hold begins.
+STALL_RESPONSE_AFTER_S = 0.5
+# voicelive-malformed: junk frames, in the order they are interleaved after audio deltas.
+JUNK_KINDS = ("not-json", "json-array", "no-type", "unknown-type", "bad-base64-delta")
 # Query parameters the SDK sends in agent mode (§6.2) -> keys echoed in session.agent.
 AGENT_QUERY_KEYS = {
     "agent-project-name": "project_name",
@@ -331,6 +379,12 @@ class EmulatedSession:
     response.created / response.done) and ``audio_end_ms`` (set if it was truncated).
     Extras beyond the brief: ``path``, ``conversation_id``, ``resumed`` (the conversation id
     was seen in an earlier session of this emulator) and ``config`` (the current session config).
+
+    Fault injection (module docstring): ``index`` is the 0-based position of this session in
+    ``VoiceLiveEmulator.sessions``; ``opened_at`` the ``time.monotonic()`` at which it started
+    (to correlate with other clocks); ``faults_fired`` lists ``(media seconds since the session
+    started, fault name)`` per fault that took effect, in order (``voicelive-malformed`` once per
+    junk frame).
     """
 
     def __init__(
@@ -339,6 +393,10 @@ class EmulatedSession:
         self._emu = emulator
         self._ws = ws
         self.id = _new_id("sess")
+        self.index = len(emulator.sessions)
+        self.opened_at = time.monotonic()
+        opened_wall = time.time()
+        self.faults_fired: list[tuple[float, str]] = []
         parts = urlsplit(request.path)
         self.path = parts.path
         self.query: dict[str, str] = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -363,7 +421,7 @@ class EmulatedSession:
         self.closed = asyncio.Event()
         self.close_code: int | None = None
         self.timeline: list[tuple[float, str, dict[str, Any]]] = []
-        self.expires_at = int(time.time()) + SESSION_LIFETIME_S
+        self.expires_at: int | float = int(opened_wall) + SESSION_LIFETIME_S
 
         self._updated = False
         self._silenced = False  # message_creation_failed: ignore input, send nothing
@@ -378,10 +436,42 @@ class EmulatedSession:
         self._last_audio: _Response | None = None
         self._answers = 0
         self._responses_created = 0
+        self._transcripts_used = 0
+        self._turns = 0
+        self._replayed_assistant = 0
+        if self.resumed:  # carry on where the conversation's last session stopped
+            responses, answers, used = emulator._progress.get(self.conversation_id, (0, 0, 0))
+            self._responses_created, self._answers = responses, answers
+            self._skip_transcripts(used)
         self._rng = random.Random(self.id)
         self._tasks: set[asyncio.Task[None]] = set()
         self._event_seq = 0
         self._configure_vad()
+
+        # Fault injection. Faults scoped to the first session are simply absent elsewhere.
+        faults = dict(emulator.faults)
+        if self.index > 0:
+            for name in (
+                "voicelive-drop",
+                "voicelive-close",
+                "voicelive-malformed",
+                "voicelive-error",
+                "voicelive-no-session-updated",
+                "voicelive-no-response",
+            ):
+                faults.pop(name, None)
+        self._faults = faults
+        expire = faults.get("voicelive-expire")
+        if isinstance(expire, float):
+            at = round(opened_wall + expire / emulator.speed, 3)
+            self.expires_at = int(at) if at == int(at) else at
+        self._junk_left = list(JUNK_KINDS) if "voicelive-malformed" in faults else []
+        # Frames go through a queue and a writer task when they may have to wait.
+        self._outbox: asyncio.Queue[tuple[str, float, Any]] | None = None
+        if "voicelive-delay" in faults or "voicelive-stall-response" in emulator.faults:
+            self._outbox = asyncio.Queue()
+        delay = faults.get("voicelive-delay")
+        self._delay_s = delay / 1000.0 / emulator.speed if isinstance(delay, float) else 0.0
 
     # --- outbound ------------------------------------------------------------------------
     async def _send(self, event: dict[str, Any]) -> None:
@@ -389,7 +479,64 @@ class EmulatedSession:
         if self._silenced:
             return
         self._event_seq += 1
-        await self._ws.send(json.dumps({"event_id": f"event_{self._event_seq:06d}", **event}))
+        await self._send_text(json.dumps({"event_id": f"event_{self._event_seq:06d}", **event}))
+
+    async def _send_text(self, text: str) -> None:
+        """Send one text frame now, or queue it for the writer (delay/stall faults)."""
+        if self._outbox is None:
+            await self._ws.send(text)
+        else:
+            due = asyncio.get_running_loop().time() + self._delay_s
+            self._outbox.put_nowait(("text", due, text))
+
+    async def _server_close(self, code: int, reason: str) -> None:
+        """Close the session from the server side, after any queued frames."""
+        if self._outbox is None:
+            await self._close_now(code, reason)
+        else:
+            due = asyncio.get_running_loop().time() + self._delay_s
+            self._outbox.put_nowait(("close", due, (code, reason)))
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        self._server_close_code = code
+        self._mark("close", {"code": code})
+        await self._ws.close(code, reason)
+
+    async def _write_outbox(self) -> None:
+        """The writer of a session with an outbox: frames in order, each at its due time.
+
+        A ``hold`` entry (``voicelive-stall-response``) stops all output for its duration.
+        """
+        assert self._outbox is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                kind, due, payload = await self._outbox.get()
+                if kind == "hold":
+                    self._fired("voicelive-stall-response", hold_s=payload)
+                    await asyncio.sleep(due)  # here ``due`` is the hold in wall seconds
+                    self._mark("fault.end", {"name": "voicelive-stall-response"})
+                    continue
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if kind == "close":
+                    code, reason = payload
+                    await self._close_now(code, reason)
+                    return
+                await self._ws.send(payload)
+        except ConnectionClosed:
+            return
+
+    def media_s(self) -> float:
+        """Media seconds since this session started (wall time x ``speed``)."""
+        return round((time.monotonic() - self.opened_at) * self._emu.speed, 3)
+
+    def _fired(self, name: str, **details: Any) -> None:
+        """Record that fault ``name`` took effect now."""
+        self.faults_fired.append((self.media_s(), name))
+        self._mark("fault", {"name": name, **details})
+        log.info("session %s: fault %s fired %s", self.id, name, details or "")
 
     async def _error(
         self,
@@ -446,6 +593,9 @@ class EmulatedSession:
     async def run(self) -> None:
         """Serve the connection until it closes."""
         try:
+            if self._outbox is not None:
+                self._spawn(self._write_outbox())
+            self._start_fault_timers()
             await self._send({"type": "session.created", "session": self._session_object()})
             async for message in self._ws:
                 await self._on_message(message)
@@ -536,9 +686,59 @@ class EmulatedSession:
 
     async def _close_after_stall(self) -> None:
         await asyncio.sleep(self._emu.stall_s)
-        self._server_close_code = 1011
-        self._mark("close", {"code": 1011})
-        await self._ws.close(1011, "message_creation_failed")
+        await self._server_close(1011, "message_creation_failed")
+
+    # --- timed faults --------------------------------------------------------------------
+    def _start_fault_timers(self) -> None:
+        for name, action in (
+            ("voicelive-drop", self._fault_drop),
+            ("voicelive-close", self._fault_close),
+            ("voicelive-expire", self._fault_expire),
+        ):
+            at = self._faults.get(name)
+            if isinstance(at, float):
+                self._spawn(self._at_media_s(at, action))
+
+    async def _at_media_s(self, at_s: float, action: Any) -> None:
+        """Run ``action()`` once ``at_s`` media seconds have passed since the session started."""
+        await asyncio.sleep(max(0.0, self.opened_at + at_s / self._emu.speed - time.monotonic()))
+        if self._ws.state is State.OPEN:
+            await action()
+
+    async def _fault_drop(self) -> None:
+        self._fired("voicelive-drop")
+        self._server_close_code = 1006
+        self._ws.transport.abort()
+
+    async def _fault_close(self) -> None:
+        self._fired("voicelive-close")
+        await self._server_close(1011, "server error")
+
+    async def _fault_expire(self) -> None:
+        self._fired("voicelive-expire", expires_at=self.expires_at)
+        await self._server_close(1001, "session_expired")
+
+    async def _send_junk(self, ids: dict[str, Any]) -> None:
+        """voicelive-malformed: the next junk frame (after an audio delta of ``ids``)."""
+        kind = self._junk_left.pop(0)
+        frames = {
+            "not-json": "this is not JSON {",
+            "json-array": json.dumps(["junk", {"type": "response.audio.delta"}]),
+            "no-type": json.dumps({"event_id": "event_junk_no_type", "payload": {"a": 1}}),
+            "unknown-type": json.dumps(
+                {"event_id": "event_junk_unknown", "type": "emulator.unknown_event", "x": 1}
+            ),
+            "bad-base64-delta": json.dumps(
+                {
+                    "event_id": "event_junk_bad_delta",
+                    "type": "response.audio.delta",
+                    **ids,
+                    "delta": "!!not*base64%%",
+                }
+            ),
+        }
+        self._fired("voicelive-malformed", junk=kind)
+        await self._send_text(frames[kind])
 
     # --- client events -------------------------------------------------------------------
     async def _on_session_update(self, event: dict[str, Any]) -> None:
@@ -576,13 +776,26 @@ class EmulatedSession:
             )
         self.config = config
         self.input_rate, self.output_rate = int(in_rate), OUTPUT_RATES[out_format]
+        first_update = not self._updated
         self._updated = True
         self._configure_vad()
+        if "voicelive-no-session-updated" in self._faults:
+            self._fired("voicelive-no-session-updated")
+            return
         self._mark(
             "session.updated",
             {"input_rate": self.input_rate, "output_rate": self.output_rate, "vad": td is not None},
         )
         await self._send({"type": "session.updated", "session": self._session_object()})
+        code = self._faults.get("voicelive-error")
+        if first_update and isinstance(code, str):
+            self._fired("voicelive-error", code=code)
+            if code == "message_creation_failed":
+                await self._message_creation_failed("injected fault voicelive-error", None)
+            else:
+                await self._error(
+                    code, f"Injected error {code!r} (emulator fault voicelive-error)."
+                )
 
     async def _on_append(self, event: dict[str, Any]) -> None:
         audio = event.get("audio")
@@ -647,6 +860,7 @@ class EmulatedSession:
             raise _Rejected("invalid_value", "conversation.item.create needs an item.", "item")
         created = {"object": "realtime.item", "status": "completed", **item}
         created.setdefault("id", _new_id("item"))
+        self._note_replay(item)
         await self._item_created(created)
 
     async def _on_item_truncate(self, event: dict[str, Any]) -> None:
@@ -750,6 +964,10 @@ class EmulatedSession:
         await self._finish_turn(item, self._turn_started_s, at_ms / 1000.0)
         td = self._turn_detection or {}
         if td.get("create_response", True) and self._active is None:
+            if "voicelive-no-response" in self._faults:
+                del self._faults["voicelive-no-response"]  # only the first such turn
+                self._fired("voicelive-no-response", item_id=item)
+                return
             self._start_response(trigger="turn")
 
     async def _finish_turn(self, item_id: str, start_s: float, end_s: float) -> None:
@@ -772,6 +990,9 @@ class EmulatedSession:
             }
         )
         transcript = next(self._transcripts, None)
+        self._transcripts_used += 1
+        self._turns += 1
+        self._save_progress()
         if transcript is None:
             transcript = f"(speech {max(end_s - start_s, 0.0):.1f} s)"
         self._mark("transcription", {"item_id": item_id, "transcript": transcript})
@@ -783,6 +1004,35 @@ class EmulatedSession:
                 "transcript": transcript,
             }
         )
+
+    def _skip_transcripts(self, n: int) -> None:
+        for _ in range(n):
+            next(self._transcripts, None)
+        self._transcripts_used += n
+
+    def _save_progress(self) -> None:
+        """Remember how far this conversation got, for a later session that resumes it."""
+        self._emu._progress[self.conversation_id] = (
+            self._responses_created,
+            self._answers,
+            self._transcripts_used,
+        )
+
+    def _note_replay(self, item: dict[str, Any]) -> None:
+        """A message item created before this session's first response is history being
+        replayed (a bridge reconnecting in model mode): continue the conversation."""
+        role = item.get("role")
+        if self.responses or item.get("type", "message") != "message":
+            return
+        if role == "assistant":
+            self._replayed_assistant += 1
+            self._responses_created = max(self._responses_created, 1)
+            self._answers = max(self._answers, self._replayed_assistant - 1)  # 1st: greeting
+        elif role == "user" and self._turns == 0:
+            self._skip_transcripts(1)
+        else:
+            return
+        self._save_progress()
 
     async def _item_created(self, item: dict[str, Any]) -> None:
         previous, self._last_item = self._last_item, item.get("id")
@@ -822,6 +1072,7 @@ class EmulatedSession:
             return prompts.greeting, prompts.prompts[prompts.greeting].text
         name = prompts.answer_cycle[self._answers % len(prompts.answer_cycle)]
         self._answers += 1
+        self._save_progress()
         return name, prompts.prompts[name].text
 
     def _response_object(
@@ -856,6 +1107,18 @@ class EmulatedSession:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(response.cancel_event.wait(), seconds)
         return response.cancel_event.is_set()
+
+    async def _stall_response(self, r: _Response) -> float:
+        """voicelive-stall-response: hold all output and pause ``r``; returns the pause (s)."""
+        self._emu._stall_response_pending = False
+        hold = self._emu.faults["voicelive-stall-response"]
+        assert isinstance(hold, float) and self._outbox is not None
+        seconds = hold / self._emu.speed
+        self._outbox.put_nowait(("hold", seconds, hold))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._pause(r, seconds)
+        return loop.time() - started
 
     async def _run_response(self, r: _Response) -> None:
         try:
@@ -947,6 +1210,13 @@ class EmulatedSession:
             r.samples_sent += n
             rec["samples_sent"] = r.samples_sent
             self.output_samples += n
+            if self._junk_left:
+                await self._send_junk(ids)
+            if (
+                self._emu._stall_response_pending
+                and r.samples_sent >= STALL_RESPONSE_AFTER_S * r.rate_hz
+            ):
+                t0 += await self._stall_response(r)
             due = t0 + r.samples_sent / r.rate_hz / pace
             await self._pause(r, due - loop.time())
 
@@ -1054,6 +1324,11 @@ class VoiceLiveEmulator:
     ``connect(endpoint=...)``); ``await stop()`` closes every session (1001) and the listener.
     ``sessions`` lists one :class:`EmulatedSession` per accepted connection; ``rejected``
     counts refused upgrades.
+
+    ``faults`` maps fault names (``voicelive-*``, see :mod:`voicebridge.sim.faults` and the
+    module docstring) to their argument; it is validated at construction (``ValueError``).
+    ``stalled_handshakes`` counts upgrades held by a stall fault and ``faults_fired`` lists
+    ``(media seconds since start(), name)`` for faults outside any session (the stalls).
     """
 
     def __init__(
@@ -1066,9 +1341,19 @@ class VoiceLiveEmulator:
         max_text_chars: int = 16_384,
         stall_s: float = 5.0,
         never_answer: bool = False,
+        faults: Mapping[str, FaultValue] | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
+        self.faults = check_faults(faults, "voicelive")
+        self.faults_fired: list[tuple[float, str]] = []
+        self.stalled_handshakes = 0
+        self._upgrades_accepted = 0
+        self._started_at = time.monotonic()
+        self._release_stalls = asyncio.Event()
+        self._stall_response_pending = "voicelive-stall-response" in self.faults
+        # conversation id -> (responses created, answers given, caller transcripts used)
+        self._progress: dict[str, tuple[int, int, int]] = {}
         self.api_key = api_key
         self.require_auth = require_auth
         self.speed = speed
@@ -1088,6 +1373,9 @@ class VoiceLiveEmulator:
         """Start listening on ``host:port`` (loopback; 0 = any free port)."""
         if self._server is not None or self._silent_server is not None:
             raise RuntimeError("already started")
+        self._started_at = time.monotonic()
+        self._release_stalls.clear()
+        stalls = {"voicelive-stall-handshake", "voicelive-stall-reconnect"} & set(self.faults)
         if self.never_answer:
             self._silent_server = await asyncio.start_server(self._hold, host, port)
             bound = self._silent_server.sockets[0].getsockname()
@@ -1100,6 +1388,8 @@ class VoiceLiveEmulator:
                 compression=None,
                 max_size=MAX_MESSAGE_BYTES,
                 close_timeout=CLOSE_TIMEOUT_S,
+                # A stalled handshake must stay stalled: no server-side opening timeout.
+                open_timeout=None if stalls else 10,
             )
             bound = next(iter(self._server.sockets)).getsockname()
         self.endpoint = f"http://{bound[0]}:{bound[1]}"
@@ -1107,6 +1397,7 @@ class VoiceLiveEmulator:
 
     async def stop(self) -> None:
         """Close all sessions and stop listening; safe to call twice."""
+        self._release_stalls.set()  # stalled upgrades get a 503 and their handlers return
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -1144,7 +1435,9 @@ class VoiceLiveEmulator:
             return "bearer"
         return None if self.require_auth else "none"
 
-    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, ws: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response | None] | None:
         parts = urlsplit(request.path)
         if not parts.path.rstrip("/").endswith("/voice-live/realtime"):
             self.rejected += 1
@@ -1154,7 +1447,30 @@ class VoiceLiveEmulator:
             self.rejected += 1
             log.info("rejected upgrade without valid credentials")
             return ws.respond(http.HTTPStatus.UNAUTHORIZED, "Missing or invalid credentials\n")
+        if "voicelive-stall-handshake" in self.faults:
+            return self._stall_upgrade(ws, "voicelive-stall-handshake")
+        if "voicelive-stall-reconnect" in self.faults and self._upgrades_accepted >= 1:
+            return self._stall_upgrade(ws, "voicelive-stall-reconnect")
+        self._upgrades_accepted += 1
         return None
+
+    async def _stall_upgrade(self, ws: ServerConnection, fault: str) -> Response:
+        """Hold an upgrade unanswered until the client goes away or :meth:`stop` (then 503)."""
+        self.stalled_handshakes += 1
+        at = round((time.monotonic() - self._started_at) * self.speed, 3)
+        self.faults_fired.append((at, fault))
+        log.info("fault %s: holding an upgrade unanswered", fault)
+        waiters: set[asyncio.Future[Any]] = {
+            asyncio.ensure_future(self._release_stalls.wait()),
+            ws.connection_lost_waiter,
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                if waiter is not ws.connection_lost_waiter:
+                    waiter.cancel()
+        return ws.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Service unavailable\n")
 
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
@@ -1188,6 +1504,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-delay-ms", type=int, default=150)
     parser.add_argument("--max-text-chars", type=int, default=16_384)
     parser.add_argument("--stall-s", type=float, default=5.0)
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[=ARG]",
+        help="inject a voicelive-* fault (repeatable): "
+        + ", ".join(info.usage for info in FAULTS.values() if info.target == "voicelive"),
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -1199,6 +1523,7 @@ async def _serve_forever(args: argparse.Namespace) -> None:
         response_delay_ms=args.response_delay_ms,
         max_text_chars=args.max_text_chars,
         stall_s=args.stall_s,
+        faults=parse_faults(args.fault).voicelive,
     )
     await emulator.start(args.host, args.port)
     print(f"Voice Live emulator: connect(endpoint={emulator.endpoint!r}); Ctrl-C stops it.")
@@ -1219,6 +1544,14 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)  # we log sessions ourselves
+    try:
+        faults = parse_faults(args.fault)
+    except ValueError as exc:
+        print(f"voicebridge emulator: {exc}")
+        return 2
+    if faults.acs:
+        print(f"voicebridge emulator: not Voice Live faults: {', '.join(faults.acs)}")
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(args))
     return 0

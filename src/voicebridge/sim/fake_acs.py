@@ -27,6 +27,35 @@ played into :attr:`FakeCall.heard` at that position.
 
 Wire spellings of the media stream come from :mod:`voicebridge.core.acs` (its
 mirror functions); REST, callback and Event Grid shapes live here.
+
+**Faults** (``FakeAcs(faults=...)``, names from :mod:`voicebridge.sim.faults`; none by default,
+and without one nothing here changes). ``T`` is call time. Each fault that takes effect is
+recorded in :attr:`FakeCall.faults_fired` as ``(call time s, name)`` and as a ``"fault"``
+timeline entry.
+
+* ``acs-drop=T``: at tick ``T/0.02`` (before sending it) the media socket is aborted (no close
+  frame), streaming stops, the play queue is discarded (counted in
+  :attr:`FakeCall.samples_flushed_by_drop`) and no callback is posted for the rest of the call.
+  The call ends as ``media_dropped`` when the bridge hangs up, or :data:`MEDIA_DROP_END_S` of
+  call time after the drop.
+* ``acs-reconnect=T``: at tick ``T/0.02`` the media socket is aborted (the bridge sees 1006),
+  the play queue discarded (as above); :data:`RECONNECT_GAP_S` of call time later a new
+  WebSocket is opened to the same ``transportUrl`` with a fresh JWT and the same
+  ``x-ms-call-*`` headers, ``AudioMetadata`` is sent again and streaming goes on at the current
+  call time. Caller audio due during the gap is never sent: it is counted in
+  :attr:`FakeCall.caller_samples_lost_in_gap` (and not in ``caller_samples_sent`` or
+  ``frames_sent``); ``heard`` has silence there. No callback is posted for the reconnection; if
+  the new socket cannot be opened, ``MediaStreamingFailed`` (``streamConnectionUnsuccessful``)
+  follows as for a first socket. Each socket's ``media_connected`` timeline entry carries its
+  number (``socket``: 1, 2, ...); :attr:`FakeCall.media_sockets` counts them.
+* ``acs-duplicate-callbacks``: every callback is POSTed twice, the same CloudEvent (same
+  ``id``) with a fresh JWT; both are in ``callbacks_posted``.
+* ``acs-reorder-callbacks``: ``ParticipantsUpdated`` is posted first, and ``CallConnected``
+  only after ``MediaStreamingStarted`` (or ``MediaStreamingFailed``) has been posted, or
+  :data:`REORDER_HOLD_S` wall seconds after the answer if media does not start by itself.
+* ``acs-disconnect-first`` / ``acs-close-first`` (exclusive): when the *caller* hangs up,
+  ``CallDisconnected`` is posted and the media socket is closed 1 s (call time) later, or the
+  socket is closed and ``CallDisconnected`` posted 1 s later. Bridge hang-ups are unchanged.
 """
 
 from __future__ import annotations
@@ -66,6 +95,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from voicebridge.core import acs
 from voicebridge.errors import AcsCodecError
+from voicebridge.sim.faults import FAULTS, FaultValue, check_faults, parse_faults
 
 __all__ = [
     "CALLBACK_TOKEN_LIFETIME_S",
@@ -101,6 +131,14 @@ BURST_GAP_S = 0.1
 # Wall-clock seconds the bridge gets to hang up by itself after media failed or its
 # media socket closed, before the fake ends the call as "media_failed".
 MEDIA_FAILURE_GRACE_S = 2.0
+# acs-drop: call seconds after the drop at which the fake gives up on the bridge hanging up.
+MEDIA_DROP_END_S = 10.0
+# acs-reconnect: call seconds between the aborted socket and the new one.
+RECONNECT_GAP_S = 0.5
+# acs-reorder-callbacks: wall seconds CallConnected waits for MediaStreamingStarted at most.
+REORDER_HOLD_S = 2.0
+# acs-disconnect-first / acs-close-first: call seconds between the two halves of a hang-up.
+HANGUP_SPLIT_S = 1.0
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
@@ -230,8 +268,15 @@ class FakeCall:
     refused or ``fail_answer`` simulated an ``AnswerFailed``), ``media_failed`` (the
     media socket could not be opened, even if the bridge then hung up; or the bridge
     closed it and did not hang up within :data:`MEDIA_FAILURE_GRACE_S`),
-    ``not_answered`` (ring timeout) or ``fake_stopped``. All times are call time
-    (see the module docstring).
+    ``not_answered`` (ring timeout), ``media_dropped`` (the ``acs-drop`` fault) or
+    ``fake_stopped``. All times are call time (see the module docstring).
+
+    Fault bookkeeping: :attr:`faults_fired`, ``media_sockets`` (media WebSockets opened),
+    ``caller_samples_lost_in_gap`` (caller samples never sent because of ``acs-reconnect``) and
+    ``samples_flushed_by_drop`` (bridge audio discarded from the play queue when a media socket
+    was dropped by a fault). Audio conservation with faults:
+    ``samples_heard + flushed by StopAudio + samples_flushed_by_drop + queued_samples
+    == received_samples``.
     """
 
     def __init__(
@@ -281,6 +326,9 @@ class FakeCall:
         self.api_version = ""
         self.media_subscription_id = str(uuid.uuid4())
         self.media_close_code: int | None = None
+        self.media_sockets = 0
+        self.caller_samples_lost_in_gap = 0
+        self.samples_flushed_by_drop = 0
 
         self.caller_samples_sent = 0
         self.frames_sent = 0  # every AudioData sent, caller audio and trailing silence
@@ -323,6 +371,10 @@ class FakeCall:
         self._play_context: str | None = None
         self._play_callback_uri: str | None = None
         self._cb_lock = asyncio.Lock()  # callbacks are delivered one at a time, in order
+        self._faults_raw: list[tuple[float, str]] = []
+        self._media_faults_done: set[str] = set()
+        self._media_dropped = False  # acs-drop fired: no more callbacks, ends "media_dropped"
+        self._media_started_posted = asyncio.Event()  # for acs-reorder-callbacks
         self._log("ringing", {"caller": caller, "recipient": recipient})
 
     # ---------------------------------------------------------------- time
@@ -358,6 +410,51 @@ class FakeCall:
         return [(self._call_time(raw), kind, status) for raw, kind, status in self._callbacks]
 
     @property
+    def faults_fired(self) -> list[tuple[float, str]]:
+        """``(call time s, fault name)`` per fault that took effect, in order."""
+        return [(self._call_time(raw), name) for raw, name in self._faults_raw]
+
+    def _fired(self, name: str, **detail: Any) -> None:
+        now = time.monotonic()
+        self._faults_raw.append((now, name))
+        self._timeline.append((now, "fault", {"name": name, **detail}))
+
+    def _media_fault_due(self, tick: int) -> str | None:
+        """``acs-drop`` / ``acs-reconnect`` if one is due at ``tick`` (each fires once)."""
+        for name in ("acs-drop", "acs-reconnect"):
+            at = self._fake.faults.get(name)
+            if (
+                isinstance(at, float)
+                and name not in self._media_faults_done
+                and tick * FRAME_S >= at - 1e-9
+            ):
+                self._media_faults_done.add(name)
+                return name
+        return None
+
+    def _discard_queue(self) -> int:
+        """Drop the play queue at a media drop; returns the samples discarded."""
+        flushed = len(self._queue) // 2
+        self._queue.clear()
+        self._burst_broken = True
+        self.samples_flushed_by_drop += flushed
+        return flushed
+
+    def _skip_caller(self, ticks: int) -> None:
+        """Caller audio due during ``ticks`` ticks of a media gap: lost, never sent."""
+        if ticks <= 0:
+            return
+        frame_bytes = self.frame_samples * 2
+        lost = self._caller[self._caller_pos : self._caller_pos + ticks * frame_bytes]
+        if not lost:
+            return
+        self._caller_pos += len(lost)
+        self.caller_samples_lost_in_gap += len(lost) // 2
+        if self._caller_pos >= len(self._caller) and self._caller_end_tick is None:
+            self._caller_end_tick = self._next_tick + math.ceil(len(lost) / frame_bytes)
+            self._log("caller_audio_end", {"samples": self.caller_samples_sent, "in_gap": True})
+
+    @property
     def stop_audio(self) -> list[tuple[float, int]]:
         """``(call time s, samples flushed from the play queue)`` per ``StopAudio``."""
         return [(self._call_time(raw), flushed) for raw, flushed in self._stops]
@@ -390,7 +487,9 @@ class FakeCall:
         """The caller hangs up now; returns when the call has ended.
 
         Posts ``CallDisconnected`` (if the call was answered), then closes the media
-        socket with 1000. A no-op on a call that has already ended.
+        socket with 1000 (``acs-close-first`` reverses the order, ``acs-disconnect-first``
+        puts 1 s between the two; after ``acs-drop`` nothing is posted and the call ends as
+        ``media_dropped``). A no-op on a call that has already ended.
         """
         await self._fake._end(self, "caller_hung_up")
 
@@ -545,7 +644,9 @@ class FakeAcs:
     media clock only (frames, playback, hang-up and play timing); HTTP happens as
     fast as it happens. ``hangup_after_audio_s`` (call time; ``math.inf`` never) is
     how long the caller stays on once its audio has ended and nothing is left to
-    play. ``ring_timeout_s`` (wall time) ends an unanswered call.
+    play. ``ring_timeout_s`` (wall time) ends an unanswered call. ``faults`` maps ``acs-*``
+    fault names to their argument (see the module docstring and :mod:`voicebridge.sim.faults`);
+    it is validated here (``ValueError``) and applies to every call.
     """
 
     def __init__(
@@ -557,7 +658,9 @@ class FakeAcs:
         speed: float = 1.0,
         hangup_after_audio_s: float = 1.0,
         ring_timeout_s: float = 30.0,
+        faults: Mapping[str, FaultValue] | None = None,
     ) -> None:
+        self.faults = check_faults(faults, "acs")
         if acs_rate not in (16000, 24000):
             raise ValueError("acs_rate must be 16000 (pcm16KMono) or 24000 (pcm24KMono)")
         if not speed > 0:
@@ -1205,28 +1308,48 @@ class FakeAcs:
         bridge's HTTP status, 0 when it could not be reached; never raises.
         """
         target = uri or call.callback_uri
-        if target is None:
+        if target is None or call._media_dropped:
             return 0
         context = operation_context if operation_context is not None else call.operation_context
         event = self._cloud_event(call, kind, extra, context, result)
         async with call._cb_lock:
-            sent_at = time.monotonic()
-            token = self.sign_jwt(lifetime_s=CALLBACK_TOKEN_LIFETIME_S)
-            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-            status = 0
-            detail: dict[str, Any] = {"type": kind}
-            try:
-                async with self._client().post(
-                    target, data=json.dumps([event]), headers=headers
-                ) as resp:
-                    status = resp.status
-                    await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # The bridge may already have dropped the call; that is its right.
-                detail["error"] = f"{type(exc).__name__}: {exc}"
-            detail["status"] = status
-            call._callbacks.append((sent_at, kind, status))
-            call._timeline.append((sent_at, "callback", detail))
+            status = await self._post_once(call, target, event, kind)
+            if "acs-duplicate-callbacks" in self.faults:
+                call._fired("acs-duplicate-callbacks", type=kind, id=event["id"])
+                await self._post_once(call, target, event, kind, duplicate=True)
+        if kind in ("MediaStreamingStarted", "MediaStreamingFailed"):
+            call._media_started_posted.set()
+        return status
+
+    async def _post_once(
+        self,
+        call: FakeCall,
+        target: str,
+        event: dict[str, Any],
+        kind: str,
+        *,
+        duplicate: bool = False,
+    ) -> int:
+        """One POST of ``event`` with a fresh JWT; recorded in the call's callbacks."""
+        sent_at = time.monotonic()
+        token = self.sign_jwt(lifetime_s=CALLBACK_TOKEN_LIFETIME_S)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        status = 0
+        detail: dict[str, Any] = {"type": kind}
+        if duplicate:
+            detail["duplicate"] = True
+        try:
+            async with self._client().post(
+                target, data=json.dumps([event]), headers=headers
+            ) as resp:
+                status = resp.status
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The bridge may already have dropped the call; that is its right.
+            detail["error"] = f"{type(exc).__name__}: {exc}"
+        detail["status"] = status
+        call._callbacks.append((sent_at, kind, status))
+        call._timeline.append((sent_at, "callback", detail))
         return status
 
     # ---------------------------------------------------------------- call flow
@@ -1251,7 +1374,9 @@ class FakeAcs:
             self._idle_hangup(call, seconds)
 
     async def _post_connected(self, call: FakeCall) -> None:
-        await self._post_event(call, "CallConnected")
+        reorder = "acs-reorder-callbacks" in self.faults
+        if not reorder:
+            await self._post_event(call, "CallConnected")
         participants = [
             {"identifier": _phone(call.caller), "isMuted": False, "isOnHold": False},
             {
@@ -1267,6 +1392,11 @@ class FakeAcs:
         await self._post_event(
             call, "ParticipantsUpdated", {"sequenceNumber": 1, "participants": participants}
         )
+        if reorder:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call._media_started_posted.wait(), REORDER_HOLD_S)
+            call._fired("acs-reorder-callbacks")
+            await self._post_event(call, "CallConnected")
 
     def _idle_hangup(self, call: FakeCall, call_seconds: float) -> None:
         """Without media, the caller hangs up after ``call_seconds`` of call time."""
@@ -1291,8 +1421,14 @@ class FakeAcs:
             }
         }
 
-    async def _start_media(self, call: FakeCall, body: Mapping[str, Any]) -> None:
-        """Dial the bridge's media WebSocket and start the media clock (§4)."""
+    async def _start_media(
+        self, call: FakeCall, body: Mapping[str, Any], *, reconnect: bool = False
+    ) -> None:
+        """Dial the bridge's media WebSocket and start the media clock (§4).
+
+        ``reconnect`` (``acs-reconnect``): a replacement socket; the caller audio due since
+        the last frame sent is skipped, and no ``MediaStreamingStarted`` is posted.
+        """
         media = call.media_options or {}
         url = str(media.get("transportUrl"))
         token = self.sign_jwt(lifetime_s=MEDIA_TOKEN_LIFETIME_S)
@@ -1301,7 +1437,8 @@ class FakeAcs:
             "x-ms-call-connection-id": call.call_connection_id or "",
             "x-ms-call-correlation-id": call.correlation_id,
         }
-        call._log("media_connecting", {"url": url})
+        socket_no = call.media_sockets + 1
+        call._log("media_connecting", {"url": url, "socket": socket_no})
         try:
             ws = await ws_connect(
                 url,
@@ -1316,11 +1453,12 @@ class FakeAcs:
         except Exception as exc:
             status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
             call._log("media_failed", {"error": f"{type(exc).__name__}: {exc}", "status": status})
-            details = (
-                "authenticationFailure"
-                if status in (401, 403)
-                else "initialWebSocketConnectionFailed"
-            )
+            if status in (401, 403):
+                details = "authenticationFailure"
+            elif reconnect:
+                details = "streamConnectionUnsuccessful"
+            else:
+                details = "initialWebSocketConnectionFailed"
             await self._media_failed(call, details)
             return
         if call._ending:
@@ -1333,16 +1471,25 @@ class FakeAcs:
             call._next_tick = 0
         else:  # streaming restarted: continue on the same call clock
             elapsed_ticks = math.ceil((now - call._origin) * self.speed / FRAME_S - 1e-9)
-            call._next_tick = max(call._next_tick, elapsed_ticks)
+            next_tick = max(call._next_tick, elapsed_ticks)
+            if reconnect:  # the caller kept talking during the gap: that audio is lost
+                call._skip_caller(next_tick - call._next_tick)
+            call._next_tick = next_tick
         call._ws = ws
+        call.media_sockets = socket_no
         call._media_stopping = False
         if call._idle_task is not None:
             call._idle_task.cancel()
-        call._log("media_connected", {"tick": call._next_tick})
+        connected: dict[str, Any] = {"tick": call._next_tick, "socket": socket_no}
+        if reconnect:
+            connected["reconnect"] = True
+        call._log("media_connected", connected)
         call.media_connected.set()
         cid = (call.call_connection_id or "")[:8]
         call._reader = self._spawn(self._read_media(call, ws), f"media-read-{cid}")
         call._sender = self._spawn(self._send_media(call, ws), f"media-send-{cid}")
+        if reconnect:
+            return
         context = body.get("operationContext")
         uri = body.get("operationCallbackUri")
         self._spawn(
@@ -1379,12 +1526,46 @@ class FakeAcs:
                     call._log("caller_hangs_up", {"tick": tick})
                     self._spawn(self._end(call, "caller_hung_up"), "caller-hangup")
                     return
+                fault = call._media_fault_due(tick)
+                if fault is not None:
+                    self._spawn(self._media_fault(call, ws, fault), f"{fault}-{tick}")
+                    return
                 call._play_tick(tick)
                 message = call._caller_frame(tick)
                 call._next_tick = tick + 1
                 await ws.send(message)
         except ConnectionClosed:
             return  # the reader sees the close and decides what it means
+
+    async def _media_fault(self, call: FakeCall, ws: ClientConnection, fault: str) -> None:
+        """``acs-drop`` / ``acs-reconnect``: abort ``ws`` now (no close frame), then either
+        wait for the end of the call or open a replacement socket."""
+        call._ws = None  # tells the reader the close is ours
+        flushed = call._discard_queue()
+        call._fired(fault, tick=call._next_tick, socket=call.media_sockets)
+        if fault == "acs-drop":
+            call._media_dropped = True
+        ws.transport.abort()
+        reader = call._reader
+        if reader is not None:
+            await asyncio.gather(reader, return_exceptions=True)
+        call._log(
+            "media_dropped",
+            {
+                "socket": call.media_sockets,
+                "flushed_samples": flushed,
+                "code": None if ws.close_code is None else int(ws.close_code),
+            },
+        )
+        if fault == "acs-drop":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.ended.wait(), MEDIA_DROP_END_S / self.speed)
+            if not call._ending:
+                await self._end(call, "media_dropped")
+            return
+        await asyncio.sleep(RECONNECT_GAP_S / self.speed)
+        if not call._ending:
+            await self._start_media(call, {}, reconnect=True)
 
     async def _read_media(self, call: FakeCall, ws: ClientConnection) -> None:
         try:
@@ -1393,8 +1574,8 @@ class FakeAcs:
         except ConnectionClosed:
             pass
         call.media_close_code = ws.close_code
-        if call._ending or call._media_stopping:
-            return
+        if call._ending or call._media_stopping or call._ws is not ws:
+            return  # closed by the fake itself (hang-up, stop, or a fault)
         # The bridge closed the socket without a hang-up (yet): stop the clock and
         # give it a moment to hang up before calling it a media failure.
         call._log("media_closed_by_bridge", {"code": ws.close_code})
@@ -1491,18 +1672,29 @@ class FakeAcs:
         call._log("hangup", {"by": _HANGUP_BY.get(reason, "fake"), "reason": reason})
         if call._media_failed and reason == "bridge_hung_up":
             reason = "media_failed"  # the root cause, not the bridge's reaction to it
+        if call._media_dropped:
+            reason = "media_dropped"  # acs-drop: whoever ends it, no callback is posted
         call.end_reason = reason
         current = asyncio.current_task()
         for task in (call._ring_task, call._idle_task, call._play_task):
             if task is not None and task is not current:
                 task.cancel()
         answered = call.call_connection_id is not None
+        caller_split = reason == "caller_hung_up" and answered
         if reason in ("bridge_hung_up", "media_failed"):
             await self._close_media(call)
             await self._post_event(call, "CallDisconnected", result=_disconnect_result(reason))
-        elif answered and reason != "answer_failed":
+        elif caller_split and "acs-close-first" in self.faults:
+            call._fired("acs-close-first")
+            await self._close_media(call)
+            await asyncio.sleep(HANGUP_SPLIT_S / self.speed)
+            await self._post_event(call, "CallDisconnected", result=_disconnect_result(reason))
+        elif answered and reason not in ("answer_failed", "media_dropped"):
             await self._stop_sender(call)
             await self._post_event(call, "CallDisconnected", result=_disconnect_result(reason))
+            if caller_split and "acs-disconnect-first" in self.faults:
+                call._fired("acs-disconnect-first")
+                await asyncio.sleep(HANGUP_SPLIT_S / self.speed)
             await self._close_media(call)
         else:
             await self._close_media(call)
@@ -1565,6 +1757,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=600.0, help="give up after this many wall seconds"
     )
     parser.add_argument("--out", type=Path, default=None, help="directory for heard.wav")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[=ARG]",
+        help="inject an acs-* fault (repeatable): "
+        + ", ".join(info.usage for info in FAULTS.values() if info.target == "acs"),
+    )
 
 
 def _read_wav(path: Path) -> tuple[bytes, int]:
@@ -1589,6 +1789,9 @@ def _write_wav(path: Path, samples: npt.NDArray[np.int16], rate: int) -> None:
 
 
 async def _cli_main(args: argparse.Namespace) -> int:
+    faults = parse_faults(args.fault)
+    if faults.voicelive:
+        raise ValueError(f"not fake ACS faults: {', '.join(faults.voicelive)}")
     pcm, rate = _read_wav(args.caller_audio)
     if rate not in (16000, 24000):
         pcm, rate = _resample_pcm(pcm, rate, 16000), 16000
@@ -1598,6 +1801,7 @@ async def _cli_main(args: argparse.Namespace) -> int:
         acs_rate=rate,
         speed=args.speed,
         hangup_after_audio_s=args.hangup_after,
+        faults=faults.acs,
     )
     await fake.start(args.host, args.port)
     try:
