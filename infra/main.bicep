@@ -233,6 +233,12 @@ param logDir string = './logs'
   'ERROR'
 ])
 param logLevel string = 'INFO'
+@description('json: one JSON object per line (Log Analytics parses it); text: plain lines')
+@allowed([
+  'json'
+  'text'
+])
+param logFormat string = 'json'
 
 // ============================================================== shared pieces
 
@@ -659,6 +665,10 @@ var plainEnv = [
   {
     name: 'LOG_LEVEL'
     value: logLevel
+  }
+  {
+    name: 'LOG_FORMAT'
+    value: logFormat
   }
   // Not a Settings field: azure-identity's DefaultAzureCredential needs the client id
   // to pick the user-assigned identity (Voice Live with Entra ID, ACS with managed identity).

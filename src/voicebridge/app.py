@@ -11,11 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from voicebridge import __version__
+from voicebridge import __version__, logs, telemetry
 from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call, CallRegistry
 from voicebridge.config import Settings
-from voicebridge.routes import calls, health, media
+from voicebridge.routes import calls, health, media, metrics
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
     CallUrlSigner,
@@ -34,6 +34,8 @@ class AppContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = ServiceStats()
+        # Off (a no-op) unless APPLICATIONINSIGHTS_CONNECTION_STRING is set.
+        self.telemetry = telemetry.setup(settings)
         secret = settings.call_url_secret
         self.registry = CallRegistry(
             log_dir=settings.log_dir,
@@ -51,6 +53,7 @@ class AppContext:
     async def start(self) -> None:
         self.voicelive_credential = make_credential(self.settings)
         self.acs = acs_client.make_client(self.settings)
+        self.telemetry.observe(self.stats, lambda: self.registry.active)
         self.spawn(self.stats.watch_loop(), name="loop-lag")
         for name, validator in (("ACS", self.acs_tokens), ("Entra", self.eventgrid_tokens)):
             if validator is not None:  # warm the key cache; a failure retries on first use
@@ -107,8 +110,9 @@ class AppContext:
         for call in calls:
             call.drain_now.set()
             if call.relay is None:  # still ringing or answering: no media to speak on
-                await self.hang_up(call)
-                self.registry.end(call, "drained")
+                with logs.call_context(call):
+                    await self.hang_up(call)
+                    self.registry.end(call, "drained")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.empty.wait(), 20.0)
         log.warning("drained")
@@ -170,7 +174,6 @@ def eventgrid_token_validator(settings: Settings) -> TokenValidator | None:
 def create_app_from_env() -> FastAPI:
     """``uvicorn --factory voicebridge.app:create_app_from_env``: settings from the
     environment; a bad setting exits with one line naming the variable."""
-    from voicebridge import logs
     from voicebridge.config import load_settings
     from voicebridge.errors import ConfigError
 
@@ -178,12 +181,13 @@ def create_app_from_env() -> FastAPI:
         settings = load_settings()
     except ConfigError as exc:
         raise SystemExit(f"voicebridge: configuration error: {exc}") from None
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
     return create_app(settings)
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The bridge service for ``settings``."""
+    logs.install_record_factory()  # call ids on every record, whoever set up logging
     ctx = AppContext(settings)
 
     @contextlib.asynccontextmanager
@@ -201,9 +205,18 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await ctx.stop()
 
-    app = FastAPI(title="voicebridge", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="voicebridge",
+        version=__version__,
+        lifespan=lifespan,
+        # FastAPI's native OpenTelemetry (when a provider is configured, i.e. telemetry on):
+        # one span per request / WebSocket connection, without a span per dependency and
+        # endpoint call. Older FastAPI versions keep unknown arguments and ignore them.
+        telemetry={"operation_spans": False},
+    )
     app.state.ctx = ctx
     app.include_router(calls.router)
     app.include_router(media.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app

@@ -13,12 +13,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from voicebridge.logs import CallIds
 from voicebridge.security import CallUrlSigner
 from voicebridge.stats import ServiceStats
 
 log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+#: Outcomes that mark the call's trace span as failed (the rest are normal endings).
+FAILED_OUTCOMES = frozenset(
+    {"error", "answer_failed", "media_failed", "media_lost", "apology_hangup"}
+)
 
 
 class ConversationLog:
@@ -80,6 +86,7 @@ class Call:
     outcome: str | None = None
     report: dict[str, Any] | None = None
     conversation_id: str | None = None
+    span: Any = None  # the call's trace span (voicebridge.telemetry), ended with the call
 
     @property
     def label(self) -> str:
@@ -106,6 +113,8 @@ class CallRegistry:
         self.dedupe_ttl_s = dedupe_ttl_s
         self._seen: OrderedDict[str, float] = OrderedDict()
         self.finished: deque[dict[str, Any]] = deque(maxlen=200)
+        # Ids of recently ended calls, so late events for them still log with their ids.
+        self._ended: OrderedDict[str, CallIds] = OrderedDict()
 
     def seen_before(self, event_id: str) -> bool:
         """True if ``event_id`` was delivered within the TTL (Event Grid retries)."""
@@ -137,6 +146,10 @@ class CallRegistry:
     def get(self, call_id: str) -> Call | None:
         return self.by_id.get(call_id)
 
+    def ids_of(self, call_id: str) -> Call | CallIds | None:
+        """The live call ``call_id``, or the ids of a recently ended one (for logs)."""
+        return self.by_id.get(call_id) or self._ended.get(call_id)
+
     def end(self, call: Call, outcome: str) -> None:
         """Mark ``call`` finished (idempotent): first outcome wins."""
         if call.ended.is_set():
@@ -145,6 +158,9 @@ class CallRegistry:
         self.stats.call_ended(call.outcome)
         call.ended.set()
         self.by_id.pop(call.id, None)
+        self._ended[call.id] = CallIds(call.correlation_id, call.call_connection_id)
+        if len(self._ended) > 1000:
+            self._ended.popitem(last=False)
         if not self.by_id:
             self.empty.set()
         summary = {
@@ -158,6 +174,12 @@ class CallRegistry:
         self.finished.append(summary)
         call.log.write("call_ended", outcome=call.outcome)
         call.log.close()
+        if call.span is not None:
+            call.span.set_attribute("voicebridge.outcome", call.outcome)
+            call.span.set_attribute("voicebridge.call_connection_id", call.call_connection_id)
+            if call.outcome in FAILED_OUTCOMES:
+                call.span.fail(call.outcome)
+            call.span.end()
 
     @property
     def active(self) -> int:

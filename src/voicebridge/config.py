@@ -223,6 +223,13 @@ class Settings(BaseSettings):
     # ---- service
     log_dir: str = Field(default="./logs", validation_alias=AliasChoices("LOG_DIR"))
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL"))
+    log_format: Literal["json", "text"] = Field(
+        default="json", validation_alias=AliasChoices("LOG_FORMAT")
+    )
+    # Traces, metrics and logs to Azure Monitor when set; telemetry is off otherwise.
+    applicationinsights_connection_string: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    )
     host: str = Field(default="0.0.0.0", validation_alias=AliasChoices("HOST"))
     port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
 
@@ -233,6 +240,14 @@ class Settings(BaseSettings):
         if parsed.scheme not in ("http", "https", "ws", "wss") or not parsed.netloc:
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
 
     @field_validator("acs_audio_rate", "voicelive_audio_rate")
     @classmethod

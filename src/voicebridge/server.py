@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"voicebridge: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

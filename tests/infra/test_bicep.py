@@ -48,7 +48,6 @@ DEPLOYMENT_DEFAULTS = {
 
 EXTRA_ENV = {
     "AZURE_CLIENT_ID",  # azure-identity: selects the user-assigned managed identity
-    "APPLICATIONINSIGHTS_CONNECTION_STRING",  # azure-monitor-opentelemetry (telemetry export)
 }
 
 

@@ -78,3 +78,28 @@ def test_one_clear_line_naming_the_variable(
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert str(info.value).startswith(line) and "\n" not in str(info.value)
+
+
+def test_observability_settings(env: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.log_format, s.log_level, s.applicationinsights_connection_string) == (
+        "json",
+        "INFO",
+        None,
+    )
+    conn = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://x/"
+    env.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", conn)
+    env.setenv("LOG_FORMAT", "text")
+    env.setenv("LOG_LEVEL", "debug")
+    s = load_settings()
+    assert s.log_format == "text" and s.log_level == "DEBUG"
+    assert s.applicationinsights_connection_string is not None
+    assert s.applicationinsights_connection_string.get_secret_value() == conn
+    assert "InstrumentationKey" not in repr(s)
+    env.setenv("LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError, match=r"^LOG_FORMAT: "):
+        load_settings()
+    env.setenv("LOG_FORMAT", "json")
+    env.setenv("LOG_LEVEL", "verbose")
+    with pytest.raises(ConfigError, match=r"^LOG_LEVEL: must be DEBUG"):
+        load_settings()

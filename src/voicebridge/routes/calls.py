@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from voicebridge import logs
 from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call
 from voicebridge.core import webhooks
@@ -97,18 +98,19 @@ async def incoming_call(request: Request) -> Response:
         if isinstance(event, webhooks.Ignored):
             log.info("ignoring Event Grid event %s (%s)", event.event_type, event.why)
         elif isinstance(event, webhooks.IncomingCall):
-            if event.event_id and ctx.registry.seen_before(event.event_id):
-                log.info(
-                    "IncomingCall %s delivered again (aeg-delivery-count=%s): ignored",
-                    event.event_id,
-                    request.headers.get("aeg-delivery-count", "?"),
-                )
-                continue
-            if ctx.registry.active >= s.max_concurrent_calls:
-                _reject(ctx, event, "busy")
-            else:
-                _start_answer(ctx, event)
-                answering += 1
+            with logs.call_context(logs.CallIds(event.correlation_id)):
+                if event.event_id and ctx.registry.seen_before(event.event_id):
+                    log.info(
+                        "IncomingCall %s delivered again (aeg-delivery-count=%s): ignored",
+                        event.event_id,
+                        request.headers.get("aeg-delivery-count", "?"),
+                    )
+                    continue
+                if ctx.registry.active >= s.max_concurrent_calls:
+                    _reject(ctx, event, "busy")
+                else:
+                    _start_answer(ctx, event)
+                    answering += 1
     return JSONResponse({"answering": answering})
 
 
@@ -156,26 +158,40 @@ def _start_answer(ctx: Any, event: webhooks.IncomingCall) -> Call:
         caller=event.caller_raw_id,
     )
     call.log.write("incoming_call", correlation_id=call.correlation_id)
-    ctx.spawn(_answer(ctx, call, event.incoming_call_context), name=f"answer-{call.id}")
+    # The call's trace starts here and ends in CallRegistry.end (a no-op when tracing is off).
+    call.span = ctx.telemetry.start(
+        "call",
+        **{
+            "voicebridge.correlation_id": call.correlation_id,
+            "voicebridge.server_call_id": call.server_call_id or None,
+        },
+    )
+    with logs.call_context(call):  # the answer task, and its log lines, belong to the call
+        ctx.spawn(_answer(ctx, call, event.incoming_call_context), name=f"answer-{call.id}")
     return call
 
 
 async def _answer(ctx: Any, call: Call, incoming_call_context: str) -> None:
     s = ctx.settings
-    try:
-        call.call_connection_id = await acs_client.answer(
-            ctx.acs,
-            incoming_call_context=incoming_call_context,
-            callback_url=f"{s.public_base_url}/api/callbacks/{call.url_key}",
-            transport_url=f"{s.media_base_url}/ws/media/{call.url_key}",
-            acs_rate=s.acs_audio_rate,
-        )
-    except Exception as exc:
-        status = getattr(exc, "status_code", None)
-        log.error("answer_call failed for %s: %s %s", call.label, type(exc).__name__, status or "")
-        call.log.write("answer_failed", error=type(exc).__name__, status=status)
-        ctx.registry.end(call, "answer_failed")
-        return
+    with ctx.telemetry.use("answer", call.span) as span:
+        try:
+            call.call_connection_id = await acs_client.answer(
+                ctx.acs,
+                incoming_call_context=incoming_call_context,
+                callback_url=f"{s.public_base_url}/api/callbacks/{call.url_key}",
+                transport_url=f"{s.media_base_url}/ws/media/{call.url_key}",
+                acs_rate=s.acs_audio_rate,
+            )
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            log.error(
+                "answer_call failed for %s: %s %s", call.label, type(exc).__name__, status or ""
+            )
+            call.log.write("answer_failed", error=type(exc).__name__, status=status)
+            span.fail(f"{type(exc).__name__} {status or ''}".strip())
+            ctx.registry.end(call, "answer_failed")
+            return
+        span.set_attribute("voicebridge.call_connection_id", call.call_connection_id)
     log.info("answered call %s (correlation %s)", call.call_connection_id, call.correlation_id)
     call.log.write("answered", call_connection_id=call.call_connection_id)
 
@@ -191,7 +207,8 @@ async def authenticate_acs(ctx: Any, url_key: str, authorization: str | None) ->
         try:
             await ctx.acs_tokens.validate(authorization)
         except TokenRejected as exc:
-            log.warning("ACS request for call %s refused: token %s", call_id, exc.reason)
+            with logs.call_context(ctx.registry.ids_of(call_id)):
+                log.warning("ACS request for call %s refused: token %s", call_id, exc.reason)
             return None
     return str(call_id)
 
@@ -212,13 +229,15 @@ async def callbacks(url_key: str, request: Request) -> Response:
         log.warning("callback refused: %s", exc)
         return _error(400, str(exc))
     call = ctx.registry.get(call_id)
-    if call is None:
-        # Late events for a call that already ended are normal (CallDisconnected
-        # after our hang-up); acknowledge so ACS does not retry.
-        log.info("callback for an ended call: %s", [e.type for e in events])
-        return Response(status_code=204)
-    for event in events:
-        await _callback(ctx, call, event)
+    span = call.span if call is not None else None
+    with logs.call_context(call or ctx.registry.ids_of(call_id)), ctx.telemetry.activate(span):
+        if call is None:
+            # Late events for a call that already ended are normal (CallDisconnected
+            # after our hang-up); acknowledge so ACS does not retry.
+            log.info("callback for an ended call: %s", [e.type for e in events])
+            return Response(status_code=204)
+        for event in events:
+            await _callback(ctx, call, event)
     return Response(status_code=204)
 
 

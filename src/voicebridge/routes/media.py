@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
+from voicebridge import logs
+from voicebridge.calls import Call
 from voicebridge.relay import MediaRelay
 from voicebridge.routes.calls import authenticate_acs
 
@@ -29,9 +32,17 @@ async def media(websocket: WebSocket, url_key: str) -> None:
     call = ctx.registry.get(call_id) if call_id else None
     if call is None:
         if call_id:
-            log.warning("media socket for an ended call %s: refused", call_id)
+            with logs.call_context(ctx.registry.ids_of(call_id)):
+                log.warning("media socket for an ended call %s: refused", call_id)
         await websocket.close(code=1008)
         return
+    # Everything from here on, the relay's pump tasks included (they copy this context
+    # when they are created), logs with the call's ids and traces into the call's trace.
+    with logs.call_context(call), ctx.telemetry.activate(call.span):
+        await _media(ctx, websocket, call)
+
+
+async def _media(ctx: Any, websocket: WebSocket, call: Call) -> None:
     if call.relay is not None:
         log.info("call %s: a new media socket replaces the current one", call.label)
         await websocket.accept()

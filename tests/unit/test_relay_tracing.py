@@ -1,0 +1,140 @@
+"""The relay's spans, driven by the core's records (a recording Telemetry, no OTel)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from voicebridge.calls import Call, ConversationLog
+from voicebridge.config import Settings
+from voicebridge.relay import MediaRelay
+from voicebridge.stats import ServiceStats
+from voicebridge.telemetry import Telemetry
+
+
+class Span:
+    def __init__(self, name: str, parent: Any, attributes: dict[str, Any]) -> None:
+        self.name, self.parent = name, parent
+        self.attributes = dict(attributes)
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.failed: str | None = None
+        self.ended = 0
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def add_event(self, name: str, **attributes: Any) -> None:
+        self.events.append((name, attributes))
+
+    def fail(self, description: str) -> None:
+        self.failed = description
+
+    def end(self) -> None:
+        self.ended += 1
+
+
+class Recorder(Telemetry):
+    enabled = True
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    def start(self, name: str, parent: Any = None, **attributes: Any) -> Span:
+        span = Span(name, parent, attributes)
+        self.spans.append(span)
+        return span
+
+
+@pytest.fixture
+async def relay(tmp_path: Any) -> AsyncIterator[MediaRelay]:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        voicelive_endpoint="https://res.services.ai.azure.com",
+        voicelive_model="gpt-realtime",
+        voicelive_api_key="k",
+        acs_connection_string="endpoint=https://acs.communication.azure.com/;accesskey=eA==",
+        public_base_url="https://bridge.example.com",
+        acs_jwt_validation=False,
+    )
+    ctx = SimpleNamespace(settings=settings, telemetry=Recorder(), stats=ServiceStats())
+    call = Call(
+        id="c1",
+        url_key="c1.mac",
+        correlation_id="corr-1",
+        server_call_id="",
+        caller="",
+        log=ConversationLog(tmp_path, "c1"),
+    )
+    call.span = ctx.telemetry.start("call")
+    yield MediaRelay(ctx, call, websocket=None)  # type: ignore[arg-type]
+    call.log.close()
+
+
+def feed(relay: MediaRelay, *records: dict[str, Any]) -> None:
+    relay.bridge.records.extend(records)
+    relay._drain_records()
+
+
+async def test_one_span_per_response_with_its_barge_in(relay: MediaRelay) -> None:
+    rec: Recorder = relay.telemetry  # type: ignore[assignment]
+    call_span = relay.call.span
+    feed(
+        relay,
+        {"event": "session_created", "session_id": "sess_1", "conversation_id": "conv_1"},
+        {"event": "response_created", "response_id": "r1", "turn": 0},
+        {"event": "response_done", "response_id": "r1", "status": "completed", "reason": None},
+        {"event": "response_created", "response_id": "r2", "turn": 1},
+        {"event": "barge_in", "dropped_samples": 480, "response_id": "r2"},
+        {
+            "event": "response_done",
+            "response_id": "r2",
+            "status": "cancelled",
+            "reason": "turn_detected",
+        },
+        {"event": "barge_in", "dropped_samples": 0, "response_id": None},
+        {"event": "voicelive_error", "type": "error", "code": "rate_limit", "message": "quote me"},
+        {"event": "response_created", "response_id": "r3", "turn": 2},
+    )
+    r1, r2, r3 = [s for s in rec.spans if s.name == "voicelive.response"]
+    assert r1.parent is call_span and r1.attributes["voicebridge.response_id"] == "r1"
+    assert r1.attributes["voicebridge.response.status"] == "completed" and r1.ended == 1
+    assert r2.events == [("barge_in", {"dropped_samples": 480})]
+    assert r2.attributes["voicebridge.response.reason"] == "turn_detected" and r2.ended == 1
+    assert r3.ended == 0
+    assert ("barge_in", {"dropped_samples": 0}) in call_span.events
+    error = next(e for e in call_span.events if e[0] == "voicelive_error")
+    assert error[1]["code"] == "rate_limit" and "quote me" not in str(error)  # no message text
+    assert call_span.attributes["voicebridge.session_id"] == "sess_1"
+    relay._end_spans()  # the call ended mid-response
+    assert r3.ended == 1 and r3.attributes["voicebridge.response.status"] == "unfinished"
+    assert call_span.ended == 0  # the call span is the registry's to end
+
+
+async def test_a_reconnect_span_closes_when_the_new_session_is_confirmed(relay: MediaRelay) -> None:
+    rec: Recorder = relay.telemetry  # type: ignore[assignment]
+    relay._reconnect_span = rec.start("voicelive.reconnect", relay.call.span)
+    relay._pending_reconnect = {
+        "at_s": 1.0,
+        "reason": "voicelive_closed",
+        "attempts": 2,
+        "lost_at": time.perf_counter() - 0.5,
+        "old_conversation": None,
+    }
+    feed(relay, {"event": "session_updated", "session_id": "sess_2", "voice": None})
+    (span,) = [s for s in rec.spans if s.name == "voicelive.reconnect"]
+    assert span.ended == 1 and relay._reconnect_span is None
+    assert span.attributes["voicebridge.reconnect.result"] == "reconnected"
+    assert span.attributes["voicebridge.reconnect.attempts"] == 2
+    assert span.attributes["voicebridge.reconnect.gap_ms"] >= 500
+    assert relay.ctx.stats.counters["voicelive_reconnects"] == 1
+
+
+async def test_tracing_off_touches_nothing(relay: MediaRelay) -> None:
+    relay._tracing = False
+    before = len(relay.telemetry.spans)  # type: ignore[attr-defined]
+    feed(relay, {"event": "response_created", "response_id": "r1", "turn": 0})
+    assert len(relay.telemetry.spans) == before  # type: ignore[attr-defined]
