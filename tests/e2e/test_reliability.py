@@ -61,12 +61,11 @@ async def no_leaks() -> AsyncIterator[None]:
 
 
 async def call_with(tmp_path: Path, *faults: str, **kw: Any) -> SimResult:
-    settings = kw.pop("settings", {})
-    result = await run_call(
-        SimOptions(
-            speed=kw.pop("speed", SPEED), out=tmp_path, faults=list(faults), settings=settings, **kw
-        )
-    )
+    """One call with ``faults``; by default the first 12 s of the shipped caller (the
+    greeting, one caller turn at 4.3-7.7 s and its answer at ~8.5-11.5 s)."""
+    kw.setdefault("caller_audio", short_caller(tmp_path))
+    kw.setdefault("speed", SPEED)
+    result = await run_call(SimOptions(out=tmp_path, faults=list(faults), **kw))
     assert result.service_stats is not None and result.service_stats["active_calls"] == 0
     if result.emulator is not None:
         assert all(s.closed.is_set() for s in result.emulator.sessions)
@@ -123,9 +122,9 @@ async def test_failed_reconnect_apologises_and_hangs_up(tmp_path: Path) -> None:
     started = time.monotonic()
     result = await call_with(
         tmp_path,
-        "voicelive-drop=5",
+        "voicelive-drop=3",
         "voicelive-stall-reconnect",
-        settings={"voicelive_reconnect_budget_s": 2.0, "voicelive_connect_timeout_s": 1.0},
+        settings={"voicelive_reconnect_budget_s": 1.0, "voicelive_connect_timeout_s": 0.5},
     )
     report = ok(result)
     assert report["outcome"] == "apology_hangup"
