@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import time
 import wave
@@ -55,6 +56,9 @@ from voicebridge.errors import UpstreamUnavailable
 from voicebridge.voicelive.session import OpenSession, open_session, session_config
 
 log = logging.getLogger(__name__)
+
+#: The pacer also sends frames due this soon (media seconds), to wake up half as often.
+PACER_BATCH_S = 0.020
 
 #: Reasons to replace the Voice Live session (the rest end the call).
 RECONNECT_REASONS = frozenset(
@@ -134,6 +138,7 @@ class MediaRelay:
         self.sockets = 1
         self._started = time.perf_counter()
         self._last_acs_rx = time.perf_counter()
+        self._pacer_wakes_at = float("inf")  # media time the pacer will next look
         self._expiry_seen: float | None = None
         self._lifetime = 0.0
 
@@ -289,16 +294,24 @@ class MediaRelay:
         conn = session.connection
         bridge = self.bridge
         unreadable = 0
+        recv = conn.recv_bytes
+        loads = json.loads
         while True:
+            # The SDK's recv() would also build a typed model of every event; the core
+            # reads plain mappings, so the raw frame is parsed once, here.
             try:
-                event = await conn.recv()
+                raw = await recv()
+                if not raw:
+                    raise ConnectionClosed(1006, "Empty WebSocket frame")
+                event = loads(raw)
+                if not isinstance(event, dict):
+                    raise TypeError(f"a JSON {type(event).__name__}, not an object")
             except ConnectionClosed as exc:
                 self.voicelive_close_code = exc.code
                 return "voicelive_closed"
-            except (VoiceLiveConnectionError, AttributeError, TypeError, KeyError) as exc:
-                # A frame the SDK cannot parse: not JSON (ConnectionError), or JSON that
-                # is not an object (SDK 1.3.1 raises AttributeError on a JSON array).
-                # Count it and read on; a run of them means the socket itself is bad.
+            except (ValueError, TypeError, UnicodeDecodeError) as exc:
+                # A frame that is not a JSON object: count it and read on; a run of
+                # them means the socket itself is bad.
                 unreadable += 1
                 bridge.counters.voicelive_malformed += 1
                 log.warning(
@@ -311,29 +324,40 @@ class MediaRelay:
             bridge.receive_voicelive(event, self.now())
             if bridge.voicelive_pending:
                 await self._send_voicelive()
-            if bridge.next_acs_due() is not None:
+            due = bridge.next_acs_due()
+            if due is not None and due < self._pacer_wakes_at:  # sooner than planned
                 self._wake.set()
             if bridge.records:
                 self._drain_records()
 
     async def _pacer(self) -> None:
+        """Sleep until the next frame is due (or a wake-up), then send what is due —
+        including frames due within ``PACER_BATCH_S``, so each wake-up sends a couple of
+        frames: half the wake-ups, and ACS still holds between the lead and
+        lead + batch of audio."""
         bridge = self.bridge
         send = self.ws.send_text
         wake = self._wake
+        loop = asyncio.get_running_loop()
+        speed = self.speed
         while True:
             due = bridge.next_acs_due()
             if due is None:
+                self._pacer_wakes_at = float("inf")
                 wake.clear()
                 await wake.wait()
                 continue
-            delay = (due - self.now()) / self.speed
-            if delay > 0.0005:
+            now = time.monotonic() * speed
+            delay = (due - now) / speed
+            if delay > 0.001:
+                self._pacer_wakes_at = due
                 wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await wake.wait()
+                timer = loop.call_later(delay, wake.set)  # cheaper than asyncio.timeout
+                await wake.wait()
+                timer.cancel()
                 continue
-            for text in bridge.acs_to_send(self.now()):
+            self._pacer_wakes_at = float("-inf")  # awake: nobody needs to wake us
+            for text in bridge.acs_to_send(now, ahead=PACER_BATCH_S):
                 await send(text)
 
     async def _timers(self) -> str:

@@ -614,8 +614,9 @@ class CallBridge:
         """True when :meth:`voicelive_to_send` has something."""
         return bool(self._voicelive_out)
 
-    def acs_to_send(self, now: float) -> list[str]:
-        """ACS messages due at ``now``: control first, then paced audio frames."""
+    def acs_to_send(self, now: float, ahead: float = 0.0) -> list[str]:
+        """ACS messages due at ``now``: control first, then paced audio frames — also
+        those due within ``ahead`` seconds (so a pacer can wake up less often)."""
         out = self._acs_control
         self._acs_control = []
         frames = self._frames
@@ -623,7 +624,7 @@ class CallBridge:
             return out
         if self._play_end < now:  # ACS ran dry: playback restarts now
             self._play_end = now
-        horizon = now + self.lead_s - 1e-6  # float sums of 20 ms must not add a frame
+        horizon = now + ahead + self.lead_s - 1e-6  # float sums of 20 ms must not add a frame
         c = self.counters
         latency = self.outbound_latency_ms
         while frames and self._play_end < horizon:
@@ -635,7 +636,8 @@ class CallBridge:
             if frame.agent_samples and frame.agent_samples < self.frame_samples:
                 c.padding_samples_sent += self.frame_samples - frame.agent_samples
             due = self._play_end - self.lead_s
-            latency.add((now - (frame.stamp if frame.stamp > due else due)) * 1000.0)
+            late = now - (frame.stamp if frame.stamp > due else due)
+            latency.add(late * 1000.0 if late > 0.0 else 0.0)  # sent early: no delay
             self._play_end += FRAME_S
         return out
 
