@@ -57,8 +57,9 @@ from voicebridge.voicelive.session import OpenSession, open_session, session_con
 
 log = logging.getLogger(__name__)
 
-#: The pacer also sends frames due this soon (media seconds), to wake up half as often.
-PACER_BATCH_S = 0.020
+#: The pacer also sends frames due this soon (media seconds), so it wakes about every
+#: other or third frame instead of every frame (measured: -7 % bridge CPU at 100 calls).
+PACER_BATCH_S = 0.040
 
 #: Reasons to replace the Voice Live session (the rest end the call).
 RECONNECT_REASONS = frozenset(
