@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import uvicorn
 
@@ -76,6 +77,7 @@ class SimResult:
     caller_pcm: np.ndarray
     log_path: Path | None
     service_stats: dict[str, Any] | None = None
+    metrics_text: str = ""  # the bridge's GET /metrics at the end of the call
 
 
 # --------------------------------------------------------------------------- audio files
@@ -254,13 +256,17 @@ async def run_call(options: SimOptions) -> SimResult:
             ctx = app.state.ctx
             summary = await _bridge_summary(ctx, call)
             service_stats = ctx.stats.snapshot(ctx.registry.active)
+            async with httpx.AsyncClient() as client:
+                metrics_text = (await client.get(f"{base_url}/metrics")).text
     finally:
         await acs.stop()
         if emulator is not None:
             await emulator.stop()
     report = build_report(options, call, summary, emulator, caller_pcm, segments)
     log_path = _conversation_log(log_dir, call)
-    return SimResult(report, call, summary, emulator, acs, caller_pcm, log_path, service_stats)
+    return SimResult(
+        report, call, summary, emulator, acs, caller_pcm, log_path, service_stats, metrics_text
+    )
 
 
 async def _bridge_summary(ctx: Any, call: FakeCall) -> dict[str, Any] | None:
@@ -497,6 +503,7 @@ def write_outputs(result: SimResult, out: Path) -> None:
                 lines.append(json.dumps(rec, ensure_ascii=False))
     (out / "transcript.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""))
     (out / "report.json").write_text(json.dumps(result.report, indent=2) + "\n")
+    (out / "metrics.prom").write_text(result.metrics_text)
     plot_timeline(result, out / "timeline.png")
 
 
@@ -613,7 +620,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from voicebridge import logs
 
-    logs.setup(os.environ.get("LOG_LEVEL", "WARNING"))
+    # Console: warnings, as text. The bridge's own log, as the service writes it (JSON,
+    # INFO, the call's ids on every line): <out>/bridge.log.jsonl.
+    logs.setup("INFO")
+    logging.getLogger().handlers[0].setLevel(os.environ.get("LOG_LEVEL", "WARNING").upper())
+    args.out.mkdir(parents=True, exist_ok=True)
+    bridge_log = logging.FileHandler(args.out / "bridge.log.jsonl", mode="w", encoding="utf-8")
+    bridge_log.setFormatter(logs.formatter("json"))
+    bridge_log.addFilter(
+        lambda r: r.name.startswith("voicebridge") and not r.name.startswith("voicebridge.sim")
+    )
+    logging.getLogger().addHandler(bridge_log)
     options = SimOptions(
         caller_audio=args.caller_audio,
         speed=args.speed,
@@ -659,7 +676,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"voicebridge simulate: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     write_outputs(result, args.out)
-    print(f"\nwrote {args.out}/: caller.wav heard.wav transcript.jsonl report.json timeline.png\n")
+    print(
+        f"\nwrote {args.out}/: caller.wav heard.wav transcript.jsonl report.json timeline.png"
+        " metrics.prom bridge.log.jsonl\n"
+    )
     print(summary_text(result.report))
     ok = result.report["audio"]["conserved"] and result.report["outcome"] is not None
     return 0 if ok else 1
