@@ -220,6 +220,11 @@ class Settings(BaseSettings):
         default=120.0, ge=0, validation_alias=AliasChoices("DRAIN_GRACE_S")
     )
 
+    # ---- diagnostics (load tests only: walks every object of the process)
+    stats_census: bool = Field(
+        default=False, validation_alias=AliasChoices("VOICEBRIDGE_STATS_CENSUS")
+    )
+
     # ---- service
     log_dir: str = Field(default="./logs", validation_alias=AliasChoices("LOG_DIR"))
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL"))

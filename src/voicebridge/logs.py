@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -73,19 +74,32 @@ class CallIds:
     call_connection_id: str | None = None
 
 
-_current_call: ContextVar[HasCallIds | None] = ContextVar("voicebridge_call", default=None)
+# The context holds a *weak* reference to a Call: asyncio timers copy the context and a
+# cancelled timer keeps it until its due time (aiohttp's 300 s connect timeout, say),
+# which would keep a finished call's whole state alive for minutes. CallIds are tiny
+# and often have no other owner, so they are held strongly.
+_CallRef = Callable[[], HasCallIds | None]
+_current_call: ContextVar[_CallRef | None] = ContextVar("voicebridge_call", default=None)
 
 
-def bind_call(call: HasCallIds | None) -> Token[HasCallIds | None]:
+def _ref(call: HasCallIds | None) -> _CallRef | None:
+    if call is None:
+        return None
+    if isinstance(call, CallIds):
+        return lambda: call
+    return weakref.ref(call)
+
+
+def bind_call(call: HasCallIds | None) -> Token[_CallRef | None]:
     """Make ``call`` the current call of this context (and of tasks created from it
     afterwards) until the context ends or the returned token is reset."""
-    return _current_call.set(call)
+    return _current_call.set(_ref(call))
 
 
 @contextlib.contextmanager
 def call_context(call: HasCallIds | None) -> Iterator[None]:
     """``call`` is the current call inside the ``with`` block."""
-    token = _current_call.set(call)
+    token = _current_call.set(_ref(call))
     try:
         yield
     finally:
@@ -93,7 +107,8 @@ def call_context(call: HasCallIds | None) -> Iterator[None]:
 
 
 def current_call() -> HasCallIds | None:
-    return _current_call.get()
+    ref = _current_call.get()
+    return None if ref is None else ref()
 
 
 def install_record_factory() -> None:
@@ -105,7 +120,7 @@ def install_record_factory() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        call = _current_call.get()
+        call = current_call()
         if call is None:
             record.call_connection_id = record.correlation_id = None
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from voicebridge import __version__
+from voicebridge.stats import object_census, process_snapshot
 
 router = APIRouter(tags=["health"])
 
@@ -49,9 +50,35 @@ async def status(request: Request) -> dict[str, object]:
     }
 
 
+#: Set to ``1`` (Settings.stats_census) to let ``GET /api/stats?objects=1`` add an object
+#: census (:func:`voicebridge.stats.object_census`). Off by default: the census walks
+#: every object of the process, which a public endpoint must not let anyone trigger.
+CENSUS_ENV = "VOICEBRIDGE_STATS_CENSUS"
+
+
 @router.get("/api/stats")
-async def stats(request: Request) -> dict[str, object]:
-    """Relay latency, loop lag and counters summed over finished calls (no call data)."""
+async def stats(request: Request, objects: bool = False, trim: bool = False) -> dict[str, object]:
+    """Relay latency, loop lag and counters summed over finished calls (no call data),
+    and ``process``: this process's tasks, open descriptors and Python allocations
+    (:func:`voicebridge.stats.process_snapshot`).
+
+    ``?objects=1`` adds ``census`` (live objects by type, and what the registry's
+    bounded history of ended calls keeps alive) when :data:`CENSUS_ENV` is ``1``, and
+    ``&trim=1`` first returns the C heap's free memory to the OS and reports RSS before
+    and after (:func:`voicebridge.stats.trim_heap`); otherwise both are ignored."""
     ctx = request.app.state.ctx
     snapshot: dict[str, object] = ctx.stats.snapshot(ctx.registry.active)
+    snapshot["process"] = process_snapshot()
+    if objects and ctx.settings.stats_census:
+        registry = ctx.registry
+        snapshot["census"] = object_census(
+            {
+                # Bounded by design: the last 200 call summaries, ids of the last
+                # 1000 ended calls, event ids seen within the de-duplication TTL.
+                "finished_calls": registry.finished,
+                "ended_ids": getattr(registry, "_ended", {}).items(),
+                "seen_event_ids": getattr(registry, "_seen", {}).items(),
+            },
+            trim=trim,
+        )
     return snapshot

@@ -65,3 +65,4 @@ async def _media(ctx: Any, websocket: WebSocket, call: Call) -> None:
             await relay.ws.close(code=1000)
         except Exception as exc:  # already closed by the peer
             log.debug("media close: %s", type(exc).__name__)
+        call.relay = None  # the relay (and its CallBridge) can go now

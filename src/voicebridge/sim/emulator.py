@@ -82,6 +82,18 @@ emulator (``EmulatedSession.index == 0``).
 * ``voicelive-no-response``: in the first session the first user turn whose end would start a
   server-side response (``create_response``) starts none; ``response.create`` still works.
 
+**Per-call faults** (``call_faults=``: a mapping of call id to a faults mapping, or a function
+of the call id returning one or None). A session's call id is its ``x-ms-client-request-id``
+upgrade header, which the bridge sets to the call connection id (or correlation id) on every
+connect, reconnects included. A chosen call gets its faults with the emulator-wide scopes
+narrowed to that call: the "first session" faults (``drop``, ``close``, ``malformed``,
+``error``, ``no-session-updated``, ``no-response``) and ``stall-response`` (the first response
+with audio *of that session*) apply to the call's first session only — never to a reconnect
+of that call; ``delay`` and ``expire`` to every session of the call; ``stall-handshake`` stalls
+every upgrade of the call and ``stall-reconnect`` every upgrade of the call but its first.
+A session without the header, or of a call with no faults, gets only the emulator-wide
+``faults=``, which keep their meaning unchanged (a per-call value wins for the same name).
+
 Each fault that fires is recorded in ``EmulatedSession.faults_fired`` as ``(media seconds since
 the session started, name)`` and as a ``"fault"`` timeline entry; handshake stalls, which have
 no session, go to ``VoiceLiveEmulator.faults_fired`` (media seconds since ``start()``).
@@ -110,7 +122,7 @@ import secrets
 import signal
 import time
 import wave
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -144,6 +156,21 @@ CLOSE_TIMEOUT_S = 2.0
 STALL_RESPONSE_AFTER_S = 0.5
 # voicelive-malformed: junk frames, in the order they are interleaved after audio deltas.
 JUNK_KINDS = ("not-json", "json-array", "no-type", "unknown-type", "bad-base64-delta")
+#: Faults that act on the first session only (of the emulator, or of a call: ``call_faults``).
+FIRST_SESSION_FAULTS = (
+    "voicelive-drop",
+    "voicelive-close",
+    "voicelive-malformed",
+    "voicelive-error",
+    "voicelive-no-session-updated",
+    "voicelive-no-response",
+)
+#: Faults applied while the WebSocket upgrade is handled, before any session exists.
+HANDSHAKE_FAULTS = ("voicelive-stall-handshake", "voicelive-stall-reconnect")
+#: The upgrade header that names the call a session belongs to (the bridge sets it).
+CALL_ID_HEADER = "x-ms-client-request-id"
+#: ``call_faults=``: per call id, the faults of that call (see the module docstring).
+CallFaults = Mapping[str, Mapping[str, FaultValue]] | Callable[[str], Mapping[str, Any] | None]
 # Query parameters the SDK sends in agent mode (§6.2) -> keys echoed in session.agent.
 AGENT_QUERY_KEYS = {
     "agent-project-name": "project_name",
@@ -381,7 +408,9 @@ class EmulatedSession:
     was seen in an earlier session of this emulator) and ``config`` (the current session config).
 
     Fault injection (module docstring): ``index`` is the 0-based position of this session in
-    ``VoiceLiveEmulator.sessions``; ``opened_at`` the ``time.monotonic()`` at which it started
+    ``VoiceLiveEmulator.sessions``; ``call_id`` the ``x-ms-client-request-id`` upgrade header
+    (None without one) and ``call_index`` the 0-based position of this session among those of
+    the same call (0 without a call id); ``opened_at`` the ``time.monotonic()`` at which it started
     (to correlate with other clocks); ``faults_fired`` lists ``(media seconds since the session
     started, fault name)`` per fault that took effect, in order (``voicelive-malformed`` once per
     junk frame).
@@ -405,6 +434,11 @@ class EmulatedSession:
             for k, v in request.headers.raw_items()
         }
         self.auth = auth
+        self.call_id: str | None = self.headers.get(CALL_ID_HEADER) or None
+        self.call_index = 0
+        if self.call_id is not None:
+            self.call_index = emulator._call_sessions[self.call_id]
+            emulator._call_sessions[self.call_id] += 1
         given = self.query.get("conversation-id")
         self.resumed = bool(given) and given in emulator.conversations
         self.conversation_id = given or _new_id("conv")
@@ -451,15 +485,19 @@ class EmulatedSession:
         # Fault injection. Faults scoped to the first session are simply absent elsewhere.
         faults = dict(emulator.faults)
         if self.index > 0:
-            for name in (
-                "voicelive-drop",
-                "voicelive-close",
-                "voicelive-malformed",
-                "voicelive-error",
-                "voicelive-no-session-updated",
-                "voicelive-no-response",
-            ):
+            for name in FIRST_SESSION_FAULTS:
                 faults.pop(name, None)
+        # This call's own faults, scoped to the call (its first session for most).
+        own = emulator.faults_for_call(self.call_id)
+        for name in HANDSHAKE_FAULTS:
+            own.pop(name, None)
+        if self.call_index > 0:
+            for name in (*FIRST_SESSION_FAULTS, "voicelive-stall-response"):
+                own.pop(name, None)
+        hold = own.pop("voicelive-stall-response", None)
+        #: voicelive-stall-response of this call: media seconds to hold, until it fires.
+        self._stall_hold = hold if isinstance(hold, float) else None
+        faults.update(own)
         self._faults = faults
         expire = faults.get("voicelive-expire")
         if isinstance(expire, float):
@@ -468,7 +506,11 @@ class EmulatedSession:
         self._junk_left = list(JUNK_KINDS) if "voicelive-malformed" in faults else []
         # Frames go through a queue and a writer task when they may have to wait.
         self._outbox: asyncio.Queue[tuple[str, float, Any]] | None = None
-        if "voicelive-delay" in faults or "voicelive-stall-response" in emulator.faults:
+        if (
+            "voicelive-delay" in faults
+            or "voicelive-stall-response" in emulator.faults
+            or self._stall_hold is not None
+        ):
             self._outbox = asyncio.Queue()
         delay = faults.get("voicelive-delay")
         self._delay_s = delay / 1000.0 / emulator.speed if isinstance(delay, float) else 0.0
@@ -1109,9 +1151,15 @@ class EmulatedSession:
         return response.cancel_event.is_set()
 
     async def _stall_response(self, r: _Response) -> float:
-        """voicelive-stall-response: hold all output and pause ``r``; returns the pause (s)."""
-        self._emu._stall_response_pending = False
-        hold = self._emu.faults["voicelive-stall-response"]
+        """voicelive-stall-response: hold all output and pause ``r``; returns the pause (s).
+
+        The session's own (per-call) hold goes first; else the emulator-wide one."""
+        hold: FaultValue
+        if self._stall_hold is not None:
+            hold, self._stall_hold = self._stall_hold, None
+        else:
+            self._emu._stall_response_pending = False
+            hold = self._emu.faults["voicelive-stall-response"]
         assert isinstance(hold, float) and self._outbox is not None
         seconds = hold / self._emu.speed
         self._outbox.put_nowait(("hold", seconds, hold))
@@ -1213,9 +1261,8 @@ class EmulatedSession:
             if self._junk_left:
                 await self._send_junk(ids)
             if (
-                self._emu._stall_response_pending
-                and r.samples_sent >= STALL_RESPONSE_AFTER_S * r.rate_hz
-            ):
+                self._stall_hold is not None or self._emu._stall_response_pending
+            ) and r.samples_sent >= STALL_RESPONSE_AFTER_S * r.rate_hz:
                 t0 += await self._stall_response(r)
             due = t0 + r.samples_sent / r.rate_hz / pace
             await self._pause(r, due - loop.time())
@@ -1327,6 +1374,9 @@ class VoiceLiveEmulator:
 
     ``faults`` maps fault names (``voicelive-*``, see :mod:`voicebridge.sim.faults` and the
     module docstring) to their argument; it is validated at construction (``ValueError``).
+    ``call_faults`` adds faults for chosen calls only (module docstring, "Per-call faults"):
+    a mapping is validated at construction, a function's result at each upgrade (a bad one
+    fails that upgrade with HTTP 500).
     ``stalled_handshakes`` counts upgrades held by a stall fault and ``faults_fired`` lists
     ``(media seconds since start(), name)`` for faults outside any session (the stalls).
     """
@@ -1342,10 +1392,19 @@ class VoiceLiveEmulator:
         stall_s: float = 5.0,
         never_answer: bool = False,
         faults: Mapping[str, FaultValue] | None = None,
+        call_faults: CallFaults | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.faults = check_faults(faults, "voicelive")
+        self._call_faults: CallFaults | None = call_faults
+        if isinstance(call_faults, Mapping):
+            self._call_faults = {
+                str(cid): check_faults(f, "voicelive") for cid, f in call_faults.items()
+            }
+        # call id -> sessions opened / upgrades accepted so far (per-call fault scoping)
+        self._call_sessions: collections.Counter[str] = collections.Counter()
+        self._call_upgrades: collections.Counter[str] = collections.Counter()
         self.faults_fired: list[tuple[float, str]] = []
         self.stalled_handshakes = 0
         self._upgrades_accepted = 0
@@ -1369,13 +1428,27 @@ class VoiceLiveEmulator:
         self._silent_server: asyncio.Server | None = None
         self._silent_holds: set[asyncio.Task[Any]] = set()
 
+    def faults_for_call(self, call_id: str | None) -> dict[str, FaultValue]:
+        """The ``call_faults`` of ``call_id`` (a new, validated dict; empty for None, an
+        unknown call, or without ``call_faults``), before any scoping to sessions."""
+        if call_id is None or self._call_faults is None:
+            return {}
+        if isinstance(self._call_faults, Mapping):
+            return dict(self._call_faults.get(call_id) or {})
+        return check_faults(self._call_faults(call_id), "voicelive")
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Start listening on ``host:port`` (loopback; 0 = any free port)."""
         if self._server is not None or self._silent_server is not None:
             raise RuntimeError("already started")
         self._started_at = time.monotonic()
         self._release_stalls.clear()
-        stalls = {"voicelive-stall-handshake", "voicelive-stall-reconnect"} & set(self.faults)
+        stalls = set(HANDSHAKE_FAULTS) & set(self.faults)
+        if isinstance(self._call_faults, Mapping):
+            for own in self._call_faults.values():
+                stalls |= set(HANDSHAKE_FAULTS) & set(own)
+        elif self._call_faults is not None:
+            stalls.add("per-call")  # any call may turn out to have a stall fault
         if self.never_answer:
             self._silent_server = await asyncio.start_server(self._hold, host, port)
             bound = self._silent_server.sockets[0].getsockname()
@@ -1447,10 +1520,16 @@ class VoiceLiveEmulator:
             self.rejected += 1
             log.info("rejected upgrade without valid credentials")
             return ws.respond(http.HTTPStatus.UNAUTHORIZED, "Missing or invalid credentials\n")
-        if "voicelive-stall-handshake" in self.faults:
+        call_id = request.headers.get(CALL_ID_HEADER) or None
+        own = self.faults_for_call(call_id)
+        if "voicelive-stall-handshake" in self.faults or "voicelive-stall-handshake" in own:
             return self._stall_upgrade(ws, "voicelive-stall-handshake")
         if "voicelive-stall-reconnect" in self.faults and self._upgrades_accepted >= 1:
             return self._stall_upgrade(ws, "voicelive-stall-reconnect")
+        if call_id is not None:
+            if "voicelive-stall-reconnect" in own and self._call_upgrades[call_id] >= 1:
+                return self._stall_upgrade(ws, "voicelive-stall-reconnect")
+            self._call_upgrades[call_id] += 1
         self._upgrades_accepted += 1
         return None
 

@@ -56,6 +56,11 @@ timeline entry.
 * ``acs-disconnect-first`` / ``acs-close-first`` (exclusive): when the *caller* hangs up,
   ``CallDisconnected`` is posted and the media socket is closed 1 s (call time) later, or the
   socket is closed and ``CallDisconnected`` posted 1 s later. Bridge hang-ups are unchanged.
+
+**Per-call faults.** ``FakeAcs(faults=...)`` applies to every call. ``place_call(faults=...)``
+adds faults to that call only (on top of the fake-wide ones; :attr:`FakeCall.faults` is the
+merged set, validated like the fake's, contradictory pairs included), so a load test can fault
+some calls and leave the rest alone.
 """
 
 from __future__ import annotations
@@ -271,7 +276,8 @@ class FakeCall:
     ``not_answered`` (ring timeout), ``media_dropped`` (the ``acs-drop`` fault) or
     ``fake_stopped``. All times are call time (see the module docstring).
 
-    Fault bookkeeping: :attr:`faults_fired`, ``media_sockets`` (media WebSockets opened),
+    Fault bookkeeping: :attr:`faults` (what applies to this call), :attr:`faults_fired`,
+    ``media_sockets`` (media WebSockets opened),
     ``caller_samples_lost_in_gap`` (caller samples never sent because of ``acs-reconnect``) and
     ``samples_flushed_by_drop`` (bridge audio discarded from the play queue when a media socket
     was dropped by a fault). Audio conservation with faults:
@@ -288,9 +294,13 @@ class FakeCall:
         caller_pcm: bytes,
         schema: str,
         fail_answer: bool,
+        faults: Mapping[str, FaultValue] | None = None,
+        call_connection_id: str | None = None,
     ) -> None:
         if len(caller_pcm) % 2:
             raise ValueError("caller_pcm must be PCM16LE: an even number of bytes")
+        #: The faults of this call: the fake's, plus those given to ``place_call``.
+        self.faults: dict[str, FaultValue] = check_faults({**fake.faults, **(faults or {})}, "acs")
         self._fake = fake
         self.caller = caller
         self.recipient = recipient
@@ -312,6 +322,7 @@ class FakeCall:
         self.delivery_count = 0
 
         self.call_connection_id: str | None = None
+        self._preset_connection_id = call_connection_id
         self.answered = asyncio.Event()
         self.media_connected = asyncio.Event()
         self.ended = asyncio.Event()
@@ -384,6 +395,18 @@ class FakeCall:
         """Samples per 20 ms frame at the negotiated rate (320 or 480)."""
         return self.acs_rate // 50
 
+    @property
+    def next_tick(self) -> int:
+        """The media tick the clock sends next: ``frames_sent`` plus ticks skipped in a
+        media gap (``acs-reconnect``), so tick ``next_tick`` is due at call time
+        ``0.02 * next_tick``."""
+        return self._next_tick
+
+    @property
+    def streaming(self) -> bool:
+        """A media socket is open (False before media, in a fault's gap, after the end)."""
+        return self._ws is not None and not self._ending
+
     def _call_time(self, raw: float) -> float:
         origin = self._origin if self._origin is not None else self._placed_at
         return round((raw - origin) * self._fake.speed, 6)
@@ -422,7 +445,7 @@ class FakeCall:
     def _media_fault_due(self, tick: int) -> str | None:
         """``acs-drop`` / ``acs-reconnect`` if one is due at ``tick`` (each fires once)."""
         for name in ("acs-drop", "acs-reconnect"):
-            at = self._fake.faults.get(name)
+            at = self.faults.get(name)
             if (
                 isinstance(at, float)
                 and name not in self._media_faults_done
@@ -646,7 +669,8 @@ class FakeAcs:
     how long the caller stays on once its audio has ended and nothing is left to
     play. ``ring_timeout_s`` (wall time) ends an unanswered call. ``faults`` maps ``acs-*``
     fault names to their argument (see the module docstring and :mod:`voicebridge.sim.faults`);
-    it is validated here (``ValueError``) and applies to every call.
+    it is validated here (``ValueError``) and applies to every call; :meth:`place_call` can add
+    faults for one call.
     """
 
     def __init__(
@@ -803,6 +827,16 @@ class FakeAcs:
             await self._runner.cleanup()
             self._runner = None
 
+    async def close_idle_connections(self) -> None:
+        """Close the HTTP client's keep-alive connections (to webhooks and callback URLs)
+        by replacing the client: later POSTs open new connections. Call it while no
+        request is in flight (e.g. every call has ended); meant for leak checks of the
+        server under test, whose sockets to this fake then close at once rather than
+        when a keep-alive timer expires."""
+        if self._session is not None:
+            old, self._session = self._session, aiohttp.ClientSession(timeout=_HTTP_TIMEOUT)
+            await old.close()
+
     async def __aenter__(self) -> FakeAcs:
         await self.start()
         return self
@@ -851,6 +885,8 @@ class FakeAcs:
         recipient: str = "+18005550100",
         schema: str = "eventgrid",
         fail_answer: bool = False,
+        faults: Mapping[str, FaultValue] | None = None,
+        call_connection_id: str | None = None,
     ) -> FakeCall:
         """Ring the bridge: POST an ``IncomingCall`` event to ``webhook_url`` (§1).
 
@@ -861,9 +897,21 @@ class FakeAcs:
         posted instead of ``CallConnected``. Returns once the webhook replied (its
         status is in :attr:`FakeCall.incoming_call_status`, 0 if it could not be
         reached); the call then lives on in the background.
+
+        ``faults`` (``acs-*`` names, as for the fake) apply to this call only, on top of
+        the fake-wide ones. ``call_connection_id`` is the id the answer will assign
+        (default: a new UUID), so a test can know it before the bridge does — e.g. to
+        fault the Voice Live session the bridge opens for this call, which carries it as
+        ``x-ms-client-request-id``. ``ValueError`` for bad faults, an unknown schema, or
+        an id another call of this fake already has or will get.
         """
         if schema not in ("eventgrid", "cloudevents"):
             raise ValueError("schema must be 'eventgrid' or 'cloudevents'")
+        if call_connection_id is not None and (
+            call_connection_id in self.calls
+            or any(c._preset_connection_id == call_connection_id for c in self.placed)
+        ):
+            raise ValueError(f"call connection id {call_connection_id!r} is already in use")
         self._client()
         call = FakeCall(
             self,
@@ -872,6 +920,8 @@ class FakeAcs:
             caller_pcm=caller_pcm,
             schema=schema,
             fail_answer=fail_answer,
+            faults=faults,
+            call_connection_id=call_connection_id,
         )
         self.placed.append(call)
         self._by_context[call.incoming_call_context] = call
@@ -1213,7 +1263,7 @@ class FakeAcs:
         if rate != call.acs_rate:
             call._caller = _resample_pcm(call._caller_src, call.acs_rate, rate)
             call.acs_rate = rate
-        call.call_connection_id = str(uuid.uuid4())
+        call.call_connection_id = call._preset_connection_id or str(uuid.uuid4())
         call._answer_repeat_id = repeat_id
         call.state = "connected"
         self.calls[call.call_connection_id] = call
@@ -1314,7 +1364,7 @@ class FakeAcs:
         event = self._cloud_event(call, kind, extra, context, result)
         async with call._cb_lock:
             status = await self._post_once(call, target, event, kind)
-            if "acs-duplicate-callbacks" in self.faults:
+            if "acs-duplicate-callbacks" in call.faults:
                 call._fired("acs-duplicate-callbacks", type=kind, id=event["id"])
                 await self._post_once(call, target, event, kind, duplicate=True)
         if kind in ("MediaStreamingStarted", "MediaStreamingFailed"):
@@ -1374,7 +1424,7 @@ class FakeAcs:
             self._idle_hangup(call, seconds)
 
     async def _post_connected(self, call: FakeCall) -> None:
-        reorder = "acs-reorder-callbacks" in self.faults
+        reorder = "acs-reorder-callbacks" in call.faults
         if not reorder:
             await self._post_event(call, "CallConnected")
         participants = [
@@ -1684,7 +1734,7 @@ class FakeAcs:
         if reason in ("bridge_hung_up", "media_failed"):
             await self._close_media(call)
             await self._post_event(call, "CallDisconnected", result=_disconnect_result(reason))
-        elif caller_split and "acs-close-first" in self.faults:
+        elif caller_split and "acs-close-first" in call.faults:
             call._fired("acs-close-first")
             await self._close_media(call)
             await asyncio.sleep(HANGUP_SPLIT_S / self.speed)
@@ -1692,7 +1742,7 @@ class FakeAcs:
         elif answered and reason not in ("answer_failed", "media_dropped"):
             await self._stop_sender(call)
             await self._post_event(call, "CallDisconnected", result=_disconnect_result(reason))
-            if caller_split and "acs-disconnect-first" in self.faults:
+            if caller_split and "acs-disconnect-first" in call.faults:
                 call._fired("acs-disconnect-first")
                 await asyncio.sleep(HANGUP_SPLIT_S / self.speed)
             await self._close_media(call)

@@ -93,24 +93,33 @@ async def _stdin() -> asyncio.StreamReader:
 
 
 async def emulator(config: dict[str, Any]) -> None:
-    """Config ``api_key``, ``speed``, ``port`` (0: any). Commands: ``{"cmd": "mark"}``
+    """Config ``api_key``, ``speed``, ``port`` (0: any) and optionally ``call_faults``
+    (call connection id -> ``{fault name: value}``: that call's Voice Live faults, see
+    :class:`~voicebridge.sim.emulator.VoiceLiveEmulator`). Commands: ``{"cmd": "mark"}``
     restarts the health histograms (measuring starts); ``{"cmd": "stats"}`` replies with
-    totals over every session (:func:`emulator_totals`)."""
+    totals over every session (:func:`emulator_totals`), and per call with
+    ``"by_call": true``."""
     from voicebridge.sim.emulator import VoiceLiveEmulator
 
     reader = await _stdin()
     health = Health()
     watcher = asyncio.create_task(health.watch_loop())
-    server = VoiceLiveEmulator(api_key=config["api_key"], speed=config["speed"])
+    server = VoiceLiveEmulator(
+        api_key=config["api_key"], speed=config["speed"], call_faults=config.get("call_faults")
+    )
     await server.start("127.0.0.1", int(config.get("port", 0)))
     try:
         _emit({"endpoint": server.endpoint})
         while line := await reader.readline():
-            command = json.loads(line)["cmd"]
+            message = json.loads(line)
+            command = message["cmd"]
             if command == "mark":
                 health.reset()
             elif command == "stats":
-                _emit(emulator_totals(server) | health.summary())
+                totals = emulator_totals(server) | health.summary()
+                if message.get("by_call"):
+                    totals["by_call"] = emulator_by_call(server)
+                _emit(totals)
     finally:
         watcher.cancel()
         await server.stop()
@@ -119,8 +128,11 @@ async def emulator(config: dict[str, Any]) -> None:
 def emulator_totals(server: Any) -> dict[str, Any]:
     """Sums over sessions: ``input_samples`` (appended audio received, Voice Live input
     rate), ``output_samples`` (agent audio sent), error codes, response statuses and
-    close codes, with ``sessions`` / ``open_sessions`` / ``rejected`` upgrades."""
+    close codes, with ``sessions`` / ``open_sessions`` / ``rejected`` upgrades, and
+    ``faults_fired`` (fault name -> times it took effect, handshake stalls included)."""
     sessions = server.sessions
+    fired = Counter(name for s in sessions for _, name in s.faults_fired)
+    fired.update(name for _, name in server.faults_fired)
     return {
         "sessions": len(sessions),
         "open_sessions": sum(not s.closed.is_set() for s in sessions),
@@ -130,7 +142,34 @@ def emulator_totals(server: Any) -> dict[str, Any]:
         "errors": dict(Counter(e["code"] for s in sessions for e in s.errors_sent)),
         "responses": dict(Counter(r["status"] for s in sessions for r in s.responses)),
         "close_codes": dict(Counter(str(s.close_code) for s in sessions)),
+        "faults_fired": dict(fired),
     }
+
+
+def emulator_by_call(server: Any) -> dict[str, dict[str, Any]]:
+    """Per call id (the ``x-ms-client-request-id`` of its sessions; sessions without one
+    under ``""``): ``sessions``, ``open_sessions``, ``input_samples``, ``output_samples``,
+    ``close_codes`` and ``faults_fired`` (names, in order) over that call's sessions."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in server.sessions:
+        call = out.setdefault(
+            s.call_id or "",
+            {
+                "sessions": 0,
+                "open_sessions": 0,
+                "input_samples": 0,
+                "output_samples": 0,
+                "close_codes": [],
+                "faults_fired": [],
+            },
+        )
+        call["sessions"] += 1
+        call["open_sessions"] += not s.closed.is_set()
+        call["input_samples"] += s.input_samples
+        call["output_samples"] += s.output_samples
+        call["close_codes"].append(s.close_code)
+        call["faults_fired"] += [name for _, name in s.faults_fired]
+    return out
 
 
 # --------------------------------------------------------------------------- generator
@@ -155,7 +194,9 @@ def call_audio(track: np.ndarray, seconds: float, rate: int, phase: float) -> by
 async def generator(config: dict[str, Any]) -> None:
     """Config ``access_key``, ``resource_id``, ``acs_rate``, ``speed``. One command,
     ``{"cmd": "run", ...}`` (see :func:`place_calls`), answered with its result; the
-    fake stays up until stdin closes so no socket closes under a call winding down.
+    fake stays up until stdin closes so no socket closes under a call winding down, but
+    its HTTP client's idle keep-alive connections to the bridge are closed once every
+    call has ended (so the bridge's sockets can be compared with its idle figures).
     Stdin closing while calls run stops them at once (the orchestrator is giving up)."""
     from voicebridge.sim.fake_acs import FakeAcs
 
@@ -176,6 +217,7 @@ async def generator(config: dict[str, Any]) -> None:
             await asyncio.wait({calls, eof}, return_when=asyncio.FIRST_COMPLETED)
             if calls.done():
                 _emit(calls.result())
+                await fake.close_idle_connections()
                 await eof
             else:
                 calls.cancel()
@@ -189,7 +231,10 @@ async def place_calls(fake: Any, command: dict[str, Any]) -> dict[str, Any]:
     ``t0 + start_s`` (``time.monotonic()``, the same clock in every process on Linux)
     with ``seconds`` of caller audio from ``phase`` — to ``webhook``; wait until all
     have ended (at most ``timeout_s`` after t0, then the caller hangs up and the call
-    counts as failed). Returns ``calls`` (:func:`call_result` each), this process's
+    counts as failed). A call may also carry ``call_connection_id`` (the id the answer
+    assigns), ``faults`` (``{acs fault name: value}`` for this call only) and
+    ``expect_end`` (the caller-side ends that count as clean, a list; default
+    ``[CLEAN_END]``). Returns ``calls`` (:func:`call_result` each), this process's
     health, ``send_slip_ms`` and the fake's ``internal_errors``."""
     speed, rate = fake.speed, fake.acs_rate
     seconds = float(command["seconds"])
@@ -204,7 +249,11 @@ async def place_calls(fake: Any, command: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, t0 + spec["start_s"] - time.monotonic()))
         pcm = call_audio(track, seconds, rate, float(spec["phase"]))
         call = await fake.place_call(
-            webhook_url=command["webhook"], caller_pcm=pcm, caller=f"+1555{spec['index']:07d}"
+            webhook_url=command["webhook"],
+            caller_pcm=pcm,
+            caller=f"+1555{spec['index']:07d}",
+            faults=spec.get("faults"),
+            call_connection_id=spec.get("call_connection_id"),
         )
         live.append(call)
         failure = None
@@ -215,16 +264,18 @@ async def place_calls(fake: Any, command: dict[str, Any]) -> dict[str, Any]:
             await call.hang_up()
         finally:
             live.remove(call)
-        results.append(call_result(spec["index"], call, failure))
+        results.append(call_result(spec["index"], call, failure, spec.get("expect_end")))
 
     async def sample_slip() -> None:
-        # Media tick n is due at call time 0.02 n, so with k frames sent the next one is
-        # due at 0.02 k: how far past that "now" is, is how late the generator runs.
+        # Media tick n is due at call time 0.02 n, so with the next tick k the next frame
+        # is due at 0.02 k: how far past that "now" is, is how late the generator runs
+        # (k counts frames sent and ticks skipped in a fault's media gap, during which
+        # nothing is due).
         while True:
             await asyncio.sleep(0.02)
             for call in live:
-                if call.media_connected.is_set() and not call.end_reason:
-                    overdue_s = (call.now() - FRAME_S * call.frames_sent) / speed
+                if call.media_connected.is_set() and call.streaming and not call.end_reason:
+                    overdue_s = (call.now() - FRAME_S * call.next_tick) / speed
                     slip_ms.add(max(0.0, overdue_s * 1000.0))
 
     tasks = [asyncio.create_task(health.watch_loop()), asyncio.create_task(sample_slip())]
@@ -241,13 +292,22 @@ async def place_calls(fake: Any, command: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def call_result(index: int, call: Any, failure: str | None) -> dict[str, Any]:
+def call_result(
+    index: int, call: Any, failure: str | None, expect_end: list[str] | None = None
+) -> dict[str, Any]:
     """One call's counters from the caller's side; ``failure`` is why it did not end
-    cleanly (webhook refused, any end but the caller hanging up, a protocol error)."""
+    cleanly (webhook refused, an end not in ``expect_end`` — by default only the caller
+    hanging up —, a protocol error). Fault bookkeeping (all zero or empty without faults):
+    ``faults`` (what applied to the call), ``faults_fired``, ``media_sockets``,
+    ``caller_samples_lost_in_gap`` and ``samples_flushed_by_drop`` (see
+    :class:`~voicebridge.sim.fake_acs.FakeCall`)."""
+    expected = expect_end or [CLEAN_END]
     if failure is None and call.incoming_call_status != 200:
         failure = f"IncomingCall webhook answered {call.incoming_call_status}"
-    if failure is None and call.end_reason != CLEAN_END:
-        failure = f"ended {call.end_reason or '?'}"
+    if failure is None and call.end_reason not in expected:
+        failure = f"ended {call.end_reason or '?'}" + (
+            f" (expected {' or '.join(expected)})" if expected != [CLEAN_END] else ""
+        )
     if failure is None and call.errors:
         failure = f"protocol error: {call.errors[0]}"
     return {
@@ -264,6 +324,13 @@ def call_result(index: int, call: Any, failure: str | None) -> dict[str, Any]:
         "samples_queued_at_end": call.queued_samples,
         "stop_audio": len(call.stop_audio),
         "underrun_frames": call.underrun_frames,
+        "call_connection_id": call.call_connection_id,
+        "correlation_id": call.correlation_id,
+        "faults": sorted(call.faults),
+        "faults_fired": [name for _, name in call.faults_fired],
+        "media_sockets": call.media_sockets,
+        "caller_samples_lost_in_gap": call.caller_samples_lost_in_gap,
+        "samples_flushed_by_drop": call.samples_flushed_by_drop,
     }
 
 

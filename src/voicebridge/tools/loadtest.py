@@ -27,6 +27,13 @@ GC pauses, and how overdue the callers' frames were), not assumed.
 x 20 ms, counted by the callers), so costs compare across ``--speed`` and call lengths.
 Latencies are wall-clock ms. :func:`summarise` documents every reported field.
 
+**Faults and soak.** ``--fault NAME[=ARG]`` (repeatable) with ``--fault-fraction F``
+gives a seeded share of the calls one fault each, the rest running normally; ``--soak``
+is 100 calls x 60 s with :data:`~voicebridge.tools.soak.SOAK_FAULTS` sprinkled over 30 %
+of them, and the leak checks: the bridge's tasks, descriptors and memory idle before the
+first call against the same after the last one ended, every call's log and outcome, and
+its stderr scanned for unhandled exceptions (:mod:`voicebridge.tools.soak`).
+
 Processes are stopped in ``finally`` (stdin EOF, SIGTERM, SIGKILL to each process group),
 and each child asks the kernel to kill it if this process dies first (see
 :data:`_LAUNCHER`), so no run leaves orphans.
@@ -50,6 +57,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,9 +69,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from voicebridge.sim.fake_acs import ISSUER
+from voicebridge.tools import soak
 from voicebridge.tools.loadgen import CLEAN_END, FRAME_S, LINE_LIMIT
 
 _T = TypeVar("_T")
+
+#: The bridge's environment switch for ``/api/stats?objects=1`` (an object census);
+#: the same name as :data:`voicebridge.routes.health.CENSUS_ENV`, which imports FastAPI.
+CENSUS_ENV = "VOICEBRIDGE_STATS_CENSUS"
 
 EMULATOR_KEY = "loadtest-emulator-key"
 MODEL = "gpt-realtime"
@@ -88,6 +101,11 @@ class LoadOptions:
     call starts evenly over that many wall seconds (``None``: ``min(5, seconds / 4)``).
     ``speed`` runs the bridge, the emulator and the callers that many times real time.
     ``bridge_env`` is added last to the bridge's environment (to compare settings).
+
+    ``faults`` (``NAME[=ARG]`` specs), ``fault_fraction`` and ``fault_seed`` sprinkle
+    faults over the calls (:func:`voicebridge.tools.soak.plan_faults`). ``leak_check``
+    measures the bridge idle before the first call and ``settle_s`` after the last one
+    ended, and scans its logs (:mod:`voicebridge.tools.soak`).
     """
 
     calls: int = 10
@@ -101,6 +119,11 @@ class LoadOptions:
     bridge_env: dict[str, str] = field(default_factory=dict)
     p99_limit_ms: float = P99_LIMIT_MS
     progress: Callable[[str], None] | None = None
+    faults: list[str] = field(default_factory=list)
+    fault_fraction: float = soak.DEFAULT_FAULT_FRACTION
+    fault_seed: int = 0
+    leak_check: bool = False
+    settle_s: float = soak.SETTLE_S
 
     @property
     def ramp(self) -> float:
@@ -122,6 +145,18 @@ class LoadOptions:
             raise ValueError("--ramp must not be negative")
         if not 1 <= self.generators <= 32:
             raise ValueError("--generators must be 1..32")
+        if not 0.0 <= self.fault_fraction <= 1.0:
+            raise ValueError("--fault-fraction must be within 0..1")
+        if self.settle_s < 0:
+            raise ValueError("--settle must not be negative")
+        soak.parse_specs(self.faults, self.seconds)
+
+    def fault_plan(self) -> list[soak.PlannedFault | None] | None:
+        """Per call index its fault or None; None (no plan at all) without ``faults``."""
+        if not self.faults:
+            return None
+        specs = soak.parse_specs(self.faults, self.seconds)
+        return soak.plan_faults(self.calls, specs, self.fault_fraction, self.fault_seed)
 
 
 # --------------------------------------------------------------------------- /proc
@@ -480,21 +515,46 @@ def bridge_env(
     return env | options.bridge_env
 
 
-def call_plan(options: LoadOptions) -> list[list[dict[str, Any]]]:
+def call_plan(
+    options: LoadOptions, faults: list[soak.PlannedFault | None] | None = None
+) -> list[list[dict[str, Any]]]:
     """Per generator, its calls (dealt round-robin): ``index``, ``start_s`` (evenly over
     the ramp, wall seconds after t0) and ``phase`` (where in the caller recording the call
-    starts, evenly spread over it)."""
+    starts, evenly spread over it). With a fault plan (:meth:`LoadOptions.fault_plan`)
+    every call also gets its ``call_connection_id`` (:func:`~voicebridge.tools.soak.call_ids`)
+    and ``expect_end`` (caller-side ends that are clean for its fault), and a call with an
+    ``acs-*`` fault its ``faults``."""
     plan: list[list[dict[str, Any]]] = [[] for _ in range(options.generators)]
     n = options.calls
+    ids = soak.call_ids(n, options.fault_seed) if faults is not None else []
     for i in range(n):
-        plan[i % options.generators].append(
-            {"index": i, "start_s": options.ramp * i / n, "phase": i / n}
-        )
+        spec: dict[str, Any] = {"index": i, "start_s": options.ramp * i / n, "phase": i / n}
+        if faults is not None:
+            fault = faults[i]
+            spec["call_connection_id"] = ids[i]
+            spec["expect_end"] = list((fault.expected if fault else soak.DEFAULT_EXPECTED)[1])
+            if fault is not None and fault.target == "acs":
+                spec["faults"] = {fault.name: fault.value}
+        plan[i % options.generators].append(spec)
     return plan
 
 
-async def _stats(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    async with session.get(f"{base}/api/stats") as resp:
+def voicelive_call_faults(
+    options: LoadOptions, faults: list[soak.PlannedFault | None]
+) -> dict[str, dict[str, Any]]:
+    """The emulator's ``call_faults``: call connection id -> its ``voicelive-*`` fault."""
+    ids = soak.call_ids(options.calls, options.fault_seed)
+    return {
+        ids[i]: {f.name: f.value}
+        for i, f in enumerate(faults)
+        if f is not None and f.target == "voicelive"
+    }
+
+
+async def _stats(
+    session: aiohttp.ClientSession, base: str, objects: bool = False
+) -> dict[str, Any]:
+    async with session.get(f"{base}/api/stats" + ("?objects=1&trim=1" if objects else "")) as resp:
         resp.raise_for_status()
         data: dict[str, Any] = await resp.json()
         return data
@@ -534,6 +594,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
     """
     options.validate()
     say = options.progress or (lambda _msg: None)
+    faults = options.fault_plan()
     workdir = Path(tempfile.mkdtemp(prefix="voicebridge-loadtest-"))
     children: list[Child] = []
     router: AcsRouter | None = None
@@ -555,7 +616,13 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
         port, voicelive_port = free_port(), free_port()
         base = f"http://127.0.0.1:{port}"
         worker = ["-m", "voicebridge.tools.loadgen"]
-        emu_config = {"api_key": EMULATOR_KEY, "speed": options.speed, "port": voicelive_port}
+        emu_config: dict[str, Any] = {
+            "api_key": EMULATOR_KEY,
+            "speed": options.speed,
+            "port": voicelive_port,
+        }
+        if faults is not None:
+            emu_config["call_faults"] = voicelive_call_faults(options, faults)
         emulator = await spawn(
             "emulator",
             [*worker, "emulator", json.dumps(emu_config)],
@@ -588,6 +655,8 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             resource_id=resource_id,
             log_dir=workdir / "logs",
         )
+        if options.leak_check:
+            env[CENSUS_ENV] = "1"
         bridge = await spawn(
             "bridge",
             ["-m", "voicebridge", "serve"],
@@ -611,6 +680,19 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
         await asyncio.sleep(0.5)  # let start-up work (JWKS fetch, first imports) finish
 
         pids = {c.name: c.pid for c in children} | {"orchestrator": os.getpid()}
+        client = session
+
+        async def get_stats(objects: bool) -> dict[str, Any]:
+            return await _stats(client, base, objects)
+
+        target = soak.Target(
+            pid=bridge.pid,
+            port=port,
+            log_dir=workdir / "logs",
+            others={k: v for k, v in pids.items() if k != "bridge"},
+            get_stats=get_stats,
+        )
+        idle_probe = await soak.probe(target, census=True) if options.leak_check else None
         mem_idle = memory_mb(bridge.pid)
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
         wait_start = runqueue_wait_s(bridge.pid)
@@ -624,7 +706,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             "seconds": options.seconds,
             "timeout_s": options.timeout_s,
         }
-        for generator, calls in zip(generators, call_plan(options), strict=True):
+        for generator, calls in zip(generators, call_plan(options, faults), strict=True):
             generator.send(run | {"calls": calls})
         waiting = [asyncio.create_task(g.receive(options.timeout_s + 30)) for g in generators]
         try:
@@ -649,18 +731,44 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             "bridge_cpu_tasks_s": on_bridge_cpu["tasks"] - bridge_cpu_start["tasks"],
         }
         mem_end = memory_mb(bridge.pid)
-        emulator.send({"cmd": "stats"})
+        emulator.send({"cmd": "stats", "by_call": faults is not None})
+        emulator_stats = await emulator.receive(30)
+        checks: dict[str, Any] | None = None
+        if options.leak_check or faults is not None:
+            checks = {}
+            if idle_probe is not None:
+                # Nothing talks to the router once every call has ended: closing it
+                # closes the bridge's pooled Call Automation connections from our side
+                # (as Call Automation's idle timeout would), and the generators have
+                # closed their callback connections likewise (loadgen.generator). The
+                # bridge must then release those sockets; one it keeps shows as
+                # CLOSE_WAIT.
+                await router.stop()
+                say(f"all calls ended; settling ({options.settle_s:g} s, then until idle)")
+                settled = await soak.settle(target, idle_probe, settle_s=options.settle_s)
+                checks["leaks"] = soak.leak_report(
+                    idle_probe,
+                    settled,
+                    calls=options.calls,
+                    peak_rss_mb=memory_mb(bridge.pid)["hwm"],
+                )
+            checks["call_logs"] = soak.read_call_logs(workdir / "logs")
+            checks["bridge_log"] = soak.scan_bridge_log(
+                bridge.log_path, _faults_by_call(replies, faults)
+            )
         return summarise(
             options,
             stats=stats,
             generators=replies,
-            emulator=await emulator.receive(30),
+            emulator=emulator_stats,
             cpu=cpu,
             wall_s=wall_s,
             memory={"idle": mem_idle, "end": mem_end},
             samples=samples,
             contention=contention,
             pinned={"bridge": sorted(bridge_cpus or ()), "load": sorted(load_cpus or ())},
+            faults=faults,
+            checks=checks,
         )
     finally:
         await asyncio.gather(*(c.stop() for c in children), return_exceptions=True)
@@ -671,6 +779,20 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
         if own_cpus:
             os.sched_setaffinity(0, own_cpus)
+
+
+def _faults_by_call(
+    replies: list[dict[str, Any]], faults: list[soak.PlannedFault | None] | None
+) -> dict[str, soak.PlannedFault | None]:
+    """Call connection id and correlation id of every call -> its fault (or None)."""
+    out: dict[str, soak.PlannedFault | None] = {}
+    for reply in replies:
+        for c in reply["calls"]:
+            fault = faults[int(c["index"])] if faults is not None else None
+            for key in ("call_connection_id", "correlation_id"):
+                if c.get(key):
+                    out[c[key]] = fault
+    return out
 
 
 async def _monitor(
@@ -729,6 +851,8 @@ def summarise(
     samples: list[dict[str, Any]],
     contention: dict[str, float],
     pinned: dict[str, list[int]],
+    faults: list[soak.PlannedFault | None] | None = None,
+    checks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report of one run.
 
@@ -771,6 +895,27 @@ def summarise(
       ``noisy``, latency and loop lag include other people's work (CPU per call-second
       hardly changes).
     * ``held`` — relay p99 within ``p99_limit_ms`` both ways, nothing lost, none failed.
+
+    With a fault plan (``faults``) some of this changes, because a socket aborted by a
+    fault loses whatever was in flight on it, by design:
+
+    * ``conservation``, ``frames_lost``, ``samples_lost`` cover the calls *without* a
+      fault only, link by link from per-call figures (the bridge's from each call's
+      ``counters`` log line, the emulator's by call id); ``conservation_faulted`` is the
+      same over the faulted calls, for information. ``calls_not_conserved`` (the
+      bridge's own per-call verdict, which counts gap losses) still covers every call.
+    * ``calls_failed`` — calls whose caller-side end or bridge outcome (from its log)
+      is not the one expected for its fault (:data:`~voicebridge.tools.soak.
+      EXPECTED_OUTCOMES`), or whose log does not end with ``call_ended``.
+    * ``faults`` — the specs, which calls got which, and what fired (emulator and
+      callers). ``voicelive_reconnects`` — the bridge's counter.
+
+    With ``checks`` (leak check, or any fault plan): ``call_logs`` (each per-call log
+    ends with ``call_ended``; outcomes from the logs, clean or not per
+    :data:`~voicebridge.tools.soak.CLEAN_OUTCOMES`), ``bridge_log`` (unhandled
+    exceptions, ERROR lines by kind and class, WARNING lines by kind), ``leaks``
+    (:func:`voicebridge.tools.soak.leak_report`) and ``soak`` (every check's verdict and
+    ``ok``, all of them).
     """
     n = options.calls
     calls = [c for reply in generators for c in reply["calls"]]
@@ -780,36 +925,71 @@ def summarise(
         return sum(int(c[key]) for c in calls)
 
     call_s = total("frames_sent") * FRAME_S
-    sent_samples = sum(c["frames_sent"] * c["frame_samples"] for c in calls)
-    expected_in = sum(
-        -(-c["frames_sent"] * c["frame_samples"] * options.voicelive_rate // c["acs_rate"])
-        for c in calls
-    )
-    appended = int(counters.get("voicelive_samples_appended", 0))
-    heard = total("samples_heard") + total("samples_flushed") + total("samples_queued_at_end")
-    conservation = {
-        "caller_to_bridge_frames": _link(total("frames_sent"), counters.get("acs_frames_in", 0)),
-        "caller_to_bridge_samples": _link(sent_samples, counters.get("caller_samples_in", 0)),
-        "bridge_inbound_samples": _link(expected_in, appended),
-        "bridge_to_voicelive_samples": _link(appended, emulator["input_samples"]),
-        "voicelive_to_bridge_samples": _link(
-            emulator["output_samples"], counters.get("agent_samples_in", 0)
-        ),
-        "bridge_to_caller_frames": _link(
-            counters.get("acs_frames_out", 0), total("received_frames")
-        ),
-        "caller_playback_samples": _link(total("received_samples"), heard),
-    }
+    call_logs: dict[str, Any] = (checks or {}).get("call_logs", {})
+    fault_info: dict[str, Any] | None = None
+    if faults is None:
+        conservation = conservation_links(
+            calls,
+            counters,
+            emulator["input_samples"],
+            emulator["output_samples"],
+            options.voicelive_rate,
+        )
+    else:
+        by_call = emulator.get("by_call", {})
+        plain = [c for c in calls if faults[int(c["index"])] is None]
+        faulted = [c for c in calls if faults[int(c["index"])] is not None]
+
+        def links(subset: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+            summed: Counter[str] = Counter()
+            for c in subset:
+                entry = call_logs.get(c.get("correlation_id") or "", {})
+                summed.update(
+                    {k: int(v) for k, v in (entry.get("counters") or {}).items() if _int(v)}
+                )
+            vl = [by_call.get(c.get("call_connection_id") or "", {}) for c in subset]
+            return conservation_links(
+                subset,
+                summed,
+                sum(int(v.get("input_samples", 0)) for v in vl),
+                sum(int(v.get("output_samples", 0)) for v in vl),
+                options.voicelive_rate,
+            )
+
+        conservation = links(plain)
+        fault_info = _fault_summary(faults, calls, emulator) | {
+            "fraction": options.fault_fraction,
+            "seed": options.fault_seed,
+            "conservation_faulted": links(faulted),
+        }
     frames_lost = sum(abs(v["lost"]) for k, v in conservation.items() if k.endswith("_frames"))
     samples_lost = sum(abs(v["lost"]) for k, v in conservation.items() if k.endswith("_samples"))
 
     outcomes = dict(stats.get("calls_by_outcome", {}))
     failures = [f"call {c['index']}: {c['failure']}" for c in calls if c["failure"]]
     failures += [f"fake ACS: {e}" for reply in generators for e in reply["internal_errors"]]
-    unclean = n - int(outcomes.get(CLEAN_END, 0))
-    if unclean:
-        failures.append(f"bridge outcomes {outcomes}")
-    calls_failed = max(sum(1 for c in calls if c["failure"]) + n - len(calls), unclean)
+    if faults is None:
+        unclean = n - int(outcomes.get(CLEAN_END, 0))
+        if unclean:
+            failures.append(f"bridge outcomes {outcomes}")
+        calls_failed = max(sum(1 for c in calls if c["failure"]) + n - len(calls), unclean)
+    else:
+        bad = {int(c["index"]) for c in calls if c["failure"]} | (
+            set(range(n)) - {int(c["index"]) for c in calls}
+        )
+        for c in calls:
+            i = int(c["index"])
+            fault = faults[i]
+            expected = (fault.expected if fault else soak.DEFAULT_EXPECTED)[0]
+            got = call_logs.get(c.get("correlation_id") or "", {}).get("outcome")
+            if got not in expected:
+                bad.add(i)
+                failures.append(
+                    f"call {i}"
+                    + (f" ({fault.spec})" if fault else "")
+                    + f": bridge outcome {got or 'not logged'}, expected {' or '.join(expected)}"
+                )
+        calls_failed = len(bad)
 
     def worst(key: str, stat: str) -> float:
         return max((float(reply[key][stat]) for reply in generators), default=0.0)
@@ -858,7 +1038,21 @@ def summarise(
     # With every call up, N calls make N x speed call-seconds per wall second.
     steady = sum(full) / len(full) * 10 / (n * options.speed) if full else None
     peak_mb, idle_mb = memory["end"]["hwm"], memory["idle"]["rss"]
-    return {
+    extra: dict[str, Any] = {}
+    if fault_info is not None:
+        extra["faults"] = fault_info
+        extra["voicelive_reconnects"] = int(counters.get("voicelive_reconnects", 0))
+    if checks is not None:
+        extra |= _checks_summary(
+            checks,
+            n=n,
+            outcomes=outcomes,
+            lost=frames_lost + samples_lost,
+            calls_failed=calls_failed,
+            not_conserved=int(stats.get("calls_not_conserved", 0)),
+        )
+        extra.setdefault("voicelive_reconnects", int(counters.get("voicelive_reconnects", 0)))
+    return extra | {
         "calls": n,
         "seconds": options.seconds,
         "ramp_s": options.ramp,
@@ -908,6 +1102,126 @@ def summarise(
             "python": platform.python_version(),
             "pinned": pinned,
         },
+    }
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def conservation_links(
+    calls: list[dict[str, Any]],
+    counters: dict[str, Any],
+    voicelive_in: int,
+    voicelive_out: int,
+    voicelive_rate: int,
+) -> dict[str, dict[str, int]]:
+    """Each link of the audio path as ``sent``/``received``/``lost`` over ``calls`` (the
+    callers' results), the bridge's ``counters`` summed over the same calls, and the
+    emulator's input and output samples for them (see :func:`summarise`)."""
+
+    def total(key: str) -> int:
+        return sum(int(c.get(key, 0)) for c in calls)
+
+    sent_samples = sum(c["frames_sent"] * c["frame_samples"] for c in calls)
+    expected_in = sum(
+        -(-c["frames_sent"] * c["frame_samples"] * voicelive_rate // c["acs_rate"]) for c in calls
+    )
+    appended = int(counters.get("voicelive_samples_appended", 0))
+    # What the caller's play queue did with what it received; a fault that drops the
+    # media socket discards the queue (samples_flushed_by_drop, 0 without faults).
+    heard = (
+        total("samples_heard")
+        + total("samples_flushed")
+        + total("samples_queued_at_end")
+        + total("samples_flushed_by_drop")
+    )
+    return {
+        "caller_to_bridge_frames": _link(total("frames_sent"), counters.get("acs_frames_in", 0)),
+        "caller_to_bridge_samples": _link(sent_samples, counters.get("caller_samples_in", 0)),
+        "bridge_inbound_samples": _link(expected_in, appended),
+        "bridge_to_voicelive_samples": _link(appended, voicelive_in),
+        "voicelive_to_bridge_samples": _link(voicelive_out, counters.get("agent_samples_in", 0)),
+        "bridge_to_caller_frames": _link(
+            counters.get("acs_frames_out", 0), total("received_frames")
+        ),
+        "caller_playback_samples": _link(total("received_samples"), heard),
+    }
+
+
+def _fault_summary(
+    faults: list[soak.PlannedFault | None], calls: list[dict[str, Any]], emulator: dict[str, Any]
+) -> dict[str, Any]:
+    """Which calls got which fault, and whether it fired (per call: in the emulator for
+    ``voicelive-*``, at the caller for ``acs-*``)."""
+    by_call = emulator.get("by_call", {})
+    results = {int(c["index"]): c for c in calls}
+    by_spec: dict[str, dict[str, Any]] = {}
+    for i, fault in enumerate(faults):
+        if fault is None:
+            continue
+        entry = by_spec.setdefault(fault.spec, {"calls": [], "fired": 0})
+        entry["calls"].append(i)
+        c = results.get(i, {})
+        if fault.target == "voicelive":
+            fired = by_call.get(c.get("call_connection_id") or "", {}).get("faults_fired", [])
+        else:
+            fired = c.get("faults_fired", [])
+        entry["fired"] += fault.name in fired
+    return {
+        "specs": sorted(by_spec),
+        "faulted_calls": sum(f is not None for f in faults),
+        "by_fault": by_spec,
+        "voicelive_fired": emulator.get("faults_fired", {}),
+        "acs_fired": dict(Counter(name for c in calls for name in set(c.get("faults_fired", [])))),
+    }
+
+
+def _checks_summary(
+    checks: dict[str, Any],
+    *,
+    n: int,
+    outcomes: dict[str, int],
+    lost: int,
+    calls_failed: int,
+    not_conserved: int,
+) -> dict[str, Any]:
+    """``call_logs``, ``bridge_log``, ``leaks`` and the ``soak`` verdict (see
+    :func:`summarise`)."""
+    logs: dict[str, Any] = checks.get("call_logs", {})
+    logged = Counter(str(entry["outcome"]) for entry in logs.values() if entry["outcome"])
+    not_ended = sorted(entry["file"] for entry in logs.values() if entry["outcome"] is None)
+    unclean = {k: v for k, v in logged.items() if k not in soak.CLEAN_OUTCOMES}
+    call_logs = {
+        "files": len(logs),
+        "outcomes": dict(logged),
+        "not_ending_with_call_ended": not_ended[:10],
+        "unclean": unclean,
+        "match_api_stats": dict(logged) == outcomes,
+    }
+    bridge_log = checks.get("bridge_log", {})
+    leaks = checks.get("leaks")
+    verdicts = {
+        "no_unhandled_exception": bridge_log.get("unhandled_count", 0) == 0,
+        "no_unexpected_error_lines": bridge_log.get("unexpected_errors", 0) == 0,
+        "every_call_logged_its_end": len(logs) == n and not not_ended,
+        "every_outcome_clean": not unclean and sum(logged.values()) == n,
+        "every_outcome_expected": calls_failed == 0,
+        "nothing_lost": lost == 0 and not_conserved == 0,
+    }
+    if leaks is not None:
+        verdicts |= {
+            "tasks_back_to_idle": leaks["tasks"]["ok"],
+            "fds_back_to_idle": leaks["fds"]["ok"],
+            "python_memory_back": leaks["python"]["ok"],
+            "no_call_state_retained": not leaks["call_state_retained"],
+            "memory_back_to_idle": leaks["rss_mb"]["back"],
+        }
+    return {
+        "call_logs": call_logs,
+        "bridge_log": bridge_log,
+        "leaks": leaks,
+        "soak": {"ok": all(verdicts.values()), "checks": verdicts},
     }
 
 
@@ -1011,9 +1325,131 @@ def format_report(r: dict[str, Any]) -> str:
             + f" (p99 <= {r['p99_limit_ms']:g} ms both ways, nothing lost, no call failed)",
         ),
     ]
+    rows += _soak_rows(r)
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
     return "\n".join(lines + [f"  {'':{width}}  {f}" for f in r["failures"]])
+
+
+def _tcp(fds: dict[str, Any]) -> str:
+    tcp = ", ".join(f"{k} {v}" for k, v in fds["tcp"].items()) or "none"
+    return f"{fds['total']} ({fds['kinds'].get('socket', 0)} sockets: {tcp})"
+
+
+def _soak_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rows of the fault and soak checks, when the run had them."""
+    rows: list[tuple[str, str]] = []
+    if "faults" in r:
+        f = r["faults"]
+        fired = ", ".join(
+            f"{spec} {v['fired']}/{len(v['calls'])}" for spec, v in sorted(f["by_fault"].items())
+        )
+        rows.append(
+            (
+                "faults",
+                f"{f['faulted_calls']} of {r['calls']} calls (fraction {f['fraction']:g}, seed "
+                f"{f['seed']}), one each; fired in calls: {fired}",
+            )
+        )
+    if "voicelive_reconnects" in r:
+        rows.append(
+            ("reconnects", f"Voice Live reconnects (bridge counter) {r['voicelive_reconnects']}")
+        )
+    leaks = r.get("leaks")
+    if leaks:
+        m, py = leaks["rss_mb"], leaks["python"]
+        pm = m["pymalloc"]
+        rows += [
+            (
+                "memory",
+                f"RSS idle {m['idle']:.1f} MB, peak {m['peak']:.1f} MB, after {m['after']:.1f} MB, "
+                f"after a heap trim {m['after_trim']:.1f} MB ({m['left_above_idle']:+.1f} MB over "
+                "idle"
+                + (
+                    f", {max(0.0, m['returned_pct']):.0f} % of the growth returned"
+                    if m["returned_pct"] is not None
+                    else ""
+                )
+                + ")",
+            ),
+            (
+                "python heap",
+                f"arenas {pm['arenas']['before']} -> {pm['arenas']['after']} MiB (high-water "
+                f"{pm['arenas_highwater']}), live in them {pm['live_mb']['before']:.1f} -> "
+                f"{pm['live_mb']['after']:.1f} MB; RSS over idle not explained by arenas "
+                f"{m['unexplained_mb']:+.1f} MB: {'back' if m['back'] else 'NOT back'} (within "
+                f"{m['allowed_above_idle']:.1f} MB)",
+            ),
+            (
+                "python memory",
+                f"allocated blocks {py['allocated_blocks']['before']} -> "
+                f"{py['allocated_blocks']['after']}, objects {py['objects']['before']} -> "
+                f"{py['objects']['after']}; the history of ended calls keeps "
+                f"{py['retained_by_history']['after'] - py['retained_by_history']['before']:+d} "
+                f"objects; unexplained {py['unexplained_blocks']:+d} blocks "
+                f"({py['unexplained_blocks_per_call']:+g} per call, allowed "
+                f"{py['allowed_blocks']})" + ("" if py["ok"] else "   << NOT back"),
+            ),
+            (
+                "call state",
+                "none alive after the calls"
+                if not leaks["call_state_retained"]
+                else f"still alive: {leaks['call_state_retained']}   << retained",
+            ),
+            (
+                "tasks",
+                f"idle {leaks['tasks']['before']}, after {leaks['tasks']['after']} "
+                f"(at settle {leaks['tasks_at_settle']})"
+                + ("" if leaks["tasks"]["ok"] else "   << leaked")
+                + f"; OS threads {leaks['threads']['before']} -> {leaks['threads']['after']}",
+            ),
+            ("fds idle", _tcp(leaks["fds"]["before"])),
+            ("fds at settle", _tcp(leaks["fds"]["at_settle"])),
+            (
+                "fds after",
+                _tcp(leaks["fds"]["after"])
+                + f" after {leaks['waited_s']:g} s"
+                + ("" if leaks["fds"]["ok"] else f"   << excess {leaks['fds']['excess']}"),
+            ),
+        ]
+    if "call_logs" in r:
+        cl, bl = r["call_logs"], r["bridge_log"]
+        rows.append(
+            (
+                "call logs",
+                f"{cl['files']} files; outcomes {cl['outcomes']}"
+                + ("" if cl["match_api_stats"] else " (differ from /api/stats)")
+                + (
+                    f"; not ending with call_ended: {cl['not_ending_with_call_ended']}"
+                    if cl["not_ending_with_call_ended"]
+                    else "; every one ends with call_ended"
+                ),
+            )
+        )
+        rows.append(
+            (
+                "bridge log",
+                f"unhandled exceptions {bl['unhandled_count']}; ERROR lines "
+                f"{sum(g['count'] for g in bl['errors'])} "
+                f"({bl['unexpected_errors']} unexpected); WARNING lines "
+                f"{sum(g['count'] for g in bl['warnings'])}",
+            )
+        )
+        for g in bl["errors"]:
+            rows.append(("  ERROR", f"{g['count']} x {g['message']} [{g['class']}; {g['faults']}]"))
+        for g in bl["warnings"]:
+            rows.append(("  WARNING", f"{g['count']} x {g['message']} [{g['faults']}]"))
+        for line in bl["unhandled"]:
+            rows.append(("  unhandled", line[:300]))
+    if "soak" in r:
+        failed = [k for k, ok in r["soak"]["checks"].items() if not ok]
+        rows.append(
+            (
+                "soak verdict",
+                "every check passed" if r["soak"]["ok"] else f"FAILED: {', '.join(failed)}",
+            )
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------- find-max
@@ -1124,8 +1560,12 @@ def format_find_max(result: dict[str, Any]) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``voicebridge loadtest``."""
     add = parser.add_argument
-    add("--calls", type=int, help="concurrent calls (default 10; first step of --find-max: 25)")
-    add("--seconds", type=float, default=20.0, help="caller audio per call in s (default 20)")
+    add(
+        "--calls",
+        type=int,
+        help="concurrent calls (default 10; first step of --find-max: 25; --soak: 100)",
+    )
+    add("--seconds", type=float, help="caller audio per call in s (default 20; --soak: 60)")
     add("--ramp", type=float, help="spread call starts over S s (default min(5, seconds/4))")
     add("--speed", type=float, default=1.0, help="media clock x real time, all sides (default 1)")
     add("--generators", type=int, default=1, help="caller (fake ACS) processes (default 1)")
@@ -1137,6 +1577,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--find-max", action="store_true", help="raise --calls until a step fails")
     add("--max-calls", type=int, default=320, help="--find-max never tries more (default 320)")
     add("--retries", type=int, default=1, help="--find-max: rerun a step failed on a noisy machine")
+    add(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[=ARG]",
+        help="give some calls this fault (repeatable; each faulted call gets one of them; "
+        "names as in 'voicebridge simulate --help')",
+    )
+    add(
+        "--fault-fraction",
+        type=float,
+        default=soak.DEFAULT_FAULT_FRACTION,
+        metavar="F",
+        help=f"share of the calls that get a fault (default {soak.DEFAULT_FAULT_FRACTION:g})",
+    )
+    add("--fault-seed", type=int, default=0, help="which calls get which fault (default 0)")
+    add(
+        "--soak",
+        action="store_true",
+        help=f"soak test: {soak.SOAK_CALLS} calls x {soak.SOAK_SECONDS:g} s, unless given, "
+        f"with {', '.join(soak.SOAK_FAULTS)} sprinkled (unless --fault is given), and the "
+        "leak checks",
+    )
+    add(
+        "--leak-check",
+        action="store_true",
+        help="compare the bridge idle before and after the calls (implied by --soak and --fault)",
+    )
+    add(
+        "--settle",
+        type=float,
+        default=soak.SETTLE_S,
+        metavar="S",
+        help=f"leak check: measure S s after the last call ended (default {soak.SETTLE_S:g})",
+    )
     add("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
@@ -1153,8 +1628,9 @@ async def _stoppable(coro: Coroutine[Any, Any, _T]) -> _T:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 when the test ran and (for a single run) nothing was lost and no call failed;
-    1 when something was lost or failed, or the test could not run; 2 on bad options."""
+    """0 when the test ran and (for a single run) nothing was lost, no call failed and,
+    with leak checks, every check passed; 1 when something was lost or failed, a check
+    did not pass, or the test could not run; 2 on bad options."""
     env: dict[str, str] = {}
     for item in args.env:
         name, sep, value = item.partition("=")
@@ -1162,9 +1638,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"voicebridge loadtest: --env wants NAME=VALUE, not {item!r}", file=sys.stderr)
             return 2
         env[name] = value
+    if args.soak and args.find_max:
+        print("voicebridge loadtest: --soak and --find-max do not combine", file=sys.stderr)
+        return 2
+    calls = args.calls
+    if calls is None:
+        calls = soak.SOAK_CALLS if args.soak else 25 if args.find_max else 10
+    seconds = args.seconds
+    if seconds is None:
+        seconds = soak.SOAK_SECONDS if args.soak else 20.0
+    faults = list(args.fault) or (list(soak.SOAK_FAULTS) if args.soak else [])
     options = LoadOptions(
-        calls=(25 if args.find_max else 10) if args.calls is None else args.calls,
-        seconds=args.seconds,
+        calls=calls,
+        seconds=seconds,
         ramp_s=args.ramp,
         speed=args.speed,
         generators=args.generators,
@@ -1174,6 +1660,11 @@ def run(args: argparse.Namespace) -> int:
         bridge_env=env,
         p99_limit_ms=args.p99_limit_ms,
         progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+        faults=faults,
+        fault_fraction=args.fault_fraction,
+        fault_seed=args.fault_seed,
+        leak_check=bool(args.soak or args.leak_check or faults),
+        settle_s=args.settle,
     )
     try:
         options.validate()
@@ -1195,4 +1686,5 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(report) if args.json else format_report(report))
     lost = report["frames_lost"] or report["samples_lost"] or report["calls_not_conserved"]
-    return 1 if lost or report["calls_failed"] else 0
+    soaked = report.get("soak", {}).get("ok", True)
+    return 1 if lost or report["calls_failed"] or not soaked else 0

@@ -80,6 +80,49 @@ def test_two_generators_behind_the_acs_router(capsys: pytest.CaptureFixture[str]
     _assert_no_children()
 
 
+@pytest.mark.e2e
+def test_soak_preset_small(capsys: pytest.CaptureFixture[str]) -> None:
+    """The soak in small: half of 6 calls get a Voice Live drop or an ACS media reconnect
+    mid-call; every call still ends with the caller hanging up, nothing is lost, every
+    call's log ends with its outcome, nothing is logged as unhandled, and the bridge's
+    tasks and sockets are back to their idle figures after the calls."""
+    status, report = _run_json(
+        capsys,
+        "--calls", "6",
+        "--seconds", "8",
+        "--speed", "2",
+        "--fault", "voicelive-drop=3",
+        "--fault", "acs-reconnect=4",
+        "--fault-fraction", "0.5",
+    )  # fmt: skip
+    faults = report["faults"]
+    assert faults["faulted_calls"] == 3
+    assert {spec: (len(v["calls"]), v["fired"]) for spec, v in faults["by_fault"].items()} == {
+        "voicelive-drop=3": (2, 2),
+        "acs-reconnect=4": (1, 1),
+    }
+    assert report["voicelive_reconnects"] == 2  # one per dropped session, none more
+    assert report["calls_failed"] == 0 and report["failures"] == []
+    assert report["frames_lost"] == report["samples_lost"] == 0
+    assert report["calls_not_conserved"] == 0
+    for link, counts in report["conservation"].items():  # the calls without a fault
+        assert counts["lost"] == 0 and counts["sent"] > 0, link
+    assert report["calls_by_outcome"] == {"caller_hung_up": 6}
+    logs = report["call_logs"]
+    assert logs["files"] == 6 and logs["not_ending_with_call_ended"] == []
+    assert logs["outcomes"] == {"caller_hung_up": 6} and logs["match_api_stats"]
+    assert report["bridge_log"]["unhandled_count"] == 0
+    assert report["bridge_log"]["unexpected_errors"] == 0
+    leaks = report["leaks"]
+    assert leaks["tasks"]["ok"], leaks["tasks"]
+    assert leaks["tasks"]["after"] == leaks["tasks"]["before"]
+    assert leaks["fds"]["ok"], leaks["fds"]
+    checks = dict(report["soak"]["checks"])
+    assert all(checks.values()), checks  # incl. no finished call's state still reachable
+    assert status == 0
+    _assert_no_children()
+
+
 def _assert_no_children() -> None:
     """Nothing the run started is still alive as a child of this process."""
     mine = [
