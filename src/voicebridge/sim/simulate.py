@@ -648,12 +648,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.voicelive_endpoint:
         from voicebridge.config import load_settings
+        from voicebridge.errors import ConfigError
 
-        base = load_settings(
-            voicelive_endpoint=args.voicelive_endpoint,
-            public_base_url="http://127.0.0.1",
-            acs_connection_string="endpoint=http://127.0.0.1/;accesskey=eA==",
-        )
+        try:  # Voice Live mode and credentials from the environment; ACS is the fake
+            base = load_settings(
+                voicelive_endpoint=args.voicelive_endpoint,
+                public_base_url="http://127.0.0.1",
+                acs_connection_string="endpoint=http://127.0.0.1/;accesskey=eA==",
+                acs_resource_id="00000000-0000-0000-0000-000000000000",
+            )
+        except ConfigError as exc:
+            print(f"voicebridge simulate: configuration error: {exc}", file=sys.stderr)
+            return 2
         options.settings = {
             k: v
             for k, v in base.model_dump().items()
