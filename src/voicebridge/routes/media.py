@@ -16,6 +16,7 @@ from fastapi import APIRouter, WebSocket
 
 from voicebridge import logs
 from voicebridge.calls import Call
+from voicebridge.errors import close_code
 from voicebridge.relay import MediaRelay
 from voicebridge.routes.calls import authenticate_acs
 
@@ -54,15 +55,17 @@ async def _media(ctx: Any, websocket: WebSocket, call: Call) -> None:
     relay = call.relay = MediaRelay(ctx, call, websocket)
     call.media_task = asyncio.current_task()
     outcome = "error"
+    code = 1000
     try:
         outcome = await relay.run()
-    except Exception:
+    except Exception as exc:
         log.exception("call %s: media relay failed", call.label)
+        code = close_code(exc)
         await ctx.hang_up(call)
     finally:
         ctx.registry.end(call, outcome)
         try:
-            await relay.ws.close(code=1000)
+            await relay.ws.close(code=code)
         except Exception as exc:  # already closed by the peer
             log.debug("media close: %s", type(exc).__name__)
         call.relay = None  # the relay (and its CallBridge) can go now
