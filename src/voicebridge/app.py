@@ -119,6 +119,7 @@ class AppContext:
 
     async def hang_up(self, call: Call) -> None:
         """Hang up ``call`` through Call Automation (idempotent, never raises)."""
+        call.we_hung_up = True  # the CallDisconnected that follows is our own doing
         if call.call_connection_id and self.acs is not None:
             await acs_client.hang_up(self.acs, call.call_connection_id)
 

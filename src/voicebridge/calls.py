@@ -83,6 +83,7 @@ class Call:
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)  # ACS says it is over
     drain_now: asyncio.Event = field(default_factory=asyncio.Event)  # drain grace is over
     relay: Any = None  # the MediaRelay while media flows
+    we_hung_up: bool = False  # the bridge ended the call (apology, goodbye, limit)
     outcome: str | None = None
     report: dict[str, Any] | None = None
     conversation_id: str | None = None

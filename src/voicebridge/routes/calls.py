@@ -285,7 +285,12 @@ async def _callback(ctx: Any, call: Call, event: webhooks.CallbackEvent) -> None
         _end(ctx, call, "answer_failed")
     elif etype == "CallDisconnected":
         log.info("call %s disconnected", call.label)
-        _end(ctx, call, "caller_hung_up")
+        if call.we_hung_up and call.relay is not None:
+            # The echo of our own hang-up: the relay is ending the call and names
+            # the outcome (drained, apology_hangup, ...); only let it know.
+            call.disconnected.set()
+        else:
+            _end(ctx, call, "caller_hung_up")
     else:
         log.info("call %s: %s", call.label, etype)
 
