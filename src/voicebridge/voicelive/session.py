@@ -7,6 +7,12 @@ SDK facts this module works around (protocols.md §6):
 * The token is fetched once per connect; a sync credential would block the loop, so
   Entra ID uses ``azure.identity.aio.DefaultAzureCredential``.
 * Compression stays off (it costs CPU on every 20 ms frame for incompressible audio).
+* ``send()`` serialises every event with ``json.dumps`` (and two ``isinstance``
+  checks, one against ``typing.Mapping``): 5.9 us for a 20 ms append whose wire text
+  the core can build in 0.15 us. Appends therefore go as text through the SDK
+  connection's own aiohttp WebSocket (:attr:`OpenSession.send_text`); everything
+  else goes through ``send()``. If an SDK version stops exposing that socket,
+  ``send_text`` is None and appends take ``send()`` too (a unit test says so loudly).
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from azure.ai.voicelive.aio import VoiceLiveConnection, connect
+import aiohttp
+from azure.ai.voicelive.aio import ConnectionClosed, VoiceLiveConnection, connect
+from azure.ai.voicelive.aio import ConnectionError as VoiceLiveConnectionError
 from azure.core.credentials import AccessToken, AzureKeyCredential
 
 from voicebridge.config import Settings
@@ -127,14 +136,40 @@ async def _abandon(handshake: Any, task: asyncio.Future[Any]) -> None:
         await session.close()
 
 
+#: What a send to Voice Live raises when the socket is going: the SDK's own errors,
+#: and what aiohttp raises on the pre-serialised path (the SDK maps the same ones).
+SEND_ERRORS: tuple[type[BaseException], ...] = (
+    VoiceLiveConnectionError,
+    ConnectionClosed,
+    aiohttp.ClientError,
+    RuntimeError,
+)
+
+
+def text_sender(connection: Any) -> Callable[[str], Awaitable[None]] | None:
+    """``send_str`` of the aiohttp WebSocket under an SDK connection, or None."""
+    ws = getattr(connection, "_connection", None)
+    if isinstance(ws, aiohttp.ClientWebSocketResponse):
+        return ws.send_str
+    return None
+
+
 @dataclass
 class OpenSession:
-    """A connected Voice Live session; :meth:`close` ends it (idempotent)."""
+    """A connected Voice Live session; :meth:`close` ends it (idempotent).
+
+    ``send_text`` sends a message whose JSON text is already built (audio appends);
+    None when the SDK does not expose its socket (then use ``connection.send``)."""
 
     connection: VoiceLiveConnection
     _manager: Any
     connect_ms: float
     _closed: bool = False
+    send_text: Callable[[str], Awaitable[None]] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.send_text is None:
+            self.send_text = text_sender(self.connection)
 
     async def close(self) -> None:
         if self._closed:

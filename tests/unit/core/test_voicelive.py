@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -160,3 +163,9 @@ def test_greeting_events() -> None:
     pre = vl.greeting_pre_generated("Hello")
     msg = pre["response"]["pre_generated_assistant_message"]
     assert msg["role"] == "assistant" and msg["content"] == [{"type": "text", "text": "Hello"}]
+
+
+@given(st.binary(max_size=4000))
+def test_append_json_is_exactly_what_json_dumps_writes(pcm: bytes) -> None:
+    b64 = base64.b64encode(pcm).decode()
+    assert vl.append_json(b64) == json.dumps(vl.input_audio_append(b64))

@@ -1,0 +1,64 @@
+"""Opening a Voice Live session with the real SDK against the local emulator (loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+from azure.core.credentials import AzureKeyCredential
+
+from voicebridge.config import Settings
+from voicebridge.core.voicelive import append_json, input_audio_append, session_update
+from voicebridge.sim.emulator import VoiceLiveEmulator
+from voicebridge.voicelive.session import open_session, text_sender
+
+KEY = "emulator-key"
+
+
+def settings_for(emulator: VoiceLiveEmulator) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        voicelive_endpoint=emulator.endpoint,
+        voicelive_model="gpt-realtime",
+        voicelive_api_key=KEY,
+        acs_connection_string="endpoint=https://acs.communication.azure.com/;accesskey=eA==",
+        public_base_url="https://bridge.example.com",
+        acs_jwt_validation=False,
+    )
+
+
+async def test_appends_go_as_prebuilt_text_through_the_sdk_socket_and_arrive_whole() -> None:
+    """The installed SDK exposes its aiohttp socket, so appends skip its re-encoding
+    (if an SDK upgrade breaks this, appends still work through send(), but slower:
+    this test is the alarm). The emulator must receive every sample either way."""
+    emulator = VoiceLiveEmulator(api_key=KEY)
+    await emulator.start("127.0.0.1", 0)
+    try:
+        s = settings_for(emulator)
+        session = await open_session(s, AzureKeyCredential(KEY), call_id="t1")
+        try:
+            assert session.send_text is not None, "SDK socket not found: appends lose the fast path"
+            conn = session.connection
+            assert (await conn.recv_bytes()) and True  # session.created
+            await conn.send(session_update({"input_audio_sampling_rate": 24000}))
+            assert json.loads(await conn.recv_bytes())["type"] == "session.updated"
+            pcm = bytes(range(256)) * 15  # 3840 bytes = 1920 samples
+            b64 = base64.b64encode(pcm).decode()
+            await session.send_text(append_json(b64))
+            await conn.send(input_audio_append(b64))  # the SDK path, for comparison
+            for _ in range(100):
+                if emulator.sessions[0].input_samples >= 2 * 1920:
+                    break
+                await asyncio.sleep(0.01)
+            received = emulator.sessions[0]
+            assert received.input_samples == 2 * 1920
+            assert received.received_types["input_audio_buffer.append"] == 2
+        finally:
+            await session.close()
+    finally:
+        await emulator.stop()
+
+
+def test_text_sender_is_none_for_an_object_without_the_sdk_socket() -> None:
+    assert text_sender(object()) is None
