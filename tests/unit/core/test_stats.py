@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
 from voicebridge.core.stats import Histogram
 
@@ -36,3 +38,10 @@ def test_empty_and_extremes() -> None:
     h.add(0.0)
     h.add(1e9)
     assert h.percentile(100) == 1e9 and h.percentile(1) == 0.001
+
+
+@given(st.floats(min_value=0.0, max_value=1e9, allow_nan=False))
+def test_add_files_a_value_in_the_bucket_that_bucket_names(value: float) -> None:
+    h = Histogram()
+    h.add(value)
+    assert [i for i, n in enumerate(h._counts) if n] == [Histogram.bucket(value)]
