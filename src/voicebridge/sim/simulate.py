@@ -343,13 +343,15 @@ def build_report(
         "bridge_to_caller": 0,
     }
     # Audio in flight on a socket that died is lost with it: allowed on every session
-    # but the last (each was replaced because it died), and counted; the last is exact.
+    # but the last (each was replaced because it died), and counted; the last is exact
+    # unless it died too (the bridge gave up reconnecting and apologised).
     in_ok = out_ok = emulator is None or len(per.get("appended", [])) == len(sessions)
+    last_died = summary is not None and summary.get("outcome") == "apology_hangup"
     if emulator is not None and in_ok:
         for i, (appended, agent_in, s) in enumerate(
             zip(per.get("appended", []), per.get("agent_in", []), sessions, strict=True)
         ):
-            last = i == len(sessions) - 1
+            last = i == len(sessions) - 1 and not last_died
             in_ok &= s.input_samples == appended if last else s.input_samples <= appended
             out_ok &= agent_in == s.output_samples if last else agent_in <= s.output_samples
             gaps["caller_to_voicelive"] += appended - s.input_samples
