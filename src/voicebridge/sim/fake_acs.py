@@ -91,12 +91,14 @@ import aiohttp
 import jwt
 import numpy as np
 import numpy.typing as npt
+import pybase64
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 
 from voicebridge.core import acs
 from voicebridge.errors import AcsCodecError
@@ -122,6 +124,7 @@ CALLBACK_TOKEN_LIFETIME_S = 5 * 60
 MEDIA_TOKEN_LIFETIME_S = 24 * 3600
 
 FRAME_S = 0.02  # ACS media frames are 20 ms (protocols.md §4)
+FRAME_US = 20_000
 EVENT_PREFIX = "Microsoft.Communication."
 AUDIO_FORMATS = {"pcm16kmono": 16000, "pcm24kmono": 24000}  # §2.2, matched case-insensitively
 SIGNED_HEADERS = "x-ms-date;host;x-ms-content-sha256"  # what the SDK's HMAC policy signs (§2.3)
@@ -162,6 +165,102 @@ def _iso7(moment: datetime) -> str:
 def _iso_ms(moment: datetime) -> str:
     """Media frame timestamp, milliseconds: ``2024-11-15T19:16:12.925Z`` (§4)."""
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_us(moment: datetime) -> int:
+    """``moment`` as whole microseconds since the Unix epoch."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _cut(text: str, *marks: str) -> tuple[str, ...]:
+    """``text`` cut at ``marks``, which must each occur once, in that order."""
+    parts: list[str] = []
+    for mark in marks:
+        head, found, text = text.partition(mark)
+        if not found or mark in text:
+            raise ValueError(f"template without exactly one {mark!r} in order")
+        parts.append(head)
+    return (*parts, text)
+
+
+# Placeholders spliced into the wire texts of core.acs: base64 and timestamps never need
+# JSON escaping, so pasting them into a template cut from the real encoder is exact.
+_STAMP, _DATA = "@@timestamp@@", "@@data@@"
+# What the bridge sends for audio (acs.audio_data): read without a JSON parser.
+_OUT_AUDIO_HEAD, _OUT_AUDIO_TAIL = _cut(acs.audio_data(_DATA), _DATA)
+
+
+def _outbound_audio(text: str) -> acs.OutboundAudio | None:
+    """``text`` as :func:`acs.parse_outbound` reads it when it is exactly the bridge's
+    :func:`acs.audio_data` spelling around valid base64 of whole PCM16 samples; None for
+    anything else (which then takes the general parser, errors included)."""
+    if not (text.startswith(_OUT_AUDIO_HEAD) and text.endswith(_OUT_AUDIO_TAIL)):
+        return None
+    data = text[len(_OUT_AUDIO_HEAD) : len(text) - len(_OUT_AUDIO_TAIL)]
+    if '"' in data or "\\" in data:
+        return None
+    try:
+        pcm = pybase64.b64decode(data, validate=True)  # what acs.parse_outbound uses
+    except ValueError:  # binascii.Error, or not ASCII
+        return None
+    return None if len(pcm) % 2 else acs.OutboundAudio(data=data, pcm=pcm)
+
+
+_MILLIS = [f"{ms:03d}Z" for ms in range(1000)]  # the end of an _iso_ms timestamp
+
+
+class _FrameText:
+    """Caller ``AudioData`` messages of one participant, byte for byte what
+    :func:`acs.audio_data_message` writes, built by concatenation (50 times a second
+    per call) from templates cut out of that function's own output; timestamps are
+    formatted as :func:`_iso_ms` does, the date and time of day once per second."""
+
+    def __init__(self, participant_raw_id: str) -> None:
+        def template(b64: str | None, silent: bool) -> tuple[str, ...]:
+            text = acs.audio_data_message(
+                b64, silent=silent, timestamp=_STAMP, participant_raw_id=participant_raw_id
+            )
+            return _cut(text, _STAMP, _DATA) if b64 else _cut(text, _STAMP)
+
+        self._audio = template(_DATA, False)
+        self._silent = template(_DATA, True)
+        self._no_data = template(None, True)
+        self._second = -1
+        self._second_text = ""
+
+    def stamp(self, epoch_us: int) -> str:
+        """:func:`_iso_ms` of the moment ``epoch_us`` microseconds after the epoch."""
+        second, micro = divmod(epoch_us, 1_000_000)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        return self._second_text + _MILLIS[micro // 1000]
+
+    def message(self, stamp: str, b64: str | None, silent: bool) -> str:
+        """``acs.audio_data_message(b64, silent=silent, timestamp=stamp, ...)``."""
+        if b64 is None:
+            head, tail = self._no_data
+            return head + stamp + tail
+        head, mid, tail = self._silent if silent else self._audio
+        return head + stamp + mid + b64 + tail
+
+
+async def _send_text(ws: ClientConnection, text: str) -> None:
+    """``await ws.send(text)`` for the caller's frames, 50 a second per call, without
+    the asyncio layer's per-message wrapping (an async context manager and a drain: 7 of
+    the 10 us ``send`` takes). When the connection is open and nothing is waiting in
+    its write buffer, ``send`` writes the frame its sans-I/O protocol makes and returns
+    without waiting; so does this. Otherwise ``send`` itself, which waits (for the buffer
+    to drain) or raises ``ConnectionClosed`` as it should."""
+    if ws.state is State.OPEN and not ws.transport.get_write_buffer_size():
+        ws.protocol.send_text(text.encode())
+        for data in ws.protocol.data_to_send():
+            ws.transport.write(data)
+    else:
+        await ws.send(text)
 
 
 def _b64url(raw: bytes) -> str:
@@ -354,10 +453,12 @@ class FakeCall:
         self._caller = caller_pcm
         self._caller_pos = 0  # bytes of _caller already sent
         self._caller_end_tick: int | None = None
+        self._frames = _FrameText(self.caller_raw_id)
+        self._media_fault_names = [n for n in ("acs-drop", "acs-reconnect") if n in self.faults]
         self._silent_form = False  # alternates the two silent-frame forms ACS uses
         self._placed_at = time.monotonic()
         self._origin: float | None = None  # monotonic time of media tick 0
-        self._wall_origin = _now_utc()
+        self._wall_origin_us = _epoch_us(_now_utc())  # wall time of media tick 0
         self._next_tick = 0
         self._heard = bytearray()
         self._queue = bytearray()
@@ -415,6 +516,15 @@ class FakeCall:
         """The current call time in seconds."""
         return self._call_time(time.monotonic())
 
+    def overdue_s(self, now: float) -> float | None:
+        """How late the sender is with the next caller frame at ``now``
+        (``time.monotonic()``), in wall seconds: ``now`` minus the moment tick
+        :attr:`next_tick` is due (negative: not due yet). None while no frame can be due:
+        no media socket open (before media, in a fault's gap) or the call ending."""
+        if self._ws is None or self._ending or self._origin is None:
+            return None
+        return now - self._origin - self._next_tick * FRAME_S / self._fake.speed
+
     def _log(self, what: str, detail: dict[str, Any] | None = None) -> None:
         self._timeline.append((time.monotonic(), what, detail or {}))
 
@@ -444,7 +554,7 @@ class FakeCall:
 
     def _media_fault_due(self, tick: int) -> str | None:
         """``acs-drop`` / ``acs-reconnect`` if one is due at ``tick`` (each fires once)."""
-        for name in ("acs-drop", "acs-reconnect"):
+        for name in self._media_fault_names:
             at = self.faults.get(name)
             if (
                 isinstance(at, float)
@@ -552,9 +662,9 @@ class FakeCall:
         elif self._caller_end_tick is None:  # no caller audio at all
             self._caller_end_tick = tick
         self.frames_sent += 1
-        stamp = _iso_ms(self._wall_origin + timedelta(seconds=tick * FRAME_S))
+        stamp = self._frames.stamp(self._wall_origin_us + tick * FRAME_US)
         if chunk and chunk.count(0) != len(chunk):
-            b64: str | None = base64.b64encode(chunk).decode("ascii")
+            b64: str | None = pybase64.b64encode(chunk).decode("ascii")
             silent = False
         else:
             # ACS sends digital silence both with no data and with zeros (§4).
@@ -562,9 +672,7 @@ class FakeCall:
             self._silent_form = not self._silent_form
             b64 = None if self._silent_form else self._fake._zeros_b64(frame_bytes)
             silent = True
-        return acs.audio_data_message(
-            b64, silent=silent, timestamp=stamp, participant_raw_id=self.caller_raw_id
-        )
+        return self._frames.message(stamp, b64, silent)
 
     def _play_tick(self, tick: int) -> None:
         """Play one 20 ms frame of the queue into ``heard`` at ``tick``'s position."""
@@ -606,7 +714,7 @@ class FakeCall:
             self.errors.append(f"binary frame of {len(message)} bytes (ACS expects JSON text)")
             return
         try:
-            event = acs.parse_outbound(message)
+            event = _outbound_audio(message) or acs.parse_outbound(message)
         except AcsCodecError as exc:
             self.errors.append(f"bad outbound message: {exc}")
             self._log("outbound_error", {"error": str(exc)})
@@ -706,6 +814,7 @@ class FakeAcs:
         self._by_context: dict[str, FakeCall] = {}
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._kid = secrets.token_hex(16)
+        self._tokens: dict[tuple[Any, ...], str] = {}  # sign_jwt's, of the current second
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -762,8 +871,16 @@ class FakeAcs:
         (now + ``lifetime_s``); header ``kid``. For abuse tests: ``**claims``
         override claims (``None`` removes one), ``kid`` changes the header kid,
         ``key`` signs with another RSA key, ``headers`` adds header fields.
+
+        Tokens are whole-second and RS256 (PKCS #1 v1.5) signatures deterministic, so a
+        plain token is signed once per second and lifetime and then reused: the same
+        bytes signing again would give, for a few hundred microseconds less per callback.
         """
         now = int(time.time())
+        plain = kid is None and key is None and not headers and not claims
+        memo_key = (now, int(lifetime_s), self.issuer, self.resource_id, self._kid, self._key)
+        if plain and memo_key in self._tokens:
+            return self._tokens[memo_key]
         payload: dict[str, Any] = {
             "iss": self.issuer,
             "aud": self.resource_id,
@@ -777,7 +894,12 @@ class FakeAcs:
             else:
                 payload[name] = value
         header = {"kid": kid or self._kid, **(headers or {})}
-        return jwt.encode(payload, key or self._key, algorithm="RS256", headers=header)
+        token = jwt.encode(payload, key or self._key, algorithm="RS256", headers=header)
+        if plain:
+            if any(second != now for second, *_ in self._tokens):
+                self._tokens.clear()  # only this second's tokens can be reused
+            self._tokens[memo_key] = token
+        return token
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -1517,7 +1639,7 @@ class FakeAcs:
         now = time.monotonic()
         if call._origin is None:
             call._origin = now
-            call._wall_origin = _now_utc()
+            call._wall_origin_us = _epoch_us(_now_utc())
             call._next_tick = 0
         else:  # streaming restarted: continue on the same call clock
             elapsed_ticks = math.ceil((now - call._origin) * self.speed / FRAME_S - 1e-9)
@@ -1583,7 +1705,7 @@ class FakeAcs:
                 call._play_tick(tick)
                 message = call._caller_frame(tick)
                 call._next_tick = tick + 1
-                await ws.send(message)
+                await _send_text(ws, message)
         except ConnectionClosed:
             return  # the reader sees the close and decides what it means
 

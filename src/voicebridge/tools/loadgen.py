@@ -108,6 +108,7 @@ async def emulator(config: dict[str, Any]) -> None:
         api_key=config["api_key"], speed=config["speed"], call_faults=config.get("call_faults")
     )
     await server.start("127.0.0.1", int(config.get("port", 0)))
+    gc.freeze()  # what start-up left (imports, mostly) is never garbage: keep it out of GC
     try:
         _emit({"endpoint": server.endpoint})
         while line := await reader.readline():
@@ -208,6 +209,7 @@ async def generator(config: dict[str, Any]) -> None:
         speed=config["speed"],
     )
     await fake.start("127.0.0.1", 0)
+    gc.freeze()  # what start-up left (imports, mostly) is never garbage: keep it out of GC
     try:
         _emit({"endpoint": fake.endpoint})
         line = await reader.readline()
@@ -236,7 +238,7 @@ async def place_calls(fake: Any, command: dict[str, Any]) -> dict[str, Any]:
     ``expect_end`` (the caller-side ends that count as clean, a list; default
     ``[CLEAN_END]``). Returns ``calls`` (:func:`call_result` each), this process's
     health, ``send_slip_ms`` and the fake's ``internal_errors``."""
-    speed, rate = fake.speed, fake.acs_rate
+    rate = fake.acs_rate
     seconds = float(command["seconds"])
     t0, deadline = float(command["t0"]), float(command["t0"]) + float(command["timeout_s"])
     track = caller_track(rate)
@@ -273,9 +275,10 @@ async def place_calls(fake: Any, command: dict[str, Any]) -> dict[str, Any]:
         # nothing is due).
         while True:
             await asyncio.sleep(0.02)
+            now = time.monotonic()
             for call in live:
-                if call.media_connected.is_set() and call.streaming and not call.end_reason:
-                    overdue_s = (call.now() - FRAME_S * call.next_tick) / speed
+                overdue_s = call.overdue_s(now)
+                if overdue_s is not None:
                     slip_ms.add(max(0.0, overdue_s * 1000.0))
 
     tasks = [asyncio.create_task(health.watch_loop()), asyncio.create_task(sample_slip())]

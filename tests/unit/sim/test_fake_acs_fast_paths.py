@@ -1,0 +1,209 @@
+"""The fake ACS's shortcuts on its per-frame paths say exactly what the codec would.
+
+Caller frames are built from templates cut out of ``acs.audio_data_message`` and the
+bridge's audio is read without a JSON parser when it has the bridge's spelling; these
+tests hold both to the codec in :mod:`voicebridge.core.acs`, byte for byte. The frame
+sender's bypass of websockets' per-message wrapping is checked against a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import jwt
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from voicebridge.core import acs
+from voicebridge.errors import AcsCodecError
+from voicebridge.sim import fake_acs
+from voicebridge.sim.fake_acs import FRAME_S, FakeAcs, FakeCall
+
+PARTICIPANTS = ["4:+15551230001", '4:+1555"quoted"\\', "4:+1555\u00e9\u4e2d"]
+
+
+@pytest.mark.parametrize("participant", PARTICIPANTS)
+@pytest.mark.parametrize(
+    ("b64", "silent"),
+    [("AAEC", False), (base64.b64encode(bytes(640)).decode(), True), (None, True)],
+)
+def test_frame_messages_are_the_codecs(participant: str, b64: str | None, silent: bool) -> None:
+    frames = fake_acs._FrameText(participant)
+    stamp = "2024-11-15T19:16:12.925Z"
+    expected = acs.audio_data_message(
+        b64, silent=silent, timestamp=stamp, participant_raw_id=participant
+    )
+    assert frames.message(stamp, b64, silent) == expected
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000_000))  # 1970 .. 2100
+def test_frame_stamps_are_iso_ms(epoch_us: int) -> None:
+    frames = fake_acs._FrameText("4:+15551230001")
+    moment = fake_acs._EPOCH + timedelta(microseconds=epoch_us)
+    assert frames.stamp(epoch_us) == fake_acs._iso_ms(moment)
+    # the cached date and time of day of the second before must not leak into this one
+    assert frames.stamp(epoch_us + 1_000_000) == fake_acs._iso_ms(moment + timedelta(seconds=1))
+
+
+def test_caller_frames_are_what_the_codec_writes() -> None:
+    """A whole caller stream: audio, zeros, audio cut short, then trailing silence."""
+    rng = np.random.default_rng(7)
+    audio = rng.integers(-3000, 3000, 320 * 5, dtype=np.int16).tobytes()
+    pcm = audio + bytes(320 * 2 * 3) + audio[: 320 * 2 + 100]
+    call = FakeCall(
+        FakeAcs(),
+        caller="+15551230001",
+        recipient="+18005550100",
+        caller_pcm=pcm,
+        schema="eventgrid",
+        fail_answer=False,
+    )
+    wall_origin = fake_acs._now_utc().replace(microsecond=987_654)
+    call._wall_origin_us = fake_acs._epoch_us(wall_origin)
+    silent_form = False
+    for tick in range(14):
+        chunk = pcm[tick * 640 : (tick + 1) * 640].ljust(640, b"\0") if tick < 10 else b""
+        stamp = fake_acs._iso_ms(wall_origin + timedelta(seconds=tick * FRAME_S))
+        if chunk and chunk.count(0) != len(chunk):
+            b64: str | None = base64.b64encode(chunk).decode("ascii")
+            silent = False
+        else:
+            silent_form = not silent_form
+            b64 = None if silent_form else base64.b64encode(bytes(640)).decode("ascii")
+            silent = True
+        expected = acs.audio_data_message(
+            b64, silent=silent, timestamp=stamp, participant_raw_id=call.caller_raw_id
+        )
+        assert call._caller_frame(tick) == expected, tick
+    assert call.frames_sent == 14 and call.caller_samples_sent == len(pcm) // 2
+
+
+def parse_or_error(text: str) -> Any:
+    try:
+        event = acs.parse_outbound(text)
+    except AcsCodecError as exc:
+        return str(exc)
+    return (type(event).__name__, getattr(event, "data", None), getattr(event, "pcm", None))
+
+
+@given(st.binary(max_size=2000))
+def test_bridge_audio_is_read_as_the_codec_reads_it(pcm: bytes) -> None:
+    text = acs.audio_data(base64.b64encode(pcm).decode("ascii"))
+    fast = fake_acs._outbound_audio(text)
+    if len(pcm) % 2:
+        assert fast is None  # left to the codec, which reports the odd length
+    else:
+        assert fast is not None
+        assert ("OutboundAudio", fast.data, fast.pcm) == parse_or_error(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        acs.audio_data("AA=="),  # one byte: odd
+        acs.audio_data("not base64!"),
+        acs.audio_data("AA=A"),
+        acs.audio_data('AA\\u0041A"'),
+        acs.audio_data("AA\\/A"),
+        acs.stop_audio(),
+        json.dumps({"Kind": "AudioData", "AudioData": {"Data": "AAAA"}, "StopAudio": None}),
+        '{"kind":"audiodata","audioData":{"data":"AAAA"}}',
+        "",
+    ],
+)
+def test_anything_else_takes_the_codec(text: str) -> None:
+    assert fake_acs._outbound_audio(text) is None
+
+
+@given(st.text(max_size=60))
+def test_no_text_is_read_differently(middle: str) -> None:
+    text = acs.audio_data(middle)
+    fast = fake_acs._outbound_audio(text)
+    if fast is not None:
+        assert ("OutboundAudio", fast.data, fast.pcm) == parse_or_error(text)
+
+
+async def test_send_text_frames_arrive_as_sent() -> None:
+    """The frames the sender writes below websockets' send() reach a real server whole
+    and in order; once the server has closed, it raises ConnectionClosed as send() does."""
+    received: list[str | bytes] = []
+    closed = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(message)
+            if message == "close":
+                await ws.close(1000)
+        closed.set()
+
+    messages = [
+        base64.b64encode(os.urandom(n)).decode("ascii") for n in (0, 1, 90, 125, 640, 70_000)
+    ]
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            for text in messages:
+                await fake_acs._send_text(ws, text)
+            await ws.send("close")
+            await asyncio.wait_for(closed.wait(), 5)
+            with pytest.raises(ConnectionClosed):
+                await fake_acs._send_text(ws, "too late")
+    assert received == [*messages, "close"]
+
+
+def test_plain_tokens_are_signed_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_700_000_000.25]
+    monkeypatch.setattr(fake_acs.time, "time", lambda: now[0])
+    fake = FakeAcs()
+    first = fake.sign_jwt(lifetime_s=300)
+    assert fake.sign_jwt(lifetime_s=300) is first  # remembered
+    fake._tokens.clear()
+    assert fake.sign_jwt(lifetime_s=300) == first  # signing again gives the same bytes
+    claims = jwt.decode(
+        first,
+        fake._key.public_key(),
+        algorithms=["RS256"],
+        audience=fake.resource_id,
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
+    assert (claims["iat"], claims["exp"]) == (1_700_000_000, 1_700_000_300)
+    # anything but a plain token is signed each time and not remembered
+    custom = fake.sign_jwt(lifetime_s=300, sub="x")
+    assert custom != first and fake.sign_jwt(lifetime_s=300) == first
+    assert fake.sign_jwt(lifetime_s=60) != first
+    fake.issuer = "https://somebody.else"
+    assert jwt.decode(fake.sign_jwt(lifetime_s=300), options={"verify_signature": False})[
+        "iss"
+    ] == ("https://somebody.else")
+    now[0] += 1.0  # the next second: a new token
+    later = jwt.decode(fake.sign_jwt(lifetime_s=300), options={"verify_signature": False})
+    assert later["iat"] == 1_700_000_001
+
+
+def test_overdue_is_none_until_media_streams() -> None:
+    fake = FakeAcs(speed=2.0)
+    call = FakeCall(
+        fake,
+        caller="+15551230001",
+        recipient="+18005550100",
+        caller_pcm=b"",
+        schema="eventgrid",
+        fail_answer=False,
+    )
+    now = time.monotonic()
+    assert call.overdue_s(now) is None
+    call._origin, call._next_tick, call._ws = now - 1.0, 90, object()  # type: ignore[assignment]
+    assert call.overdue_s(now) == pytest.approx(1.0 - 90 * FRAME_S / 2.0)
+    call._ending = True
+    assert call.overdue_s(now) is None
