@@ -19,11 +19,11 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.unit.sim.test_emulator import KEY
 from tests.unit.sim.test_fake_acs import until
-from tests.unit.sim.test_faults import SocketBridgelet, acs_harness, emulators, ramp_pcm
+from tests.unit.sim.test_faults import SocketBridgelet, acs_harness, ramp_pcm
 from voicebridge.sim.emulator import CALL_ID_HEADER, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs
 
-__all__ = ["acs_harness", "emulators"]  # fixtures, re-used
+__all__ = ["acs_harness"]  # fixture, re-used
 
 EmuFactory = Callable[..., Awaitable[VoiceLiveEmulator]]
 

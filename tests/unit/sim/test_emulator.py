@@ -11,7 +11,7 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -43,22 +43,6 @@ from voicebridge.sim.emulator import (
 
 KEY = "emulator-key"
 Factory = Callable[..., Awaitable[VoiceLiveEmulator]]
-
-
-@pytest.fixture
-async def emulators() -> AsyncIterator[Factory]:
-    """Start emulators on demand; all of them are stopped at teardown."""
-    started: list[VoiceLiveEmulator] = []
-
-    async def make(**kwargs: Any) -> VoiceLiveEmulator:
-        emulator = VoiceLiveEmulator(**kwargs)
-        started.append(emulator)
-        await emulator.start("127.0.0.1", 0)
-        return emulator
-
-    yield make
-    for emulator in started:
-        await emulator.stop()
 
 
 class FakeTokenCredential:

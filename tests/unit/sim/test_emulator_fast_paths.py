@@ -13,7 +13,7 @@ import base64
 import json
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -28,21 +28,6 @@ from voicebridge.sim import emulator as emu
 from voicebridge.sim.emulator import AppendedAudio, EnergyVad, VoiceLiveEmulator
 
 EmuFactory = Callable[..., Awaitable[VoiceLiveEmulator]]
-
-
-@pytest.fixture
-async def emulators() -> AsyncIterator[EmuFactory]:
-    started: list[VoiceLiveEmulator] = []
-
-    async def make(**kwargs: Any) -> VoiceLiveEmulator:
-        emulator = VoiceLiveEmulator(**kwargs)
-        started.append(emulator)
-        await emulator.start("127.0.0.1", 0)
-        return emulator
-
-    yield make
-    for emulator in started:
-        await emulator.stop()
 
 
 class ReferenceVad:

@@ -111,21 +111,6 @@ def test_fault_help_lists_every_fault() -> None:
 # --------------------------------------------------------------------------- Voice Live
 
 
-@pytest.fixture
-async def emulators() -> AsyncIterator[EmuFactory]:
-    started: list[VoiceLiveEmulator] = []
-
-    async def make(**kwargs: Any) -> VoiceLiveEmulator:
-        emulator = VoiceLiveEmulator(**kwargs)
-        started.append(emulator)
-        await emulator.start("127.0.0.1", 0)
-        return emulator
-
-    yield make
-    for emulator in started:
-        await emulator.stop()
-
-
 def raw(emulator: VoiceLiveEmulator, **kwargs: Any) -> Any:
     """A plain websockets client (exact frames, close frames) with the api-key header.
 
