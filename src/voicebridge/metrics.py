@@ -150,6 +150,13 @@ FAMILIES: tuple[Family, ...] = (
         unit="s",
     ),
     Family(
+        "voicebridge_gc_pause_seconds",
+        "histogram",
+        "How long each garbage collection held the event loop (live).",
+        read_hist=lambda s, a: [((), s.gc_pause_ms)],
+        unit="s",
+    ),
+    Family(
         "voicebridge_guard_blocked_total",
         "counter",
         "Outbound Voice Live messages the guard refused to send, by reason.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from types import FrameType
@@ -37,6 +38,25 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
     }
 
 
+#: Container objects allocated (net) before a young collection; CPython's default is 700.
+GC_GEN0_THRESHOLD = 5000
+
+
+def tune_gc() -> None:
+    """Keep the garbage collector from stalling every live call (docs/performance.md).
+
+    Start-up leaves ~95 000 tracked objects (FastAPI, pydantic, the Azure SDKs, numpy)
+    that are never garbage, yet each full collection walked them all: 45-53 ms with
+    every call's audio held up. :func:`gc.freeze` moves them out of the collector's
+    sight. A larger young generation promotes fewer short-lived media objects (queued
+    frames live ~160 ms), so full collections of what calls allocate come rarer.
+    Measured at 150 calls: worst GC pause 45-53 ms -> 5-15 ms.
+    """
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn, except that the first SIGTERM drains instead of closing every socket.
 
@@ -51,6 +71,10 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.ctx = ctx
         self._drain: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)  # the app's lifespan has run: start-up is over
+        tune_gc()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self._drain is None and not self.should_exit:

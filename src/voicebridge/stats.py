@@ -50,6 +50,8 @@ class ServiceStats:
         self.inbound_ms = Histogram()
         self.outbound_ms = Histogram()
         self.loop_lag_ms = Histogram()
+        self.gc_pause_ms = Histogram()
+        self._gc_started = 0.0
         self.outcomes: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self.voicelive_errors: Counter[str] = Counter()
@@ -100,18 +102,30 @@ class ServiceStats:
                 "outbound": self.outbound_ms.summary(),
             },
             "loop_lag_ms": self.loop_lag_ms.summary(),
+            "gc_pause_ms": self.gc_pause_ms.summary(),
             "counters": dict(self.counters),
             "voicelive_errors": dict(self.voicelive_errors),
             "guard": dict(self.guard),
         }
 
     async def watch_loop(self, interval_s: float = 0.05) -> None:
-        """Measure event-loop lag forever: how late a ``sleep(interval)`` wakes up."""
+        """Measure event-loop lag forever: how late a ``sleep(interval)`` wakes up;
+        and, while this runs, how long each garbage collection holds the loop."""
         perf = time.perf_counter
-        while True:
-            t0 = perf()
-            await asyncio.sleep(interval_s)
-            self.loop_lag_ms.add(max(0.0, (perf() - t0 - interval_s) * 1000.0))
+        gc.callbacks.append(self._on_gc)
+        try:
+            while True:
+                t0 = perf()
+                await asyncio.sleep(interval_s)
+                self.loop_lag_ms.add(max(0.0, (perf() - t0 - interval_s) * 1000.0))
+        finally:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause_ms.add((time.perf_counter() - self._gc_started) * 1000.0)
 
 
 def open_fds() -> dict[str, int]:

@@ -1076,6 +1076,7 @@ def summarise(
         "inbound_latency_ms": inbound,
         "outbound_latency_ms": outbound,
         "loop_lag_ms": stats.get("loop_lag_ms", {}),
+        "gc_pause_ms": stats.get("gc_pause_ms", {}),
         "frames_lost": frames_lost,
         "samples_lost": samples_lost,
         "calls_failed": calls_failed,
@@ -1285,6 +1286,7 @@ def format_report(r: dict[str, Any]) -> str:
                 else ""
             ),
         ),
+        ("gc pause ms", _lat(r["gc_pause_ms"]) if r.get("gc_pause_ms") else "n/a"),
         (
             "lost",
             f"{r['frames_lost']} frames, {r['samples_lost']} samples; "
