@@ -200,6 +200,14 @@ param acsAudioRate int = 16000
 ])
 param voiceliveAudioRate int = 24000
 param pacingLeadMs int = 160
+@allowed([
+  20
+  40
+  60
+  80
+  100
+])
+param acsOutFrameMs int = 40
 param maxTextBytes int = 8192
 param maxMessageBytes int = 131072
 
@@ -577,6 +585,10 @@ var plainEnv = [
   {
     name: 'PACING_LEAD_MS'
     value: string(pacingLeadMs)
+  }
+  {
+    name: 'ACS_OUT_FRAME_MS'
+    value: string(acsOutFrameMs)
   }
   {
     name: 'MAX_TEXT_BYTES'

@@ -117,6 +117,7 @@ class MediaRelay:
             greeting_text=s.greeting_text,
             greeting_instructions=s.greeting_instructions,
             lead_ms=s.pacing_lead_ms,
+            out_frame_ms=s.acs_out_frame_ms,
             max_text_bytes=s.max_text_bytes,
             max_message_bytes=s.max_message_bytes,
             max_buffered_caller_ms=int(s.reconnect_buffer_s * 1000),

@@ -6,8 +6,9 @@ Adapters feed it what arrived and send what it queued:
 * :meth:`CallBridge.receive_voicelive` takes each Voice Live server event (a mapping);
 * :meth:`CallBridge.voicelive_to_send` returns the guarded messages for Voice Live;
 * :meth:`CallBridge.acs_to_send` returns the ACS messages due at ``now`` — control
-  messages (``StopAudio``) at once, agent audio as exact 20 ms frames paced
-  ``lead_ms`` ahead of real time; :meth:`CallBridge.next_acs_due` says when to ask again;
+  messages (``StopAudio``) at once, agent audio as frames of exactly ``out_frame_ms``
+  (20 ms by default) paced ``lead_ms`` ahead of real time;
+  :meth:`CallBridge.next_acs_due` says when to ask again;
 * :attr:`CallBridge.records` collects what the conversation log should keep.
 
 Times are plain floats in seconds from any monotonic clock the adapter chooses; the
@@ -40,8 +41,6 @@ from voicebridge.core.guard import OutboundGuard
 from voicebridge.core.stats import Histogram
 from voicebridge.core.turns import ACTIVE, REQUESTED, Event, TurnTable
 from voicebridge.errors import GuardRejected, IllegalTransition, RemoteProtocolError
-
-FRAME_S = 0.020
 
 GREETING_MODES = ("llm", "text", "none")
 
@@ -117,6 +116,7 @@ class CallBridge:
         greeting_text: str = "",
         greeting_instructions: str | None = None,
         lead_ms: float = 160.0,
+        out_frame_ms: int = 20,
         cancel_on_barge_in: bool | None = None,
         max_text_bytes: int = 8 * 1024,
         max_message_bytes: int = 128 * 1024,
@@ -136,6 +136,9 @@ class CallBridge:
         self.greeting_text = greeting_text
         self.greeting_instructions = greeting_instructions
         self.lead_s = lead_ms / 1000.0
+        if out_frame_ms % 20 or not 20 <= out_frame_ms <= 100:
+            raise ValueError(f"out_frame_ms must be 20, 40, 60, 80 or 100, not {out_frame_ms}")
+        self.out_frame_ms = out_frame_ms
         if cancel_on_barge_in is None:
             # With interrupt_response the service cancels by itself; a second cancel
             # from us would race it and come back as an error event (protocols §7).
@@ -190,15 +193,19 @@ class CallBridge:
 
     def _set_acs_rate(self, acs_hz: int) -> None:
         self.acs_hz = acs_hz
-        self.frame_samples = acs_hz // 50
+        self.frame_samples = acs_hz // 50  # inbound: ACS sends 20 ms frames
         self.frame_bytes = self.frame_samples * 2
+        # Outbound frames may be longer (ACS queues whatever it is sent): fewer
+        # WebSocket messages per second of agent speech.
+        self.out_frame_s = self.out_frame_ms / 1000.0
+        self.out_frame_samples = acs_hz * self.out_frame_ms // 1000
         self._uplink = Resampler(in_hz=acs_hz, out_hz=self.voicelive_in_hz)
-        # Downlink as a pure delay: each 20 ms of agent audio fills a 20 ms ACS frame
+        # Downlink as a pure delay: each frame's worth of agent audio fills an ACS frame
         # at once, instead of the framer waiting on the samples compensation shifts.
         self._downlink = Resampler(
             in_hz=self.voicelive_out_hz, out_hz=acs_hz, compensate_delay=False
         )
-        self._framer = Framer(frame_bytes=self.frame_bytes)
+        self._framer = Framer(frame_bytes=self.out_frame_samples * 2)
         self._silence_pcm = bytes(self.frame_bytes)
         self._silence_b64 = binascii.b2a_base64(self._silence_pcm, newline=False).decode()
 
@@ -596,7 +603,7 @@ class CallBridge:
 
     def play_prompt(self, pcm: bytes, now: float) -> None:
         """Queue a prompt (PCM16 at the ACS rate) for paced playback to the caller."""
-        framer = Framer(frame_bytes=self.frame_bytes)
+        framer = Framer(frame_bytes=self.out_frame_samples * 2)
         for frame in framer.push(pcm):
             self._queue_frame(frame, now, prompt=True)
         last = framer.flush()
@@ -626,21 +633,23 @@ class CallBridge:
             return out
         if self._play_end < now:  # ACS ran dry: playback restarts now
             self._play_end = now
-        horizon = now + ahead + self.lead_s - 1e-6  # float sums of 20 ms must not add a frame
+        horizon = now + ahead + self.lead_s - 1e-6  # float sums of frame lengths must not add one
         c = self.counters
         latency = self.outbound_latency_ms
+        frame_s = self.out_frame_s
+        frame_samples = self.out_frame_samples
         while frames and self._play_end < horizon:
             frame = frames.popleft()
             out.append(frame.text)
             c.acs_frames_out += 1
             c.agent_samples_sent += frame.agent_samples
             c.prompt_samples_sent += frame.prompt_samples
-            if frame.agent_samples and frame.agent_samples < self.frame_samples:
-                c.padding_samples_sent += self.frame_samples - frame.agent_samples
+            if frame.agent_samples and frame.agent_samples < frame_samples:
+                c.padding_samples_sent += frame_samples - frame.agent_samples
             due = self._play_end - self.lead_s
             late = now - (frame.stamp if frame.stamp > due else due)
             latency.add(late * 1000.0 if late > 0.0 else 0.0)  # sent early: no delay
-            self._play_end += FRAME_S
+            self._play_end += frame_s
         return out
 
     def next_acs_due(self) -> float | None:

@@ -97,6 +97,38 @@ def test_agent_audio_is_paced_in_exact_frames() -> None:
     assert len(b.acs_to_send(10.1)) == 4  # caught up after a late wake-up
 
 
+def test_longer_outbound_frames_are_paced_by_their_length() -> None:
+    b = make(lead_ms=160, out_frame_ms=40)
+    start_session(b)
+    b.receive_voicelive({"type": "response.created", "response": {"id": "r1"}})
+    b.receive_voicelive(delta("r1", 24000 + 240), now=10.0)  # 1.01 s of audio
+    first = b.acs_to_send(10.0)
+    assert len(first) == 4  # 160 ms lead = four 40 ms frames
+    assert all(len(base64.b64decode(json.loads(m)["AudioData"]["Data"])) == 1280 for m in first)
+    assert b.next_acs_due() == pytest.approx(10.0)  # the 5th is due when 4 remain queued
+    assert len(b.acs_to_send(10.0, ahead=0.04)) == 1
+    assert b.next_acs_due() == pytest.approx(10.04)
+    assert len(b.acs_to_send(10.08, ahead=0.04)) == 2  # one late, one within the batch
+    b.receive_voicelive({"type": "response.audio.done", "response_id": "r1"}, now=10.1)
+    b.receive_voicelive(
+        {"type": "response.done", "response": {"id": "r1", "status": "completed"}}, now=10.1
+    )
+    rest = b.acs_to_send(20.0, ahead=2.0)
+    total = b._downlink.output_for(24000 + 240)  # ACS-rate samples of the response
+    frames = -(-total // 640)
+    assert len(first) + 3 + len(rest) == frames
+    b.finish()
+    out = b.report()["outbound"]
+    assert out["conserved"], out
+    assert out["padding_samples_sent"] == frames * 640 - total > 0
+
+
+@pytest.mark.parametrize("bad", [0, 10, 30, 120])
+def test_outbound_frame_length_is_a_multiple_of_20_ms_up_to_100(bad: int) -> None:
+    with pytest.raises(ValueError, match="out_frame_ms"):
+        make(out_frame_ms=bad)
+
+
 def test_barge_in_stops_audio_drops_queue_and_late_deltas() -> None:
     b = make(lead_ms=100)
     start_session(b)
@@ -161,6 +193,7 @@ def test_error_after_our_response_create_frees_the_turn_table() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     vl_hz=st.sampled_from([16000, 24000]),
+    frame_ms=st.sampled_from([20, 40, 100]),
     script=st.lists(
         st.one_of(
             st.tuples(st.just("caller"), st.integers(1, 400)),
@@ -172,9 +205,11 @@ def test_error_after_our_response_create_frees_the_turn_table() -> None:
         max_size=60,
     ),
 )
-def test_every_sample_is_accounted_for(vl_hz: int, script: list[tuple[str, int]]) -> None:
+def test_every_sample_is_accounted_for(
+    vl_hz: int, frame_ms: int, script: list[tuple[str, int]]
+) -> None:
     """Random calls: inbound and outbound conservation always hold at the end."""
-    b = make(vl_hz=vl_hz, lead_ms=60)
+    b = make(vl_hz=vl_hz, lead_ms=60, out_frame_ms=frame_ms)
     start_session(b)
     now, rid, n = 0.0, 0, 0
     b.receive_voicelive({"type": "response.created", "response": {"id": "r0"}})
