@@ -78,6 +78,7 @@ def busy_stats() -> ServiceStats:
     stats.call_ended("rejected_busy")
     stats.reconnected()
     stats.loop_lag_ms.add(0.4)
+    stats.gc_pause_ms.add(12.5)
     return stats
 
 
@@ -139,6 +140,7 @@ def test_values_of_a_finished_call() -> None:
     assert value(h + "_bucket", direction="outbound", le="0.001") == 0  # 1.0 ms: a hair above
     assert value(h + "_bucket", direction="outbound", le="0.025") == 2
     assert value("voicebridge_event_loop_lag_seconds_count") == 1
+    assert value("voicebridge_gc_pause_seconds_sum") == pytest.approx(0.0125)
 
 
 def test_histograms_are_cumulative_and_end_in_inf() -> None:
