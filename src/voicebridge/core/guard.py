@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from voicebridge.core.turns import Event, TurnTable
+from voicebridge.core.voicelive import APPEND
 from voicebridge.errors import GuardRejected
 
 TRUNCATION_MARKER = " …[truncated]"
@@ -38,7 +39,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024
 
 # json.dumps({"type": "input_audio_buffer.append", "audio": ""}) as the SDK writes it.
 _APPEND_OVERHEAD = len(json.dumps({"type": "input_audio_buffer.append", "audio": ""}))
-_APPEND = "input_audio_buffer.append"
+_APPEND = APPEND
 
 
 def to_text(value: Any) -> tuple[str, bool]:

@@ -279,9 +279,13 @@ def session_update(session: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "session.update", "session": dict(session)}
 
 
+#: The type of the one event sent 50 times a second per call (the fast paths key on it).
+APPEND = "input_audio_buffer.append"
+
+
 def input_audio_append(b64: str) -> dict[str, Any]:
     """``input_audio_buffer.append`` carrying base64 PCM16 at the session input rate."""
-    return {"type": "input_audio_buffer.append", "audio": b64}
+    return {"type": APPEND, "audio": b64}
 
 
 _APPEND_JSON_HEAD = '{"type": "input_audio_buffer.append", "audio": "'

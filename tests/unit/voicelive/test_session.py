@@ -40,7 +40,7 @@ async def test_appends_go_as_prebuilt_text_through_the_sdk_socket_and_arrive_who
         try:
             assert session.send_text is not None, "SDK socket not found: appends lose the fast path"
             conn = session.connection
-            assert (await conn.recv_bytes()) and True  # session.created
+            assert json.loads(await conn.recv_bytes())["type"] == "session.created"
             await conn.send(session_update({"input_audio_sampling_rate": 24000}))
             assert json.loads(await conn.recv_bytes())["type"] == "session.updated"
             pcm = bytes(range(256)) * 15  # 3840 bytes = 1920 samples
