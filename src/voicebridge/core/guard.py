@@ -38,8 +38,7 @@ DEFAULT_MAX_TEXT_BYTES = 8 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024
 
 # json.dumps({"type": "input_audio_buffer.append", "audio": ""}) as the SDK writes it.
-_APPEND_OVERHEAD = len(json.dumps({"type": "input_audio_buffer.append", "audio": ""}))
-_APPEND = APPEND
+_APPEND_OVERHEAD = len(json.dumps({"type": APPEND, "audio": ""}))
 
 
 def to_text(value: Any) -> tuple[str, bool]:
@@ -117,16 +116,16 @@ class OutboundGuard:
     def append(self, b64: str) -> list[dict[str, Any]]:
         """Fast path for audio: ``input_audio_buffer.append`` message(s) for ``b64``."""
         if not self.session_configured:
-            raise self._refuse("before_session_update", _APPEND)
+            raise self._refuse("before_session_update", APPEND)
         limit = self.max_message_bytes - _APPEND_OVERHEAD
         if len(b64) <= limit:
-            self.sent_by_type[_APPEND] += 1
-            return [{"type": _APPEND, "audio": b64}]
+            self.sent_by_type[APPEND] += 1
+            return [{"type": APPEND, "audio": b64}]
         # 8 base64 chars = 6 bytes = 3 whole PCM16 samples: cut on that grid.
         step = limit - limit % 8
-        parts = [{"type": _APPEND, "audio": b64[i : i + step]} for i in range(0, len(b64), step)]
+        parts = [{"type": APPEND, "audio": b64[i : i + step]} for i in range(0, len(b64), step)]
         self.split += 1
-        self.sent_by_type[_APPEND] += len(parts)
+        self.sent_by_type[APPEND] += len(parts)
         return parts
 
     def check(self, message: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -134,7 +133,7 @@ class OutboundGuard:
         mtype = message.get("type")
         if not isinstance(mtype, str):
             raise self._refuse("no_type")
-        if mtype == _APPEND:
+        if mtype == APPEND:
             audio = message.get("audio")
             if not isinstance(audio, str):
                 raise self._refuse("bad_audio", "audio must be base64 text")
