@@ -132,9 +132,10 @@ def _field(msg: Mapping[str, Any], name: str) -> Any:
 
 
 def _payload(msg: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    body = _field(msg, kind)
+    camel = kind[0].lower() + kind[1:]  # how ACS spells it inbound: "audioData"
+    body = msg[camel] if camel in msg else _field(msg, kind)  # no key scan per frame
     if body is None:
-        raise AcsCodecError(f"{kind}: missing the {kind[0].lower() + kind[1:]!r} object")
+        raise AcsCodecError(f"{kind}: missing the {camel!r} object")
     if not isinstance(body, dict):
         raise AcsCodecError(f"{kind}: payload must be an object, got {type(body).__name__}")
     return body
