@@ -42,16 +42,58 @@ SUMMED = (
 )
 
 
-class ServiceStats:
-    """Histograms and counters for the whole process."""
+class LoopHealth:
+    """How well this process's event loop keeps time, in ms: how late a periodic
+    ``sleep`` wakes up (loop lag), and how long each garbage collection holds the loop.
+
+    The bridge keeps one (as :class:`ServiceStats`); so does each load-test worker, so
+    a load test can tell whether its load side kept up.
+    """
 
     def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.inbound_ms = Histogram()
-        self.outbound_ms = Histogram()
         self.loop_lag_ms = Histogram()
         self.gc_pause_ms = Histogram()
         self._gc_started = 0.0
+
+    def reset(self) -> None:
+        """Start measuring afresh (a load test's measuring window begins)."""
+        self.loop_lag_ms = Histogram()
+        self.gc_pause_ms = Histogram()
+
+    async def watch(self, interval_s: float) -> None:
+        """Forever: how late a ``sleep(interval_s)`` wakes up; and, while this runs,
+        every collection's pause."""
+        perf = time.perf_counter
+        gc.callbacks.append(self._on_gc)
+        try:
+            while True:
+                t0 = perf()
+                await asyncio.sleep(interval_s)
+                self.loop_lag_ms.add(max(0.0, (perf() - t0 - interval_s) * 1000.0))
+        finally:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause_ms.add((time.perf_counter() - self._gc_started) * 1000.0)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "loop_lag_ms": self.loop_lag_ms.summary(),
+            "gc_pause_ms": self.gc_pause_ms.summary(),
+        }
+
+
+class ServiceStats(LoopHealth):
+    """Histograms and counters for the whole process, and its loop's health."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = time.monotonic()
+        self.inbound_ms = Histogram()
+        self.outbound_ms = Histogram()
         self.outcomes: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self.voicelive_errors: Counter[str] = Counter()
@@ -101,31 +143,11 @@ class ServiceStats:
                 "inbound": self.inbound_ms.summary(),
                 "outbound": self.outbound_ms.summary(),
             },
-            "loop_lag_ms": self.loop_lag_ms.summary(),
-            "gc_pause_ms": self.gc_pause_ms.summary(),
+            **super().summary(),
             "counters": dict(self.counters),
             "voicelive_errors": dict(self.voicelive_errors),
             "guard": dict(self.guard),
         }
-
-    async def watch_loop(self, interval_s: float = 0.05) -> None:
-        """Measure event-loop lag forever: how late a ``sleep(interval)`` wakes up;
-        and, while this runs, how long each garbage collection holds the loop."""
-        perf = time.perf_counter
-        gc.callbacks.append(self._on_gc)
-        try:
-            while True:
-                t0 = perf()
-                await asyncio.sleep(interval_s)
-                self.loop_lag_ms.add(max(0.0, (perf() - t0 - interval_s) * 1000.0))
-        finally:
-            gc.callbacks.remove(self._on_gc)
-
-    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-        else:
-            self.gc_pause_ms.add((time.perf_counter() - self._gc_started) * 1000.0)
 
 
 def open_fds() -> dict[str, int]:

@@ -10,7 +10,7 @@ from voicebridge.stats import ServiceStats
 
 async def test_gc_pauses_are_measured_while_the_loop_is_watched() -> None:
     stats = ServiceStats()
-    watcher = asyncio.create_task(stats.watch_loop(interval_s=0.001))
+    watcher = asyncio.create_task(stats.watch(interval_s=0.001))
     await asyncio.sleep(0.01)
     gc.collect()
     gc.collect()

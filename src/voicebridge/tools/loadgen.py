@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from voicebridge.core.stats import Histogram
+from voicebridge.stats import LoopHealth
 
 FRAME_S = 0.02  # ACS media frames (protocols.md §4)
 #: How a call ends when nothing went wrong: the caller hangs up (the fake ACS's
@@ -41,40 +42,6 @@ FRAME_S = 0.02  # ACS media frames (protocols.md §4)
 CLEAN_END = "caller_hung_up"
 #: Replies carry hundreds of calls' counters: more than asyncio's 64 KiB line default.
 LINE_LIMIT = 1 << 24
-
-
-class Health:
-    """Loop lag and GC pauses of this process, in ms; :meth:`reset` when measuring starts."""
-
-    def __init__(self) -> None:
-        self.loop_lag_ms = Histogram()
-        self.gc_pause_ms = Histogram()
-        self._gc_started = 0.0
-        gc.callbacks.append(self._on_gc)
-
-    def reset(self) -> None:
-        self.loop_lag_ms = Histogram()
-        self.gc_pause_ms = Histogram()
-
-    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-        else:
-            self.gc_pause_ms.add((time.perf_counter() - self._gc_started) * 1000.0)
-
-    async def watch_loop(self, interval_s: float = 0.02) -> None:
-        """Forever: how late a ``sleep(interval_s)`` wakes up."""
-        perf = time.perf_counter
-        while True:
-            t0 = perf()
-            await asyncio.sleep(interval_s)
-            self.loop_lag_ms.add(max(0.0, (perf() - t0 - interval_s) * 1000.0))
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "loop_lag_ms": self.loop_lag_ms.summary(),
-            "gc_pause_ms": self.gc_pause_ms.summary(),
-        }
 
 
 def _emit(message: dict[str, Any]) -> None:
@@ -102,8 +69,8 @@ async def emulator(config: dict[str, Any]) -> None:
     from voicebridge.sim.emulator import VoiceLiveEmulator
 
     reader = await _stdin()
-    health = Health()
-    watcher = asyncio.create_task(health.watch_loop())
+    health = LoopHealth()
+    watcher = asyncio.create_task(health.watch(interval_s=0.02))
     server = VoiceLiveEmulator(
         api_key=config["api_key"], speed=config["speed"], call_faults=config.get("call_faults")
     )
@@ -242,7 +209,7 @@ async def place_calls(fake: Any, command: dict[str, Any]) -> dict[str, Any]:
     seconds = float(command["seconds"])
     t0, deadline = float(command["t0"]), float(command["t0"]) + float(command["timeout_s"])
     track = caller_track(rate)
-    health = Health()
+    health = LoopHealth()
     slip_ms = Histogram()
     live: list[Any] = []
     results: list[dict[str, Any]] = []
@@ -281,7 +248,7 @@ async def place_calls(fake: Any, command: dict[str, Any]) -> dict[str, Any]:
                 if overdue_s is not None:
                     slip_ms.add(max(0.0, overdue_s * 1000.0))
 
-    tasks = [asyncio.create_task(health.watch_loop()), asyncio.create_task(sample_slip())]
+    tasks = [asyncio.create_task(health.watch(interval_s=0.02)), asyncio.create_task(sample_slip())]
     try:
         await asyncio.gather(*(one(spec) for spec in command["calls"]))
     finally:

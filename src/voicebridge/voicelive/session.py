@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -156,20 +157,18 @@ def text_sender(connection: Any) -> Callable[[str], Awaitable[None]] | None:
 
 @dataclass
 class OpenSession:
-    """A connected Voice Live session; :meth:`close` ends it (idempotent).
-
-    ``send_text`` sends a message whose JSON text is already built (audio appends);
-    None when the SDK does not expose its socket (then use ``connection.send``)."""
+    """A connected Voice Live session; :meth:`close` ends it (idempotent)."""
 
     connection: VoiceLiveConnection
     _manager: Any
     connect_ms: float
     _closed: bool = False
-    send_text: Callable[[str], Awaitable[None]] | None = field(default=None)
 
-    def __post_init__(self) -> None:
-        if self.send_text is None:
-            self.send_text = text_sender(self.connection)
+    @functools.cached_property
+    def send_text(self) -> Callable[[str], Awaitable[None]] | None:
+        """Sends a message whose JSON text is already built (audio appends); None when
+        the SDK does not expose its socket (then use ``connection.send``)."""
+        return text_sender(self.connection)
 
     async def close(self) -> None:
         if self._closed:
