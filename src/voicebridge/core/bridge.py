@@ -139,6 +139,7 @@ class CallBridge:
         if out_frame_ms % 20 or not 20 <= out_frame_ms <= 100:
             raise ValueError(f"out_frame_ms must be 20, 40, 60, 80 or 100, not {out_frame_ms}")
         self.out_frame_ms = out_frame_ms
+        self.out_frame_s = out_frame_ms / 1000.0
         if cancel_on_barge_in is None:
             # With interrupt_response the service cancels by itself; a second cancel
             # from us would race it and come back as an error event (protocols §7).
@@ -197,7 +198,6 @@ class CallBridge:
         self.frame_bytes = self.frame_samples * 2
         # Outbound frames may be longer (ACS queues whatever it is sent): fewer
         # WebSocket messages per second of agent speech.
-        self.out_frame_s = self.out_frame_ms / 1000.0
         self.out_frame_samples = acs_hz * self.out_frame_ms // 1000
         self._uplink = Resampler(in_hz=acs_hz, out_hz=self.voicelive_in_hz)
         # Downlink as a pure delay: each frame's worth of agent audio fills an ACS frame
