@@ -733,6 +733,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
         mem_end = memory_mb(bridge.pid)
         emulator.send({"cmd": "stats", "by_call": faults is not None})
         emulator_stats = await emulator.receive(30)
+        emulator_stats["rss_mb"] = memory_mb(pids["emulator"])["hwm"]
         checks: dict[str, Any] | None = None
         if options.leak_check or faults is not None:
             checks = {}
@@ -883,7 +884,7 @@ def summarise(
       anything but its own hang-up (or a protocol error), or the bridge recorded an
       outcome other than ``caller_hung_up``; ``failures`` says why (first 10).
     * ``load_side`` — worst over load processes: loop lag, GC pauses, how overdue the
-      next caller frame was (``send_slip_ms``), and CPU %. ``load_side_ok`` is false when
+      next caller frame was (``send_slip_ms``), CPU %, and the emulator's peak RSS. ``load_side_ok`` is false when
       a loop-lag or slip p99 is above :data:`LOAD_SIDE_LIMIT_MS`.
     * ``contention`` — what else ran: ``other_load_cores``, CPU that processes outside
       this test used (machine task time minus ours, per wall second);
@@ -1007,6 +1008,7 @@ def summarise(
             round(100 * v / wall_s, 1) for k, v in cpu.items() if k.startswith("generator-")
         ],
         "emulator_cpu_pct": round(100 * cpu["emulator"] / wall_s, 1),
+        "emulator_rss_mb": round(float(emulator.get("rss_mb", 0.0)), 1),
     }
     shared_s = contention["bridge_cpu_tasks_s"] - cpu["bridge"] if pinned["bridge"] else 0.0
     interference = {
@@ -1304,7 +1306,8 @@ def format_report(r: dict[str, Any]) -> str:
             f"{ls['generator_loop_lag_ms']['max']:.1f} ms, caller frames late p99 "
             f"{ls['send_slip_ms']['p99']:.2f} / max {ls['send_slip_ms']['max']:.1f} ms, "
             f"emulator loop lag p99 {ls['emulator_loop_lag_ms']['p99']:.2f} ms; CPU % "
-            f"generators {ls['generator_cpu_pct']}, emulator {ls['emulator_cpu_pct']}"
+            f"generators {ls['generator_cpu_pct']}, emulator {ls['emulator_cpu_pct']} "
+            f"({ls['emulator_rss_mb']:.0f} MB peak)"
             + ("" if r["load_side_ok"] else "   << did NOT keep up"),
         ),
         (
