@@ -491,8 +491,11 @@ class _Response:
 class EmulatedSession:
     """Everything one accepted connection did; attributes are read by tests and reports.
 
-    ``received`` holds every client message parsed (``input_audio_buffer.append`` audio replaced
-    by its sample count); ``received_types`` counts them by type, with ``<invalid-json>`` /
+    ``received`` holds every client message parsed, except that a run of consecutive
+    ``input_audio_buffer.append`` messages is one record ``{"type": ..., "audio": samples,
+    "messages": n}`` (the audio replaced by its sample count, other fields such as
+    ``event_id`` not kept), so a long session's record stays small (a call appends 50 times
+    a second); ``received_types`` counts every message by type, with ``<invalid-json>`` /
     ``<not-an-object>`` / ``<no-type>`` for junk. ``timeline`` entries are ``(input-audio time in
     s, event type, details)``. ``close_code`` is the code the emulator closed with, else the code
     the client sent (1006 when the TCP connection just dropped).
@@ -847,11 +850,20 @@ class EmulatedSession:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _note_append(self, samples: int) -> None:
+        """Record an append: a run of them is one record (see the class docstring)."""
+        self.received_types[APPEND] += 1
+        last = self.received[-1] if self.received else None
+        if last is not None and last["type"] == APPEND and "messages" in last:
+            last["audio"] += samples
+            last["messages"] += 1
+        else:
+            self.received.append({"type": APPEND, "audio": samples, "messages": 1})
+
     async def _on_message(self, message: str | bytes) -> None:
         audio = self._emu.plain_append(message) if self._updated and not self._silenced else None
         if audio is not None:  # what the general path does with it, without parsing JSON
-            self.received_types[APPEND] += 1
-            self.received.append({"type": APPEND, "audio": len(audio.samples)})
+            self._note_append(len(audio.samples))
             await self._take_audio(audio)
             return
         try:
@@ -869,11 +881,11 @@ class EmulatedSession:
                 await self._error("invalid_event", "The event must be a JSON object.")
             return
         kind = event.get("type")
-        self.received_types[kind if isinstance(kind, str) else "<no-type>"] += 1
-        record = dict(event)
         if kind == APPEND and isinstance(event.get("audio"), str):
-            record["audio"] = _b64_samples(event["audio"])  # keep the count, not the audio
-        self.received.append(record)
+            self._note_append(_b64_samples(event["audio"]))  # the count, not the audio
+        else:
+            self.received_types[kind if isinstance(kind, str) else "<no-type>"] += 1
+            self.received.append(dict(event))
         if self._silenced:
             return
         client_event_id = event.get("event_id")

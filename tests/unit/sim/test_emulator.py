@@ -256,7 +256,10 @@ async def test_vad_finds_the_caller_segments(emulators: Factory) -> None:
     session = only_session(emulator)
     assert session.input_samples == len(pcm)
     appends = [r for r in session.received if r["type"] == "input_audio_buffer.append"]
-    assert sum(r["audio"] for r in appends) == len(pcm)  # payloads kept as sample counts
+    # One record for the whole run of appends: the payloads kept as a sample count.
+    sent = -(-len(pcm) // chunk)
+    assert appends == [{"type": "input_audio_buffer.append", "audio": len(pcm), "messages": sent}]
+    assert session.received_types["input_audio_buffer.append"] == sent
     assert session.responses == []
     kinds = [kind for _, kind, _ in session.timeline]
     assert kinds.count("input_audio_buffer.speech_started") == len(segments)

@@ -190,6 +190,11 @@ async def test_both_paths_record_an_append_alike(emulators: EmuFactory) -> None:
     assert plain.input_samples == general.input_samples == 480 * len(chunks)
     strip = [{k: v for k, v in r.items() if k != "event_id"} for r in general.received]
     assert plain.received == strip
+    # The run of appends is one record; the message after it starts a new one.
+    kinds = [r["type"] for r in plain.received]
+    assert kinds == ["session.update", "input_audio_buffer.append", "input_audio_buffer.clear"]
+    assert plain.received[1]["messages"] == len(chunks)
+    assert plain.received[1]["audio"] == 480 * len(chunks)
     vad_events = [
         [(at, kind, {k: v for k, v in d.items() if k != "item_id"}) for at, kind, d in s.timeline]
         for s in (plain, general)
