@@ -54,7 +54,7 @@ class AppContext:
         self.voicelive_credential = make_credential(self.settings)
         self.acs = acs_client.make_client(self.settings)
         self.telemetry.observe(self.stats, lambda: self.registry.active)
-        self.spawn(self.stats.watch(interval_s=0.05), name="loop-lag")
+        self.spawn(self.stats.loop.watch(interval_s=0.05), name="loop-lag")
         for name, validator in (("ACS", self.acs_tokens), ("Entra", self.eventgrid_tokens)):
             if validator is not None:  # warm the key cache; a failure retries on first use
                 self.spawn(_prefetch(validator.keys, name), name=f"jwks-{name}")

@@ -146,14 +146,14 @@ FAMILIES: tuple[Family, ...] = (
         "voicebridge_event_loop_lag_seconds",
         "histogram",
         "How late a 50 ms asyncio sleep wakes up (live; the event loop's health).",
-        read_hist=lambda s, a: [((), s.loop_lag_ms)],
+        read_hist=lambda s, a: [((), s.loop.loop_lag_ms)],
         unit="s",
     ),
     Family(
         "voicebridge_gc_pause_seconds",
         "histogram",
         "How long each garbage collection held the event loop (live).",
-        read_hist=lambda s, a: [((), s.gc_pause_ms)],
+        read_hist=lambda s, a: [((), s.loop.gc_pause_ms)],
         unit="s",
     ),
     Family(

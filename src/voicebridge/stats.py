@@ -46,7 +46,7 @@ class LoopHealth:
     """How well this process's event loop keeps time, in ms: how late a periodic
     ``sleep`` wakes up (loop lag), and how long each garbage collection holds the loop.
 
-    The bridge keeps one (as :class:`ServiceStats`); so does each load-test worker, so
+    The bridge keeps one (``ServiceStats.loop``); so does each load-test worker, so
     a load test can tell whether its load side kept up.
     """
 
@@ -86,11 +86,11 @@ class LoopHealth:
         }
 
 
-class ServiceStats(LoopHealth):
-    """Histograms and counters for the whole process, and its loop's health."""
+class ServiceStats:
+    """Histograms and counters for the whole process, and its loop's health (``loop``)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.loop = LoopHealth()
         self.started = time.monotonic()
         self.inbound_ms = Histogram()
         self.outbound_ms = Histogram()
@@ -143,7 +143,7 @@ class ServiceStats(LoopHealth):
                 "inbound": self.inbound_ms.summary(),
                 "outbound": self.outbound_ms.summary(),
             },
-            **super().summary(),
+            **self.loop.summary(),
             "counters": dict(self.counters),
             "voicelive_errors": dict(self.voicelive_errors),
             "guard": dict(self.guard),

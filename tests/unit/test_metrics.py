@@ -77,8 +77,8 @@ def busy_stats() -> ServiceStats:
     stats.call_ended("caller_hung_up")
     stats.call_ended("rejected_busy")
     stats.reconnected()
-    stats.loop_lag_ms.add(0.4)
-    stats.gc_pause_ms.add(12.5)
+    stats.loop.loop_lag_ms.add(0.4)
+    stats.loop.gc_pause_ms.add(12.5)
     return stats
 
 

@@ -884,8 +884,9 @@ def summarise(
       anything but its own hang-up (or a protocol error), or the bridge recorded an
       outcome other than ``caller_hung_up``; ``failures`` says why (first 10).
     * ``load_side`` — worst over load processes: loop lag, GC pauses, how overdue the
-      next caller frame was (``send_slip_ms``), CPU %, and the emulator's peak RSS. ``load_side_ok`` is false when
-      a loop-lag or slip p99 is above :data:`LOAD_SIDE_LIMIT_MS`.
+      next caller frame was (``send_slip_ms``), CPU %, and the emulator's peak RSS.
+      ``load_side_ok`` is false when a loop-lag or slip p99 is above
+      :data:`LOAD_SIDE_LIMIT_MS`.
     * ``contention`` — what else ran: ``other_load_cores``, CPU that processes outside
       this test used (machine task time minus ours, per wall second);
       ``bridge_core_shared_pct``, the part of that on the bridge's pinned CPU (% of the
