@@ -211,6 +211,27 @@ def cpu_times(cpus: set[int] | None = None) -> dict[str, float]:
     return out
 
 
+async def speed_reference(cpus: set[int] | None) -> dict[str, float]:
+    """:mod:`voicebridge.tools.speedref` in a child process on ``cpus`` (the bridge's,
+    while it is idle): the machine's speed now, for comparing runs made at other times.
+    An empty dict if it could not run (the report must not fail for want of it)."""
+    cmd = [sys.executable, "-m", "voicebridge.tools.speedref"]
+    if cpus:
+        cmd += ["--cpu", str(min(cpus))]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        result: dict[str, float] = json.loads(out)
+    except (TimeoutError, ValueError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return {}
+    return result
+
+
 def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     """``(bridge CPUs, load-side CPUs)``: the last allowed CPU for the bridge alone, the
     others for everything else; ``(None, None)`` when not pinning or with one CPU."""
@@ -220,6 +241,16 @@ def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     if len(allowed) < 2:
         return None, None
     return {allowed[-1]}, set(allowed[:-1])
+
+
+def _speed_text(speed: dict[str, dict[str, float]]) -> str:
+    """The speed reference for the text report ("" when it did not run)."""
+    parts = [
+        f"{when} {ref['python_ms']:.1f}/{ref['loopback_ms']:.1f}"
+        for when, ref in speed.items()
+        if ref
+    ]
+    return f"; speed reference python/loopback ms {', '.join(parts)}" if parts else ""
 
 
 def _cpu_model() -> str:
@@ -693,6 +724,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             get_stats=get_stats,
         )
         idle_probe = await soak.probe(target, census=True) if options.leak_check else None
+        speed_before = await speed_reference(bridge_cpus)
         mem_idle = memory_mb(bridge.pid)
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
         wait_start = runqueue_wait_s(bridge.pid)
@@ -731,6 +763,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             "bridge_cpu_tasks_s": on_bridge_cpu["tasks"] - bridge_cpu_start["tasks"],
         }
         mem_end = memory_mb(bridge.pid)
+        speed = {"before": speed_before, "after": await speed_reference(bridge_cpus)}
         emulator.send({"cmd": "stats", "by_call": faults is not None})
         emulator_stats = await emulator.receive(30)
         emulator_stats["rss_mb"] = memory_mb(pids["emulator"])["hwm"]
@@ -768,6 +801,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             samples=samples,
             contention=contention,
             pinned={"bridge": sorted(bridge_cpus or ()), "load": sorted(load_cpus or ())},
+            speed=speed,
             faults=faults,
             checks=checks,
         )
@@ -852,6 +886,7 @@ def summarise(
     samples: list[dict[str, Any]],
     contention: dict[str, float],
     pinned: dict[str, list[int]],
+    speed: dict[str, dict[str, float]] | None = None,
     faults: list[soak.PlannedFault | None] | None = None,
     checks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -897,6 +932,10 @@ def summarise(
       ``noisy``, latency and loop lag include other people's work (CPU per call-second
       hardly changes).
     * ``held`` — relay p99 within ``p99_limit_ms`` both ways, nothing lost, none failed.
+    * ``machine.speed_reference_ms`` — :mod:`voicebridge.tools.speedref` timed on the
+      bridge's CPU just ``before`` the calls and just ``after`` them (``python_ms``,
+      ``loopback_ms``): how fast the machine itself was, so that runs from different
+      hours can be compared. Not used for any verdict.
 
     With a fault plan (``faults``) some of this changes, because a socket aborted by a
     fault loses whatever was in flight on it, by design:
@@ -1105,6 +1144,7 @@ def summarise(
             "cpu_model": _cpu_model(),
             "python": platform.python_version(),
             "pinned": pinned,
+            "speed_reference_ms": speed or {},
         },
     }
 
@@ -1323,7 +1363,8 @@ def format_report(r: dict[str, Any]) -> str:
             "machine",
             f"{r['machine']['cpus']} x {r['machine']['cpu_model']}, Python "
             f"{r['machine']['python']}; bridge "
-            + (f"pinned to CPU {pinned[0]}, the rest on the others" if pinned else "not pinned"),
+            + (f"pinned to CPU {pinned[0]}, the rest on the others" if pinned else "not pinned")
+            + _speed_text(r["machine"].get("speed_reference_ms", {})),
         ),
         (
             "verdict",

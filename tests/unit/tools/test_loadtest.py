@@ -56,6 +56,11 @@ def _assert_clean(report: dict[str, Any], calls: int) -> None:
     assert report["voicelive"]["errors"] == {}
     assert report["cpu_s_per_call_s"] > 0
     assert report["rss_mb"] >= report["rss_mb_idle"] > 0
+    assert report["load_side"]["emulator_rss_mb"] > 0
+    speed = report["machine"]["speed_reference_ms"]
+    assert speed.keys() == {"before", "after"}
+    for ref in speed.values():
+        assert ref["python_ms"] > 0 and ref["loopback_ms"] > 0
 
 
 @pytest.mark.e2e
