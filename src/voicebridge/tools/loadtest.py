@@ -69,7 +69,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from voicebridge.sim.fake_acs import ISSUER
-from voicebridge.tools import soak
+from voicebridge.tools import soak, speedref
 from voicebridge.tools.loadgen import CLEAN_END, FRAME_S, LINE_LIMIT
 
 _T = TypeVar("_T")
@@ -232,6 +232,77 @@ async def speed_reference(cpus: set[int] | None) -> dict[str, float]:
     return result
 
 
+class SpeedProbe:
+    """``speedref --probe`` on the bridge's CPU for the length of the calls: once a second,
+    the CPU time of a small fixed loop (:mod:`voicebridge.tools.speedref`)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process | None) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, cpus: set[int] | None) -> SpeedProbe:
+        cmd = [sys.executable, "-m", "voicebridge.tools.speedref", "--probe"]
+        if cpus:
+            cmd += ["--cpu", str(min(cpus))]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            )
+        except OSError:
+            return cls(None)
+        return cls(proc)
+
+    async def stop(self) -> list[tuple[float, float]]:
+        """``[(time.monotonic(), ms), ...]`` of every probe so far; the child is ended.
+        Stopping again returns ``[]``."""
+        if self.proc is None:
+            return []
+        proc, self.proc = self.proc, None
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        out, _ = await proc.communicate()
+        probes = []
+        for line in out.decode("ascii", "replace").splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                probe = json.loads(line)
+                probes.append((float(probe["t"]), float(probe["ms"])))
+        return probes
+
+
+#: A probe this many times slower than the machine's fast figure counts as slow.
+SLOW_PROBE = 1.4
+
+
+def probe_summary(
+    probes: list[tuple[float, float]],
+    samples: list[dict[str, Any]],
+    speed: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """The speed probe over the run (times in ``probes`` are seconds since the run's
+    start): ``fast_ms`` (the reference's loop scaled to the probe's size, or the fastest
+    probe if faster), ``p50_ms``, ``max_ms``, and ``slow_share``, the share of probes
+    :data:`SLOW_PROBE` times slower than ``fast_ms``. Each CPU sample gets the
+    ``probe_ms`` taken in the same second, when there is one."""
+    if not probes:
+        return {}
+    values = sorted(ms for _, ms in probes)
+    fast = values[0]
+    reference = speed.get("before", {}).get("python_ms")
+    if reference:
+        fast = min(fast, reference * speedref.PROBE_LOOPS / speedref.PYTHON_LOOPS)
+    for sample in samples:
+        near = [ms for t, ms in probes if sample["t"] - 1.0 < t <= sample["t"]]
+        if near:
+            sample["probe_ms"] = near[-1]
+    return {
+        "count": len(values),
+        "fast_ms": round(fast, 3),
+        "p50_ms": values[len(values) // 2],
+        "max_ms": values[-1],
+        "slow_share": round(sum(ms > SLOW_PROBE * fast for ms in values) / len(values), 3),
+    }
+
+
 def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     """``(bridge CPUs, load-side CPUs)``: the last allowed CPU for the bridge alone, the
     others for everything else; ``(None, None)`` when not pinning or with one CPU."""
@@ -251,6 +322,16 @@ def _speed_text(speed: dict[str, dict[str, float]]) -> str:
         if ref
     ]
     return f"; speed reference python/loopback ms {', '.join(parts)}" if parts else ""
+
+
+def _probe_text(probe: dict[str, Any]) -> str:
+    """The speed probe for the text report ("" when it did not run)."""
+    if not probe:
+        return ""
+    return (
+        f"; during the calls the probe ran slow (> {SLOW_PROBE:g} x {probe['fast_ms']:.2f} ms) "
+        f"in {100 * probe['slow_share']:.0f} % of {probe['count']} seconds"
+    )
 
 
 def _cpu_model() -> str:
@@ -630,6 +711,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
     children: list[Child] = []
     router: AcsRouter | None = None
     session: aiohttp.ClientSession | None = None
+    probe = SpeedProbe(None)
     bridge_cpus, load_cpus = cpu_plan(options.pin)
     # One Call Automation resource, whichever generator placed a call: the HMAC key the
     # bridge signs with and the JWT audience it checks are shared.
@@ -725,6 +807,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
         )
         idle_probe = await soak.probe(target, census=True) if options.leak_check else None
         speed_before = await speed_reference(bridge_cpus)
+        probe = await SpeedProbe.start(bridge_cpus)
         mem_idle = memory_mb(bridge.pid)
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
         wait_start = runqueue_wait_s(bridge.pid)
@@ -763,6 +846,7 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             "bridge_cpu_tasks_s": on_bridge_cpu["tasks"] - bridge_cpu_start["tasks"],
         }
         mem_end = memory_mb(bridge.pid)
+        probes = await probe.stop()
         speed = {"before": speed_before, "after": await speed_reference(bridge_cpus)}
         emulator.send({"cmd": "stats", "by_call": faults is not None})
         emulator_stats = await emulator.receive(30)
@@ -802,10 +886,12 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             contention=contention,
             pinned={"bridge": sorted(bridge_cpus or ()), "load": sorted(load_cpus or ())},
             speed=speed,
+            probes=[(t - wall_start, ms) for t, ms in probes],
             faults=faults,
             checks=checks,
         )
     finally:
+        await probe.stop()  # a no-op once stopped
         await asyncio.gather(*(c.stop() for c in children), return_exceptions=True)
         if session is not None:
             await session.close()
@@ -887,6 +973,7 @@ def summarise(
     contention: dict[str, float],
     pinned: dict[str, list[int]],
     speed: dict[str, dict[str, float]] | None = None,
+    probes: list[tuple[float, float]] | None = None,
     faults: list[soak.PlannedFault | None] | None = None,
     checks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -935,7 +1022,9 @@ def summarise(
     * ``machine.speed_reference_ms`` — :mod:`voicebridge.tools.speedref` timed on the
       bridge's CPU just ``before`` the calls and just ``after`` them (``python_ms``,
       ``loopback_ms``): how fast the machine itself was, so that runs from different
-      hours can be compared. Not used for any verdict.
+      hours can be compared. ``machine.speed_probe`` — the same CPU probed once a second
+      during the calls (:func:`probe_summary`; each CPU sample gets its ``probe_ms``):
+      ``slow_share`` is the share of seconds in which the CPU itself ran slow.
 
     With a fault plan (``faults``) some of this changes, because a socket aborted by a
     fault loses whatever was in flight on it, by design:
@@ -1145,6 +1234,7 @@ def summarise(
             "python": platform.python_version(),
             "pinned": pinned,
             "speed_reference_ms": speed or {},
+            "speed_probe": probe_summary(probes or [], samples, speed or {}),
         },
     }
 
@@ -1364,7 +1454,8 @@ def format_report(r: dict[str, Any]) -> str:
             f"{r['machine']['cpus']} x {r['machine']['cpu_model']}, Python "
             f"{r['machine']['python']}; bridge "
             + (f"pinned to CPU {pinned[0]}, the rest on the others" if pinned else "not pinned")
-            + _speed_text(r["machine"].get("speed_reference_ms", {})),
+            + _speed_text(r["machine"].get("speed_reference_ms", {}))
+            + _probe_text(r["machine"].get("speed_probe", {})),
         ),
         (
             "verdict",

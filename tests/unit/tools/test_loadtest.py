@@ -61,6 +61,10 @@ def _assert_clean(report: dict[str, Any], calls: int) -> None:
     assert speed.keys() == {"before", "after"}
     for ref in speed.values():
         assert ref["python_ms"] > 0 and ref["loopback_ms"] > 0
+    probe = report["machine"]["speed_probe"]
+    assert probe["count"] >= 1 and 0 < probe["fast_ms"] <= probe["p50_ms"] <= probe["max_ms"]
+    assert 0.0 <= probe["slow_share"] <= 1.0
+    assert any("probe_ms" in sample for sample in report["cpu_samples"])
 
 
 @pytest.mark.e2e
@@ -337,3 +341,19 @@ def test_find_max_stops_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     result = asyncio.run(loadtest.find_max(loadtest.LoadOptions(calls=30), cap=100))
     assert [s["calls"] for s in result["steps"]] == [30, 60, 100]
     assert result["max_calls"] == 100 and result["limited_by"] == "--max-calls 100"
+
+
+def test_probe_summary_counts_slow_seconds_against_the_reference() -> None:
+    # The reference's loop scaled to the probe's size: 60 ms * 15 000 / 300 000 = 3 ms.
+    speed = {"before": {"python_ms": 60.0, "loopback_ms": 50.0}}
+    probes = [(0.5, 3.1), (1.5, 5.2), (2.5, 3.0), (3.5, 4.5)]
+    samples: list[dict[str, Any]] = [{"t": 1.0}, {"t": 2.0}, {"t": 3.0}, {"t": 4.0}, {"t": 5.0}]
+    summary = loadtest.probe_summary(probes, samples, speed)
+    assert summary["fast_ms"] == 3.0
+    assert summary["count"] == 4
+    assert summary["slow_share"] == 0.5  # 5.2 and 4.5 are over 1.4 x 3 ms
+    assert summary["max_ms"] == 5.2
+    assert [s.get("probe_ms") for s in samples] == [3.1, 5.2, 3.0, 4.5, None]
+    # Without a reference the fastest probe is the yardstick; without probes, nothing.
+    assert loadtest.probe_summary(probes, [], {})["fast_ms"] == 3.0
+    assert loadtest.probe_summary([], samples, speed) == {}
