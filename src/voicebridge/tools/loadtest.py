@@ -211,16 +211,27 @@ def cpu_times(cpus: set[int] | None = None) -> dict[str, float]:
     return out
 
 
+async def _speedref(cpus: set[int] | None, *args: str) -> asyncio.subprocess.Process | None:
+    """``python -m voicebridge.tools.speedref`` on the first of ``cpus``, stdout piped;
+    None if it cannot be started."""
+    cmd = [sys.executable, "-m", "voicebridge.tools.speedref", *args]
+    if cpus:
+        cmd += ["--cpu", str(min(cpus))]
+    try:
+        return await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+    except OSError:
+        return None
+
+
 async def speed_reference(cpus: set[int] | None) -> dict[str, float]:
     """:mod:`voicebridge.tools.speedref` in a child process on ``cpus`` (the bridge's,
     while it is idle): the machine's speed now, for comparing runs made at other times.
     An empty dict if it could not run (the report must not fail for want of it)."""
-    cmd = [sys.executable, "-m", "voicebridge.tools.speedref"]
-    if cpus:
-        cmd += ["--cpu", str(min(cpus))]
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
+    proc = await _speedref(cpus)
+    if proc is None:
+        return {}
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         result: dict[str, float] = json.loads(out)
@@ -241,16 +252,11 @@ class SpeedProbe:
 
     @classmethod
     async def start(cls, cpus: set[int] | None) -> SpeedProbe:
-        cmd = [sys.executable, "-m", "voicebridge.tools.speedref", "--probe"]
-        if cpus:
-            cmd += ["--cpu", str(min(cpus))]
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-            )
-        except OSError:
-            return cls(None)
-        return cls(proc)
+        return cls(await _speedref(cpus, "--probe"))
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     async def stop(self) -> list[tuple[float, float]]:
         """``[(time.monotonic(), ms), ...]`` of every probe so far; the child is ended.
@@ -271,6 +277,8 @@ class SpeedProbe:
 
 #: A probe this many times slower than the machine's fast figure counts as slow.
 SLOW_PROBE = 1.4
+#: The speed probe's name among the run's processes.
+PROBE = "speed-probe"
 
 
 def probe_summary(
@@ -808,6 +816,8 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
         idle_probe = await soak.probe(target, census=True) if options.leak_check else None
         speed_before = await speed_reference(bridge_cpus)
         probe = await SpeedProbe.start(bridge_cpus)
+        if probe.pid is not None:  # its CPU is ours, not "other load"
+            pids[PROBE] = probe.pid
         mem_idle = memory_mb(bridge.pid)
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
         wait_start = runqueue_wait_s(bridge.pid)
@@ -1139,7 +1149,8 @@ def summarise(
         "emulator_cpu_pct": round(100 * cpu["emulator"] / wall_s, 1),
         "emulator_rss_mb": round(float(emulator.get("rss_mb", 0.0)), 1),
     }
-    shared_s = contention["bridge_cpu_tasks_s"] - cpu["bridge"] if pinned["bridge"] else 0.0
+    ours_on_bridge_cpu = cpu["bridge"] + cpu.get(PROBE, 0.0)
+    shared_s = contention["bridge_cpu_tasks_s"] - ours_on_bridge_cpu if pinned["bridge"] else 0.0
     interference = {
         "other_load_cores": round(
             max(0.0, contention["machine_tasks_s"] - sum(cpu.values())) / wall_s, 2
