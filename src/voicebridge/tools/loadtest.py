@@ -1620,6 +1620,7 @@ def _step_line(r: dict[str, Any]) -> str:
         if bad
     ]
     cpu_pct = r["bridge_cpu_pct_full"] or r["bridge_cpu_pct"]
+    probe = r.get("machine", {}).get("speed_probe", {})
     return (
         f"{r['calls']:5d} calls  {'held' if r['held'] else 'FAILED':6s}  "
         + (f"(attempt {r['attempt']})  " if r.get("attempt", 1) > 1 else "")
@@ -1628,6 +1629,7 @@ def _step_line(r: dict[str, Any]) -> str:
         f"loop lag p99 {r['loop_lag_ms'].get('p99', 0):7.2f} ms  "
         f"{r['cpu_ms_per_call_s']:.2f} ms/call-s  CPU {cpu_pct:5.1f} %  "
         f"lost {r['frames_lost']}/{r['samples_lost']}  failed {r['calls_failed']}"
+        + (f"  CPU slow {100 * probe['slow_share']:.0f} % of s" if probe else "")
         + (f"  [{', '.join(why)}]" if why else "")
     )
 
@@ -1677,7 +1679,7 @@ async def find_max(
         limited_by = "bridge" if failed["load_side_ok"] else "load side (it did not keep up)"
     elif good is not None:
         limited_by = f"--max-calls {cap}"
-    drop = ("conservation", "cpu_samples", "machine")
+    drop = ("conservation", "cpu_samples")
     return {
         "max_calls": good["calls"] if good else 0,
         "calls_per_core": good["calls"] if good else 0,
