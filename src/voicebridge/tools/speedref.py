@@ -19,7 +19,7 @@ slower, never faster. Run as ``python -m voicebridge.tools.speedref [--cpu N]``;
 prints one JSON object.
 
 With ``--probe``, it runs during the calls instead: once a second, the CPU time
-(``time.thread_time``) of a small fixed loop (:data:`PROBE_LOOPS`, ~2 ms), one JSON line
+(``time.thread_time``) of a small fixed loop (:data:`PROBE_LOOPS`, ~3 ms), one JSON line
 ``{"t": time.monotonic(), "ms": x}`` each, until it is stopped. It is CPU time, not wall
 time, so waiting for the CPU does not count; what does is the CPU itself running slower
 (or the hypervisor taking it away unreported), which makes the bridge's own work cost
@@ -35,6 +35,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 
 REPEATS = 5
 PYTHON_LOOPS = 300_000
@@ -74,11 +75,11 @@ def _loopback_part() -> int:
     return ROUND_TRIPS
 
 
-def _fastest_ms(part: object) -> float:
+def _fastest_ms(part: Callable[[], object]) -> float:
     best = float("inf")
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        part()  # type: ignore[operator]
+        part()
         best = min(best, time.perf_counter() - t0)
     return round(best * 1000.0, 2)
 
