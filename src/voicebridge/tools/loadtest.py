@@ -1705,6 +1705,107 @@ def format_find_max(result: dict[str, Any]) -> str:
     return "\n".join([*lines, "", format_report(result["best"])])
 
 
+# --------------------------------------------------------------------------- sweep
+
+#: What a sweep keeps of each run (the rest is per-run detail).
+SWEEP_KEYS = (
+    "calls",
+    "call_seconds",
+    "cpu_ms_per_call_s",
+    "cpu_ms_per_call_s_steady",
+    "bridge_cpu_pct_full",
+    "rss_mb",
+    "rss_mb_idle",
+    "rss_mb_per_call",
+    "inbound_latency_ms",
+    "outbound_latency_ms",
+    "loop_lag_ms",
+    "frames_lost",
+    "calls_failed",
+    "held",
+    "load_side_ok",
+    "contention",
+    "machine",
+)
+
+
+async def sweep(options: LoadOptions, counts: list[int]) -> dict[str, Any]:
+    """One run per call count in ``counts`` (fresh processes each): how cost grows with
+    calls. ``steps`` keeps :data:`SWEEP_KEYS` of each report."""
+    say = options.progress or (lambda _msg: None)
+    steps = []
+    for n in counts:
+        say(f"sweep: {n} calls x {options.seconds:g} s")
+        report = await run_load(replace(options, calls=n))
+        say("  " + _step_line(report))
+        steps.append({k: report[k] for k in SWEEP_KEYS})
+    return {"seconds": options.seconds, "p99_limit_ms": options.p99_limit_ms, "steps": steps}
+
+
+def format_sweep(result: dict[str, Any]) -> str:
+    """The sweep as a table, one line per call count."""
+    lines = [
+        "  calls  ms/call-s  steady  CPU %   RSS MB  MB/call  in p99  out p99  lag p99  "
+        "CPU slow  verdict"
+    ]
+    for s in result["steps"]:
+        slow = s["machine"].get("speed_probe", {}).get("slow_share")
+        lines.append(
+            f"  {s['calls']:5d}  {s['cpu_ms_per_call_s']:9.2f}  "
+            f"{s['cpu_ms_per_call_s_steady'] or 0:6.2f}  {s['bridge_cpu_pct_full'] or 0:5.1f}  "
+            f"{s['rss_mb']:7.1f}  {s['rss_mb_per_call']:7.3f}  "
+            f"{s['inbound_latency_ms'].get('p99', 0):6.2f}  "
+            f"{s['outbound_latency_ms'].get('p99', 0):7.2f}  "
+            f"{s['loop_lag_ms'].get('p99', 0):7.2f}  "
+            + (f"{100 * slow:6.0f} %  " if slow is not None else "       -  ")
+            + ("held" if s["held"] else "FAILED")
+        )
+    return "\n".join(lines)
+
+
+def plot_sweep(result: dict[str, Any], path: Path) -> None:
+    """A small PNG of a sweep: bridge CPU per call-second, and relay p99 per direction,
+    against calls (needs matplotlib: the ``sim`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result["steps"]
+    calls = [s["calls"] for s in steps]
+    fig, (cost, lat) = plt.subplots(1, 2, figsize=(9, 3.4))
+    cost.plot(calls, [s["cpu_ms_per_call_s"] for s in steps], "o-", label="whole run")
+    cost.plot(
+        calls, [s["cpu_ms_per_call_s_steady"] or 0 for s in steps], "s--", label="all calls up"
+    )
+    cost.set_xlabel("concurrent calls")
+    cost.set_ylabel("bridge CPU, ms per call-second")
+    cost.set_ylim(bottom=0)
+    cost.legend()
+    for key, label in (("inbound_latency_ms", "inbound"), ("outbound_latency_ms", "outbound")):
+        lat.plot(calls, [s[key].get("p99", 0) for s in steps], "o-", label=f"{label} p99")
+    lat.axhline(result["p99_limit_ms"], color="tab:red", linestyle=":", label="pass mark")
+    lat.set_xlabel("concurrent calls")
+    lat.set_ylabel("relay latency p99, ms")
+    lat.set_ylim(bottom=0)
+    lat.legend()
+    fig.suptitle(f"voicebridge loadtest sweep ({result['seconds']:g} s calls, one core)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _counts(text: str) -> list[int]:
+    """``--sweep`` value: comma-separated call counts, each at least 1."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of call counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"call counts must be 1 or more: {text!r}")
+    return counts
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -1728,6 +1829,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--find-max", action="store_true", help="raise --calls until a step fails")
     add("--max-calls", type=int, default=320, help="--find-max never tries more (default 320)")
     add("--retries", type=int, default=1, help="--find-max: rerun a step failed on a noisy machine")
+    add(
+        "--sweep",
+        type=_counts,
+        metavar="N,N,...",
+        help="one run per call count (how cost grows with calls), e.g. 10,25,50,100",
+    )
+    add("--plot", type=Path, metavar="PNG", help="--sweep: also draw it to this PNG file")
     add(
         "--fault",
         action="append",
@@ -1789,8 +1897,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"voicebridge loadtest: --env wants NAME=VALUE, not {item!r}", file=sys.stderr)
             return 2
         env[name] = value
-    if args.soak and args.find_max:
-        print("voicebridge loadtest: --soak and --find-max do not combine", file=sys.stderr)
+    if sum(map(bool, (args.soak, args.find_max, args.sweep))) > 1:
+        print(
+            "voicebridge loadtest: --soak, --find-max and --sweep do not combine", file=sys.stderr
+        )
+        return 2
+    if args.plot is not None and not args.sweep:
+        print("voicebridge loadtest: --plot goes with --sweep", file=sys.stderr)
         return 2
     calls = args.calls
     if calls is None:
@@ -1827,6 +1940,12 @@ def run(args: argparse.Namespace) -> int:
             search = find_max(options, cap=args.max_calls, retries=max(0, args.retries))
             result = asyncio.run(_stoppable(search))
             print(json.dumps(result) if args.json else format_find_max(result))
+            return 0
+        if args.sweep:
+            result = asyncio.run(_stoppable(sweep(options, args.sweep)))
+            if args.plot is not None:
+                plot_sweep(result, args.plot)
+            print(json.dumps(result) if args.json else format_sweep(result))
             return 0
         report = asyncio.run(_stoppable(run_load(options)))
     except asyncio.CancelledError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -357,3 +358,57 @@ def test_probe_summary_counts_slow_seconds_against_the_reference() -> None:
     # Without a reference the fastest probe is the yardstick; without probes, nothing.
     assert loadtest.probe_summary(probes, [], {})["fast_ms"] == 3.0
     assert loadtest.probe_summary([], samples, speed) == {}
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+@pytest.mark.e2e
+def test_sweep_runs_each_count_and_plots(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    png = tmp_path / "sweep.png"
+    status, result = _run_json(
+        capsys, "--sweep", "1,2", "--seconds", "2", "--speed", "2", "--plot", str(png)
+    )
+    assert status == 0
+    assert [s["calls"] for s in result["steps"]] == [1, 2]
+    for step in result["steps"]:
+        assert step["frames_lost"] == step["calls_failed"] == 0
+        assert step["cpu_ms_per_call_s"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _assert_no_children()
+
+
+def test_sweep_table_and_plot_from_reports(tmp_path: Path) -> None:
+    steps = []
+    for calls in (2, 4):
+        report = _fake_run() | {"calls": calls}
+        steps.append({k: report[k] for k in loadtest.SWEEP_KEYS})
+    result = {"seconds": 2.0, "p99_limit_ms": 10.0, "steps": steps}
+    lines = loadtest.format_sweep(result).splitlines()
+    assert lines[0].split()[:2] == ["calls", "ms/call-s"]
+    assert [line.split()[0] for line in lines[1:]] == ["2", "4"]
+    assert all(line.endswith("held") for line in lines[1:])
+    png = tmp_path / "sweep.png"
+    loadtest.plot_sweep(result, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--sweep", "2", "--find-max"],
+        ["--sweep", "2", "--soak"],
+        ["--plot", "x.png"],
+    ],
+)
+def test_sweep_option_conflicts_exit_2(args: list[str]) -> None:
+    assert main(["loadtest", *args]) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "a,b", "", "3,-1"])
+def test_sweep_counts_must_be_positive_integers(value: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["loadtest", "--sweep", value])
+    assert exc.value.code == 2
