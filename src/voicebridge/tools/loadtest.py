@@ -1789,7 +1789,20 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
     lat.set_ylabel("relay latency p99, ms")
     lat.set_ylim(bottom=0)
     lat.legend()
-    fig.suptitle(f"voicebridge loadtest sweep ({result['seconds']:g} s calls, one core)")
+    slow = [
+        s["machine"]["speed_probe"]["slow_share"]
+        for s in steps
+        if s["machine"].get("speed_probe")
+    ]
+    machine = (
+        f"; the CPU ran slow in {100 * min(slow):.0f}-{100 * max(slow):.0f} % of seconds"
+        if slow
+        else ""
+    )
+    fig.suptitle(
+        f"voicebridge loadtest sweep ({result['seconds']:g} s calls, one core{machine})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
