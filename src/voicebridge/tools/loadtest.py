@@ -1790,9 +1790,7 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
     lat.set_ylim(bottom=0)
     lat.legend()
     slow = [
-        s["machine"]["speed_probe"]["slow_share"]
-        for s in steps
-        if s["machine"].get("speed_probe")
+        s["machine"]["speed_probe"]["slow_share"] for s in steps if s["machine"].get("speed_probe")
     ]
     machine = (
         f"; the CPU ran slow in {100 * min(slow):.0f}-{100 * max(slow):.0f} % of seconds"
