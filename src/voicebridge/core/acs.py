@@ -131,11 +131,12 @@ def _field(msg: Mapping[str, Any], name: str) -> Any:
     return None
 
 
-def _payload(msg: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    camel = kind[0].lower() + kind[1:]  # how ACS spells it inbound: "audioData"
-    body = msg[camel] if camel in msg else _field(msg, kind)  # no key scan per frame
+def _payload(msg: Mapping[str, Any], kind: str, key: str) -> Mapping[str, Any]:
+    """The ``kind`` message's payload object, under ``key`` as ACS spells it (so the
+    exact lookup hits and no key is scanned per frame) or any case of it."""
+    body = _field(msg, key)
     if body is None:
-        raise AcsCodecError(f"{kind}: missing the {camel!r} object")
+        raise AcsCodecError(f"{kind}: missing the {key!r} object")
     if not isinstance(body, dict):
         raise AcsCodecError(f"{kind}: payload must be an object, got {type(body).__name__}")
     return body
@@ -189,7 +190,7 @@ def parse(text: str | bytes) -> AcsEvent:
         )
     folded = kind.lower()
     if folded == "audiodata":
-        body = _payload(msg, "AudioData")
+        body = _payload(msg, "AudioData", "audioData")
         silent = _field(body, "silent")
         if silent is None:
             silent = False
@@ -212,7 +213,7 @@ def parse(text: str | bytes) -> AcsEvent:
             participant_raw_id=_opt_str(body, "AudioData", "participantRawID"),
         )
     if folded == "audiometadata":
-        body = _payload(msg, "AudioMetadata")
+        body = _payload(msg, "AudioMetadata", "audioMetadata")
         rate = _req_int(body, "AudioMetadata", "sampleRate")
         channels = _req_int(body, "AudioMetadata", "channels")
         if rate <= 0 or channels <= 0:
@@ -230,7 +231,7 @@ def parse(text: str | bytes) -> AcsEvent:
             length=length,
         )
     if folded == "dtmfdata":
-        body = _payload(msg, "DtmfData")
+        body = _payload(msg, "DtmfData", "dtmfData")
         tone = _field(body, "data")
         if not isinstance(tone, str):
             raise AcsCodecError("DtmfData.data: expected a string")
@@ -275,7 +276,7 @@ def parse_outbound(text: str | bytes) -> OutboundAudio | OutboundStop | Unknown:
     if folded == "stopaudio":
         return OutboundStop()
     if folded == "audiodata":
-        body = _payload(msg, "AudioData")
+        body = _payload(msg, "AudioData", "AudioData")  # as the bridge spells it
         data = _field(body, "data")
         if not isinstance(data, str):
             raise AcsCodecError("AudioData.data: expected a string")
