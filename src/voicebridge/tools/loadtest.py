@@ -285,12 +285,18 @@ def probe_summary(
     probes: list[tuple[float, float]],
     samples: list[dict[str, Any]],
     speed: dict[str, dict[str, float]],
+    calls: int | None = None,
 ) -> dict[str, Any]:
     """The speed probe over the run (times in ``probes`` are seconds since the run's
     start): ``fast_ms`` (the reference's loop scaled to the probe's size, or the fastest
     probe if faster), ``p50_ms``, ``max_ms``, and ``slow_share``, the share of probes
     :data:`SLOW_PROBE` times slower than ``fast_ms``. Each CPU sample gets the
-    ``probe_ms`` taken in the same second, when there is one."""
+    ``probe_ms`` taken in the same second, when there is one.
+
+    With ``calls``, the seconds in which all of them were up are split by the probe:
+    ``full_fast``/``full_slow`` give each part's ``seconds`` and the bridge's mean
+    ``cpu_pct`` in them (None without such seconds), so a run's cost can be read apart
+    from the machine's slow spells. Reported only: no verdict uses it."""
     if not probes:
         return {}
     values = sorted(ms for _, ms in probes)
@@ -302,13 +308,22 @@ def probe_summary(
         near = [ms for t, ms in probes if sample["t"] - 1.0 < t <= sample["t"]]
         if near:
             sample["probe_ms"] = near[-1]
-    return {
+    summary: dict[str, Any] = {
         "count": len(values),
         "fast_ms": round(fast, 3),
         "p50_ms": values[len(values) // 2],
         "max_ms": values[-1],
         "slow_share": round(sum(ms > SLOW_PROBE * fast for ms in values) / len(values), 3),
     }
+    if calls is not None:
+        full = [s for s in samples if s.get("active") == calls and "probe_ms" in s]
+        for name, slow in (("full_fast", False), ("full_slow", True)):
+            pcts = [s["cpu_pct"] for s in full if (s["probe_ms"] > SLOW_PROBE * fast) is slow]
+            summary[name] = {
+                "seconds": len(pcts),
+                "cpu_pct": round(sum(pcts) / len(pcts), 1) if pcts else None,
+            }
+    return summary
 
 
 def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
@@ -336,10 +351,19 @@ def _probe_text(probe: dict[str, Any]) -> str:
     """The speed probe for the text report ("" when it did not run)."""
     if not probe:
         return ""
-    return (
+    text = (
         f"; during the calls the probe ran slow (> {SLOW_PROBE:g} x {probe['fast_ms']:.2f} ms) "
         f"in {100 * probe['slow_share']:.0f} % of {probe['count']} seconds"
     )
+    parts = [
+        f"{part['cpu_pct']:.1f} % of a core in its {part['seconds']} {name} "
+        + ("second" if part["seconds"] == 1 else "seconds")
+        for name, part in (("fast", probe.get("full_fast")), ("slow", probe.get("full_slow")))
+        if part and part["cpu_pct"] is not None
+    ]
+    if parts:
+        text += f"; with all calls up, the bridge used {' and '.join(parts)}"
+    return text
 
 
 def _cpu_model() -> str:
@@ -1034,7 +1058,9 @@ def summarise(
       ``loopback_ms``): how fast the machine itself was, so that runs from different
       hours can be compared. ``machine.speed_probe`` — the same CPU probed once a second
       during the calls (:func:`probe_summary`; each CPU sample gets its ``probe_ms``):
-      ``slow_share`` is the share of seconds in which the CPU itself ran slow.
+      ``slow_share`` is the share of seconds in which the CPU itself ran slow, and
+      ``full_fast``/``full_slow`` the bridge's mean CPU % in the seconds with every call
+      up, apart by the probe.
 
     With a fault plan (``faults``) some of this changes, because a socket aborted by a
     fault loses whatever was in flight on it, by design:
@@ -1245,7 +1271,7 @@ def summarise(
             "python": platform.python_version(),
             "pinned": pinned,
             "speed_reference_ms": speed or {},
-            "speed_probe": probe_summary(probes or [], samples, speed or {}),
+            "speed_probe": probe_summary(probes or [], samples, speed or {}, n),
         },
     }
 

@@ -358,6 +358,28 @@ def test_probe_summary_counts_slow_seconds_against_the_reference() -> None:
     # Without a reference the fastest probe is the yardstick; without probes, nothing.
     assert loadtest.probe_summary(probes, [], {})["fast_ms"] == 3.0
     assert loadtest.probe_summary([], samples, speed) == {}
+    assert "full_fast" not in summary  # only when told how many calls make "all up"
+
+
+def test_probe_summary_splits_the_full_seconds_by_the_probe() -> None:
+    probes = [(0.5, 3.0), (1.5, 5.2), (2.5, 3.1), (3.5, 4.5), (4.5, 6.0)]
+    samples: list[dict[str, Any]] = [
+        {"t": 1.0, "active": 10, "cpu_pct": 70.0},
+        {"t": 2.0, "active": 10, "cpu_pct": 90.0},  # slow second
+        {"t": 3.0, "active": 10, "cpu_pct": 74.0},
+        {"t": 4.0, "active": 10, "cpu_pct": 86.0},  # slow second
+        {"t": 5.0, "active": 6, "cpu_pct": 50.0},  # slow, but calls were hanging up
+        {"t": 6.0, "active": 10, "cpu_pct": 99.0},  # no probe in that second
+    ]
+    summary = loadtest.probe_summary(probes, samples, {}, calls=10)
+    assert summary["full_fast"] == {"seconds": 2, "cpu_pct": 72.0}
+    assert summary["full_slow"] == {"seconds": 2, "cpu_pct": 88.0}
+    text = loadtest._probe_text(summary)
+    assert "72.0 % of a core in its 2 fast seconds and 88.0 % of a core in its 2 slow" in text
+    # No second with every call up: the parts are there, empty, and the text says nothing.
+    none = loadtest.probe_summary(probes, samples, {}, calls=50)
+    assert none["full_fast"] == {"seconds": 0, "cpu_pct": None}
+    assert "all calls up" not in loadtest._probe_text(none)
 
 
 # --------------------------------------------------------------------------- sweep
