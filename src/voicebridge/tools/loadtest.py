@@ -1728,6 +1728,18 @@ def format_find_max(result: dict[str, Any]) -> str:
         f"max calls held: {result['max_calls']} on one core (smallest failing: "
         f"{result['first_failed_calls']}; limited by {result['limited_by']})"
     )
+    slow = [
+        s["machine"]["speed_probe"]["slow_share"]
+        for s in result["steps"]
+        if s.get("machine", {}).get("speed_probe")
+    ]
+    if slow:
+        # The same build and command have given 150 and 102 an hour apart on a shared
+        # VM (docs/performance.md): say how fast the machine was while this one ran.
+        lines.append(
+            f"the CPU itself ran slow in {100 * min(slow):.0f}-{100 * max(slow):.0f} % of "
+            "each step's seconds (speed probe); compare only results made at similar speed"
+        )
     return "\n".join([*lines, "", format_report(result["best"])])
 
 

@@ -344,6 +344,25 @@ def test_find_max_stops_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result["max_calls"] == 100 and result["limited_by"] == "--max-calls 100"
 
 
+def test_find_max_text_says_how_slow_the_machine_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fake_run(options: loadtest.LoadOptions) -> dict[str, Any]:
+        step = _step(options.calls, held=options.calls <= 40)
+        step["machine"] = {"speed_probe": {"slow_share": options.calls / 200}}
+        return step
+
+    monkeypatch.setattr(loadtest, "run_load", fake_run)
+    monkeypatch.setattr(loadtest, "format_report", lambda _report: "")
+    result = asyncio.run(loadtest.find_max(loadtest.LoadOptions(calls=20), cap=100))
+    text = loadtest.format_find_max(result)
+    assert "max calls held: 40" in text
+    assert [s["calls"] for s in result["steps"]] == [20, 40, 80, 60, 50, 45, 42]
+    assert "the CPU itself ran slow in 10-40 % of each step's seconds" in text
+    # Without the probe (a machine without it, or an old report) the line is left out.
+    for step in result["steps"]:
+        step["machine"] = {}
+    assert "ran slow" not in loadtest.format_find_max(result)
+
+
 def test_probe_summary_counts_slow_seconds_against_the_reference() -> None:
     # The reference's loop scaled to the probe's size: 60 ms * 15 000 / 300 000 = 3 ms.
     speed = {"before": {"python_ms": 60.0, "loopback_ms": 50.0}}
