@@ -304,6 +304,7 @@ def probe_summary(
     reference = speed.get("before", {}).get("python_ms")
     if reference:
         fast = min(fast, reference * speedref.PROBE_LOOPS / speedref.PYTHON_LOOPS)
+    slow_ms = SLOW_PROBE * fast
     for sample in samples:
         near = [ms for t, ms in probes if sample["t"] - 1.0 < t <= sample["t"]]
         if near:
@@ -313,12 +314,12 @@ def probe_summary(
         "fast_ms": round(fast, 3),
         "p50_ms": values[len(values) // 2],
         "max_ms": values[-1],
-        "slow_share": round(sum(ms > SLOW_PROBE * fast for ms in values) / len(values), 3),
+        "slow_share": round(sum(ms > slow_ms for ms in values) / len(values), 3),
     }
     if calls is not None:
         full = [s for s in samples if s.get("active") == calls and "probe_ms" in s]
         for name, slow in (("full_fast", False), ("full_slow", True)):
-            pcts = [s["cpu_pct"] for s in full if (s["probe_ms"] > SLOW_PROBE * fast) is slow]
+            pcts = [s["cpu_pct"] for s in full if (s["probe_ms"] > slow_ms) is slow]
             summary[name] = {
                 "seconds": len(pcts),
                 "cpu_pct": round(sum(pcts) / len(pcts), 1) if pcts else None,
@@ -1720,6 +1721,15 @@ async def find_max(
     }
 
 
+def _slow_shares(steps: list[dict[str, Any]]) -> list[float]:
+    """Each step's ``slow_share`` (the steps the speed probe ran in)."""
+    return [
+        s["machine"]["speed_probe"]["slow_share"]
+        for s in steps
+        if s.get("machine", {}).get("speed_probe")
+    ]
+
+
 def format_find_max(result: dict[str, Any]) -> str:
     lines = ["steps:", *("  " + _step_line(s) for s in result["steps"]), ""]
     if result["best"] is None:
@@ -1728,11 +1738,7 @@ def format_find_max(result: dict[str, Any]) -> str:
         f"max calls held: {result['max_calls']} on one core (smallest failing: "
         f"{result['first_failed_calls']}; limited by {result['limited_by']})"
     )
-    slow = [
-        s["machine"]["speed_probe"]["slow_share"]
-        for s in result["steps"]
-        if s.get("machine", {}).get("speed_probe")
-    ]
+    slow = _slow_shares(result["steps"])
     if slow:
         # The same build and command have given 150 and 102 an hour apart on a shared
         # VM (docs/performance.md): say how fast the machine was while this one ran.
@@ -1827,9 +1833,7 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
     lat.set_ylabel("relay latency p99, ms")
     lat.set_ylim(bottom=0)
     lat.legend()
-    slow = [
-        s["machine"]["speed_probe"]["slow_share"] for s in steps if s["machine"].get("speed_probe")
-    ]
+    slow = _slow_shares(steps)
     machine = (
         f"; the CPU ran slow in {100 * min(slow):.0f}-{100 * max(slow):.0f} % of seconds"
         if slow
