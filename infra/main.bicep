@@ -157,6 +157,8 @@ param agentVersion string = ''
 param conversationId string = ''
 param foundryResourceOverride string = ''
 param agentAuthenticationIdentityClientId string = ''
+@description('Agent mode: also send voice, turn detection, noise suppression, echo cancellation and transcription. Off: the agent\'s stored configuration owns them (a conflicting session.update ends the session).')
+param agentSessionOverrides bool = false
 param voiceName string = 'en-US-AvaMultilingualNeural'
 param instructions string = 'You are a friendly phone assistant. Keep answers short and conversational; the caller is on a phone line.'
 param voiceliveConnectTimeoutS int = 10
@@ -183,7 +185,8 @@ param vadType string = 'azure_semantic_vad'
 param vadSilenceMs int = 500
 param noiseSuppression bool = true
 param echoCancellation bool = true
-param transcriptionModel string = 'azure-speech'
+@description('TRANSCRIPTION_MODEL: "" = derived (whisper-1 for gpt-realtime models, azure-speech for agents and other models); "none" = off.')
+param transcriptionModel string = ''
 param transcriptionLanguage string = ''
 @description('INTERIM_RESPONSE as a JSON string, "" = off.')
 param interimResponse string = ''
@@ -227,7 +230,7 @@ param eventgridEntraOpenidConfigUrl string = ''
 param maxBodyBytes int = 1048576
 param maxMediaMessageBytes int = 65536
 param maxConcurrentCalls int = 100
-param mediaIdleTimeoutS int = 30
+param mediaIdleTimeoutS int = 120
 param maxCallDurationS int = 3600
 @description('DRAIN_GRACE_S: on SIGTERM the replica stops taking calls and waits this long for live ones.')
 param drainGraceS int = 120
@@ -450,6 +453,9 @@ var secretEnv = concat(
   ]
 )
 
+// Agent mode leaves the session fields an agent stores to the agent (docs/deploy.md).
+var agentOwnsSession = !empty(agentName) && !agentSessionOverrides
+
 // Plain settings. Entries whose value is '' are dropped (= not set).
 // Deliberately not set in Azure (dev/test only, see tests/infra/test_bicep.py):
 // VOICELIVE_BEARER_TOKEN, MEDIA_CLOCK_SPEED, HOST, PORT.
@@ -493,7 +499,7 @@ var plainEnv = [
   }
   {
     name: 'VOICE_NAME'
-    value: voiceName
+    value: agentOwnsSession ? '' : voiceName
   }
   {
     name: 'INSTRUCTIONS'
@@ -547,27 +553,27 @@ var plainEnv = [
   }
   {
     name: 'VAD_TYPE'
-    value: vadType
+    value: agentOwnsSession ? '' : vadType
   }
   {
     name: 'VAD_SILENCE_MS'
-    value: string(vadSilenceMs)
+    value: agentOwnsSession ? '' : string(vadSilenceMs)
   }
   {
     name: 'NOISE_SUPPRESSION'
-    value: noiseSuppression ? 'true' : 'false'
+    value: agentOwnsSession ? '' : (noiseSuppression ? 'true' : 'false')
   }
   {
     name: 'ECHO_CANCELLATION'
-    value: echoCancellation ? 'true' : 'false'
+    value: agentOwnsSession ? '' : (echoCancellation ? 'true' : 'false')
   }
   {
     name: 'TRANSCRIPTION_MODEL'
-    value: transcriptionModel
+    value: agentOwnsSession ? '' : transcriptionModel
   }
   {
     name: 'TRANSCRIPTION_LANGUAGE'
-    value: transcriptionLanguage
+    value: agentOwnsSession ? '' : transcriptionLanguage
   }
   {
     name: 'INTERIM_RESPONSE'

@@ -63,6 +63,13 @@ class AppContext:
                 "!!! ACS_JWT_VALIDATION=false: callbacks and media sockets are NOT "
                 "authenticated beyond the per-call URL key. Development only. !!!"
             )
+        if self.settings.mode == "agent" and self.settings.voicelive_model:
+            log.warning(
+                "VOICELIVE_MODEL=%s is ignored in agent mode: the agent %s names its own "
+                "model, and model is never sent with agent parameters",
+                self.settings.voicelive_model,
+                self.settings.agent_name,
+            )
         self.ready = True
 
     async def stop(self) -> None:
@@ -116,6 +123,12 @@ class AppContext:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.empty.wait(), 20.0)
         log.warning("drained")
+
+    async def call_state(self, call: Call) -> str:
+        """``connected`` / ``gone`` / ``unknown`` (or another ACS state) for ``call``."""
+        if call.disconnected.is_set() or not call.call_connection_id or self.acs is None:
+            return "gone"
+        return await acs_client.call_state(self.acs, call.call_connection_id)
 
     async def hang_up(self, call: Call) -> None:
         """Hang up ``call`` through Call Automation (idempotent, never raises)."""

@@ -22,7 +22,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from voicebridge.core.voicelive import model_family, transcription_models
 from voicebridge.errors import ConfigError
+
+#: TRANSCRIPTION_MODEL values that turn caller transcription off.
+TRANSCRIPTION_OFF = ("none", "off")
+#: Interim response types, spelt as azure-ai-voicelive's InterimResponseConfigType.
+INTERIM_RESPONSE_TYPES = ("static_interim_response", "llm_interim_response")
 
 
 def _env(*names: str) -> Any:
@@ -127,8 +133,10 @@ class Settings(BaseSettings):
     echo_cancellation: bool = Field(
         default=True, validation_alias=AliasChoices("ECHO_CANCELLATION")
     )
+    # Unset: derived from the mode and model family (``transcription``); "none" turns
+    # caller transcripts off.
     transcription_model: str | None = Field(
-        default="azure-speech", validation_alias=AliasChoices("TRANSCRIPTION_MODEL")
+        default=None, validation_alias=AliasChoices("TRANSCRIPTION_MODEL")
     )
     transcription_language: str | None = Field(
         default=None, validation_alias=AliasChoices("TRANSCRIPTION_LANGUAGE")
@@ -218,7 +226,7 @@ class Settings(BaseSettings):
         default=100, ge=1, validation_alias=AliasChoices("MAX_CONCURRENT_CALLS")
     )
     media_idle_timeout_s: float = Field(
-        default=30.0, gt=0, validation_alias=AliasChoices("MEDIA_IDLE_TIMEOUT_S")
+        default=120.0, gt=0, validation_alias=AliasChoices("MEDIA_IDLE_TIMEOUT_S")
     )
     max_call_duration_s: float = Field(
         default=3600.0, gt=0, validation_alias=AliasChoices("MAX_CALL_DURATION_S")
@@ -275,6 +283,18 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else None
         return value
 
+    @field_validator("interim_response")
+    @classmethod
+    def _interim_spelling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The ``type`` as the installed SDK serialises it (``static_interim_response``;
+        the 2026-07-15 reference's hyphenated spelling is accepted and rewritten)."""
+        if value is None:
+            return None
+        kind = str(value.get("type", "")).strip().lower().replace("-", "_")
+        if kind not in INTERIM_RESPONSE_TYPES:
+            raise ValueError(f"type must be one of {', '.join(INTERIM_RESPONSE_TYPES)}")
+        return {**value, "type": kind}
+
     @model_validator(mode="after")
     def _mode(self) -> Settings:
         if self.agent_name and not self.project_name:
@@ -295,17 +315,60 @@ class Settings(BaseSettings):
                 "ACS_RESOURCE_ID: required while ACS_JWT_VALIDATION is on (the ACS resource's "
                 "Immutable Resource ID, a GUID); ACS_JWT_VALIDATION=false is for development only"
             )
+        self._check_transcription()
+        if self.interim_response is not None and self.model_family == "realtime":
+            raise ValueError(
+                f"INTERIM_RESPONSE: not supported with VOICELIVE_MODEL={self.voicelive_model} "
+                "(realtime models do not support interim responses); unset it, or use an "
+                "agent or a non-realtime model"
+            )
         if bool(self.eventgrid_entra_tenant_id) != bool(self.eventgrid_entra_audience):
             raise ValueError(
                 "EVENTGRID_ENTRA_AUDIENCE: set both it and EVENTGRID_ENTRA_TENANT_ID, or neither"
             )
         return self
 
+    def _check_transcription(self) -> None:
+        chosen = (self.transcription_model or "").strip()
+        if not chosen or chosen.lower() in TRANSCRIPTION_OFF:
+            return
+        supported = transcription_models(self.mode, self.voicelive_model)
+        if chosen in supported:
+            return
+        against = (
+            f"VOICELIVE_MODEL={self.voicelive_model}"
+            if self.mode == "model"
+            else f"AGENT_NAME={self.agent_name} (agent mode)"
+        )
+        raise ValueError(
+            f"TRANSCRIPTION_MODEL={chosen} is not supported with {against}: use one of "
+            f"{', '.join(supported)}, or none (unset picks {supported[0]})"
+        )
+
     # ---- derived
 
     @property
     def mode(self) -> Literal["agent", "model"]:
         return "agent" if self.agent_name else "model"
+
+    @property
+    def model_family(self) -> str:
+        """``"realtime"`` (gpt-realtime family, model mode) or ``"other"``."""
+        return model_family(self.mode, self.voicelive_model)
+
+    @property
+    def transcription(self) -> str | None:
+        """The input transcription model to configure: ``TRANSCRIPTION_MODEL``, or the
+        family's default when unset; None when turned off (``none``)."""
+        chosen = (self.transcription_model or "").strip()
+        if chosen.lower() in TRANSCRIPTION_OFF:
+            return None
+        return chosen or transcription_models(self.mode, self.voicelive_model)[0]
+
+    def explicitly_set(self, name: str) -> bool:
+        """Whether the operator set field ``name`` (environment, ``.env`` or an
+        override), rather than it holding its default."""
+        return name in self.model_fields_set
 
     @property
     def voicelive_host(self) -> str:

@@ -46,6 +46,7 @@ import orjson
 from azure.ai.voicelive.aio import ConnectionClosed
 from starlette.websockets import WebSocket
 
+from voicebridge import observations
 from voicebridge.calls import Call
 from voicebridge.core.audio import Resampler
 from voicebridge.core.bridge import CallBridge
@@ -142,6 +143,13 @@ class MediaRelay:
         self.sockets = 1
         self._started = time.perf_counter()
         self._last_acs_rx = time.perf_counter()
+        self._max_acs_gap_s = 0.0  # longest wait between two ACS messages (observations)
+        # Caller-stream levels while the agent plays, for the echo question (first call).
+        self._levels = (
+            None
+            if observations.observed("acs_inbound_during_playback")
+            else observations.InboundLevels()
+        )
         self._pacer_wakes_at = float("inf")  # media time the pacer will next look
         self._expiry_seen: float | None = None
         self._lifetime = 0.0
@@ -226,8 +234,13 @@ class MediaRelay:
                 "guard_blocked",
             ):
                 log.warning("call %s: %s %s", self.call.label, event, _brief(record))
-            elif event == "session_created" and record.get("conversation_id"):
-                self.call.conversation_id = record["conversation_id"]
+            elif event == "session_created":
+                if record.get("conversation_id"):
+                    self.call.conversation_id = record["conversation_id"]
+                if self.settings.mode == "agent":
+                    observations.observe(
+                        "agent_conversation_id", field=record.get("conversation_id_field")
+                    )
             elif event == "session_updated" and self._pending_reconnect is not None:
                 self._reconnected()
             if self._tracing:
@@ -289,8 +302,15 @@ class MediaRelay:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return "acs_closed"
-            t0 = self._last_acs_rx = perf()
-            bridge.receive_acs(message.get("text") or message.get("bytes") or b"")
+            t0 = perf()
+            if t0 - self._last_acs_rx > self._max_acs_gap_s:
+                self._max_acs_gap_s = t0 - self._last_acs_rx
+            self._last_acs_rx = t0
+            data = message.get("text") or message.get("bytes") or b""
+            bridge.receive_acs(data)
+            if self._levels is not None and self._levels.feed(data, bridge.frames_queued > 0):
+                observations.observe("acs_inbound_during_playback", **self._levels.report())
+                self._levels = None
             if bridge.voicelive_pending and self.session is not None:
                 await self._send_voicelive()
                 latency.add((perf() - t0) * 1000.0)
@@ -463,6 +483,8 @@ class MediaRelay:
                 elif tasks["timers"] in done:
                     reason = tasks["timers"].result()
                     tasks["timers"] = asyncio.create_task(self._timers(), name="timers")
+                if reason == "media_idle_timeout" and await self._call_still_connected():
+                    continue  # silence or hold, not a dead call: keep it
                 if reason in ("media_idle_timeout", "max_duration"):
                     return await self._limit_reached(tasks, reason)
                 if reason in RECONNECT_REASONS and not await self._reconnect(tasks, reason):
@@ -678,6 +700,24 @@ class MediaRelay:
             await asyncio.sleep(0.02)
         await self.ctx.hang_up(self.call)
 
+    async def _call_still_connected(self) -> bool:
+        """ACS sent nothing for ``MEDIA_IDLE_TIMEOUT_S``: ask Call Automation whether the
+        call is still connected. No source says whether ACS keeps streaming through
+        silence or hold (protocol audit §3), so a quiet caller is never hung up on the
+        media clock alone; a call ACS no longer knows is. An unanswered question keeps
+        the call too (the next idle period asks again; ``MAX_CALL_DURATION_S`` bounds it)."""
+        state = await self.ctx.call_state(self.call)
+        gap_s = round(time.perf_counter() - self._last_acs_rx, 1)
+        if state in ("connected", "unknown"):
+            log.info(
+                "call %s: no media for %.1f s, call %s: keeping it", self.call.label, gap_s, state
+            )
+            self.call.log.write("media_idle", gap_s=gap_s, call_state=state)
+            observations.observe("acs_media_gap", gap_s=gap_s, call_state=state)
+            self._last_acs_rx = time.perf_counter()
+            return True
+        return False
+
     async def _finish(self, outcome: str) -> str:
         bridge = self.bridge
         bridge.finish()  # flushes the uplink resampler: the caller's last samples
@@ -691,6 +731,14 @@ class MediaRelay:
             self._drain_records()
         report = bridge.report()
         report["inbound_latency_ms"] = self.inbound_latency_ms.summary()
+        counters = report["counters"]
+        if counters["acs_frames_in"]:
+            observations.observe(
+                "acs_silent_frames",
+                frames=counters["acs_frames_in"],
+                silent_frames=counters["acs_silent_frames"],
+                longest_gap_ms=round(self._max_acs_gap_s * 1000.0),
+            )
         self.ctx.stats.call_finished(
             report,
             self.inbound_latency_ms,

@@ -206,3 +206,16 @@ class CallUrlSigner:
         if not dot or not call_id or len(key) > 128:
             return None
         return call_id if hmac.compare_digest(mac.encode(), self._mac(call_id).encode()) else None
+
+
+def unverified_audience(authorization: str | None) -> Any:
+    """The ``aud`` claim of a bearer token, read WITHOUT verifying it: only for telling
+    an operator what a refused token claimed (never to accept one). None if unreadable."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    try:
+        claims = jwt.decode(token.strip(), options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    return claims.get("aud") if isinstance(claims, dict) else None

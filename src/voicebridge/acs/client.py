@@ -112,3 +112,22 @@ async def hang_up(client: CallAutomationClient, call_connection_id: str) -> bool
         log.warning("hang_up %s failed: %s", call_connection_id, type(exc).__name__)
         return False
     return True
+
+
+async def call_state(client: CallAutomationClient, call_connection_id: str) -> str:
+    """The call's state as Call Automation reports it: ``connected`` (or another
+    ``CallConnectionState`` value in lower case), ``gone`` when ACS no longer knows
+    the call (404) or it is disconnected, ``unknown`` when ACS could not be asked."""
+    try:
+        props = await client.get_call_connection(call_connection_id).get_call_properties()
+    except HttpResponseError as exc:
+        if exc.status_code == 404:
+            return "gone"
+        log.warning("call state %s: HTTP %s", call_connection_id, exc.status_code)
+        return "unknown"
+    except AzureError as exc:
+        log.warning("call state %s failed: %s", call_connection_id, type(exc).__name__)
+        return "unknown"
+    raw = getattr(props, "call_connection_state", None)
+    state = str(getattr(raw, "value", raw) or "").lower()
+    return "gone" if state in ("", "disconnected") else state

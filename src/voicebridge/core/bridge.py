@@ -358,6 +358,7 @@ class CallBridge:
             "session_created",
             session_id=ev.session_id,
             conversation_id=ev.conversation_id,
+            conversation_id_field=ev.conversation_id_field,
             agent=dict(ev.agent) if ev.agent else None,
             voice=ev.voice,
             expires_at=str(ev.expires_at) if ev.expires_at is not None else None,

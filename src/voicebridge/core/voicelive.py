@@ -30,6 +30,9 @@ class SessionCreated:
     agent: Mapping[str, Any] | None
     voice: Any
     expires_at: Any
+    #: where the conversation id was found (``session.conversation_id``,
+    #: ``session.agent.conversation_id`` or ``session.agent.thread_id``), None if nowhere
+    conversation_id_field: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,15 +176,17 @@ def _session_created(ev: Mapping[str, Any]) -> SessionCreated:
     s = _session(ev)
     agent = s.get("agent")
     agent_map = agent if isinstance(agent, Mapping) else None
-    conv = _opt_str(s, "conversation_id")
-    if conv is None and agent_map is not None:
-        conv = _opt_str(agent_map, "conversation_id") or _opt_str(agent_map, "thread_id")
+    conv, field = _opt_str(s, "conversation_id"), "session.conversation_id"
+    for key in ("conversation_id", "thread_id"):
+        if conv is None and agent_map is not None:
+            conv, field = _opt_str(agent_map, key), f"session.agent.{key}"
     return SessionCreated(
         session_id=_opt_str(s, "id") or "",
         conversation_id=conv,
         agent=agent_map,
         voice=s.get("voice"),
         expires_at=s.get("expires_at"),
+        conversation_id_field=field if conv is not None else None,
     )
 
 
@@ -271,6 +276,43 @@ def classify(ev: Mapping[str, Any]) -> ServerEvent:
     return classifier(ev)
 
 
+# --------------------------------------------------------------------------- model rules
+
+#: Model-name prefixes of the multimodal realtime family (``gpt-realtime``,
+#: ``gpt-realtime-mini``, ``gpt-4o-realtime-*``, ``gpt-4o-mini-realtime-*``).
+REALTIME_MODEL_PREFIXES = ("gpt-realtime", "gpt-4o-realtime", "gpt-4o-mini-realtime")
+
+#: Input transcription models per family (voice-live-how-to "Audio input transcription";
+#: the 2026-07-15 API reference, RealtimeAudioInputTranscriptionSettings). The first of
+#: each tuple is the default: ``whisper-1`` as in Microsoft's gpt-realtime telephony
+#: sample; ``azure-speech`` for "all non-multimodal models and agents".
+TRANSCRIPTION_MODELS: dict[str, tuple[str, ...]] = {
+    "realtime": (
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-transcribe-diarize",
+        "mai-transcribe",
+        "mai-transcribe-2",
+    ),
+    "other": ("azure-speech", "mai-transcribe", "mai-transcribe-2"),
+}
+
+
+def model_family(mode: str, model: str | None) -> str:
+    """``"realtime"`` for a gpt-realtime-family model in model mode, else ``"other"``
+    (agents and the non-multimodal models)."""
+    if mode == "model" and model and model.lower().startswith(REALTIME_MODEL_PREFIXES):
+        return "realtime"
+    return "other"
+
+
+def transcription_models(mode: str, model: str | None) -> tuple[str, ...]:
+    """The input transcription models Voice Live supports with this mode and model;
+    the first is the default."""
+    return TRANSCRIPTION_MODELS[model_family(mode, model)]
+
+
 # --------------------------------------------------------------------------- client events
 
 
@@ -300,22 +342,31 @@ def append_json(b64: str) -> str:
 
 
 def response_create(*, instructions: str | None = None) -> dict[str, Any]:
-    """A bare ``response.create`` (the model answers the conversation so far)."""
-    if instructions is None:
-        return {"type": "response.create"}
-    return {"type": "response.create", "response": {"instructions": instructions}}
+    """A ``response.create`` (the model answers the conversation so far).
+
+    ``cancel_previous`` is false: the service's default (true, SDK
+    ``ResponseCreateParams``) would cut short a response the server started a moment
+    before this arrived (the race between the bridge's nudge and a server-side
+    response); with false such a request is refused instead and the server's
+    response plays out."""
+    response: dict[str, Any] = {"cancel_previous": False}
+    if instructions is not None:
+        response["instructions"] = instructions
+    return {"type": "response.create", "response": response}
 
 
 def greeting_pre_generated(text: str) -> dict[str, Any]:
-    """A ``response.create`` that speaks ``text`` verbatim (proactive greeting, §7)."""
+    """A ``response.create`` that speaks ``text`` verbatim (proactive greeting, §7);
+    ``cancel_previous`` false as in :func:`response_create`."""
     return {
         "type": "response.create",
         "response": {
+            "cancel_previous": False,
             "pre_generated_assistant_message": {
                 "type": "message",
                 "role": "assistant",
                 "content": [{"type": "text", "text": text}],
-            }
+            },
         },
     }
 
@@ -339,13 +390,13 @@ def build_session_config(
     output_hz: int,
     voice: str | Mapping[str, Any] | None,
     instructions: str | None = None,
-    vad_type: str = "azure_semantic_vad",
+    vad_type: str | None = "azure_semantic_vad",
     silence_duration_ms: int = 500,
     interrupt_response: bool = True,
     auto_truncate: bool = True,
-    noise_suppression: bool = True,
-    echo_cancellation: bool = True,
-    transcription_model: str | None = "azure-speech",
+    noise_suppression: bool | None = True,
+    echo_cancellation: bool | None = True,
+    transcription_model: str | None = "whisper-1",
     transcription_language: str | None = None,
     interim_response: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -354,6 +405,10 @@ def build_session_config(
     ``input_hz`` is 16000 or 24000; ``output_hz`` picks ``pcm16`` (24 kHz) or
     ``pcm16_16000hz``. ``voice`` is an Azure voice name (``*Neural`` or containing a
     dash), an OpenAI voice name, or a full voice object.
+
+    None leaves a field out of the update (agent mode sends only what the operator
+    configured: the agent's stored configuration owns the rest); ``False`` for noise
+    suppression or echo cancellation sends an explicit ``null`` (off).
     """
     if input_hz not in (16000, 24000):
         raise ValueError(f"input rate must be 16000 or 24000, not {input_hz}")
@@ -364,22 +419,27 @@ def build_session_config(
         "input_audio_format": "pcm16",
         "input_audio_sampling_rate": input_hz,
         "output_audio_format": "pcm16" if output_hz == 24000 else "pcm16_16000hz",
-        "turn_detection": {
+    }
+    if vad_type is not None:
+        session["turn_detection"] = {
             "type": vad_type,
             "silence_duration_ms": silence_duration_ms,
             "create_response": True,
             "interrupt_response": interrupt_response,
             "auto_truncate": auto_truncate,
-        },
-    }
+        }
     if voice is not None:
         session["voice"] = voice_config(voice)
     if instructions:
         session["instructions"] = instructions
-    if noise_suppression:
-        session["input_audio_noise_reduction"] = {"type": "azure_deep_noise_suppression"}
-    if echo_cancellation:
-        session["input_audio_echo_cancellation"] = {"type": "server_echo_cancellation"}
+    if noise_suppression is not None:
+        session["input_audio_noise_reduction"] = (
+            {"type": "azure_deep_noise_suppression"} if noise_suppression else None
+        )
+    if echo_cancellation is not None:
+        session["input_audio_echo_cancellation"] = (
+            {"type": "server_echo_cancellation"} if echo_cancellation else None
+        )
     if transcription_model:
         transcription: dict[str, Any] = {"model": transcription_model}
         if transcription_language:

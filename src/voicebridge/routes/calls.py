@@ -18,12 +18,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from voicebridge import logs
+from voicebridge import logs, observations
 from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call
 from voicebridge.core import webhooks
 from voicebridge.errors import WebhookError
-from voicebridge.security import TokenRejected, constant_time_equal
+from voicebridge.security import TokenRejected, constant_time_equal, unverified_audience
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +205,24 @@ async def authenticate_acs(ctx: Any, url_key: str, authorization: str | None) ->
         return None
     if ctx.acs_tokens is not None:
         try:
-            await ctx.acs_tokens.validate(authorization)
+            claims = await ctx.acs_tokens.validate(authorization)
         except TokenRejected as exc:
+            if exc.reason == "bad_audience":  # what the real aud is, once (docs/first-call.md)
+                observations.observe(
+                    "acs_jwt_audience",
+                    received=unverified_audience(authorization),
+                    expected=ctx.settings.acs_resource_id,
+                    accepted=False,
+                )
             with logs.call_context(ctx.registry.ids_of(call_id)):
                 log.warning("ACS request for call %s refused: token %s", call_id, exc.reason)
             return None
+        observations.observe(
+            "acs_jwt_audience",
+            received=claims.get("aud"),
+            expected=ctx.settings.acs_resource_id,
+            accepted=True,
+        )
     return str(call_id)
 
 
@@ -220,6 +233,9 @@ async def callbacks(url_key: str, request: Request) -> Response:
     call_id = await authenticate_acs(ctx, url_key, request.headers.get("authorization"))
     if call_id is None:
         return _error(401, "unauthorized")
+    observations.observe(
+        "acs_callback_content_type", value=request.headers.get("content-type", "(none)")
+    )
     body = await _read_body(request, ctx.settings.max_body_bytes)
     if isinstance(body, Response):
         return body

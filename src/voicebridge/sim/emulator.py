@@ -5,9 +5,14 @@
 the emulator answers there (protocols.md §6.2). It speaks the subset of the protocol the bridge
 uses (§7, §8), shaped like the real service so the SDK parses every event into its typed class:
 
-* **Handshake.** HTTP 401 without an ``api-key`` header (equal to ``api_key`` when that is set)
-  or an ``Authorization: Bearer <token>`` header (any token; an ``api-key`` query parameter
-  also counts, as on the service); 404 for any other path. ``never_answer=True``
+* **Handshake.** HTTP 401 without an ``api-key`` header (equal to ``api_key`` when that is set;
+  an ``api-key`` query parameter also counts, as on the service) or an ``Authorization:
+  Bearer <token>`` header: any opaque token, but a JWT (read without verification) only with
+  ``aud`` ``https://ai.azure.com`` or ``https://cognitiveservices.azure.com`` (a trailing slash
+  allowed), else 401 with a body naming the audience (inferred: the service's exact answer is
+  not documented). 404 for any path but ``/voice-live/realtime``, a prefix included (an
+  endpoint with a path such as ``/openai/realtime`` makes the SDK ask for
+  ``/openai/realtime/voice-live/realtime``). ``never_answer=True``
   accepts TCP connections and never answers the upgrade, for connect-timeout tests.
 * **Session.** ``session.created`` at once (id ``sess_…``, the agent query parameters echoed in
   ``session.agent`` — the SDK's ``AgentConfig`` names ``name``/``agent_id``/``thread_id`` —
@@ -179,6 +184,30 @@ AGENT_QUERY_KEYS = {
     "agent-authentication-identity-client-id": "authentication_identity_client_id",
     "foundry-resource-override": "foundry_resource_override",
 }
+
+
+#: Input transcription models the service supports (voice-live-how-to "Audio input
+#: transcription"): with the gpt-realtime family, and with every other model and agents.
+#: The emulator keeps its own copy of the rule, so a bridge that gets it wrong fails here.
+REALTIME_TRANSCRIPTION = frozenset(
+    {
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-transcribe-diarize",
+        "mai-transcribe",
+        "mai-transcribe-2",
+    }
+)
+OTHER_TRANSCRIPTION = frozenset({"azure-speech", "mai-transcribe", "mai-transcribe-2"})
+
+
+def supported_transcription_models(agent: str | None, model: str | None) -> list[str]:
+    """Sorted transcription models for an agent session or a ``model`` session."""
+    realtime = agent is None and (model or "").lower().startswith(
+        ("gpt-realtime", "gpt-4o-realtime", "gpt-4o-mini-realtime")
+    )
+    return sorted(REALTIME_TRANSCRIPTION if realtime else OTHER_TRANSCRIPTION)
 
 
 def _default_config() -> dict[str, Any]:
@@ -556,7 +585,10 @@ class EmulatedSession:
         self.received_types: collections.Counter[str] = collections.Counter()
         self.input_samples = 0
         self.output_samples = 0
-        self.config = _default_config()
+        self.agent = self.query.get("agent-name")
+        #: the agent's stored session fields (agent mode with an ``agents=`` registry)
+        self.stored: dict[str, Any] = dict((emulator.agents or {}).get(self.agent or "", {}))
+        self.config = {**_default_config(), **self.stored}
         self.input_rate = 24_000
         self.output_rate = 24_000
         self.errors_sent: list[dict[str, Any]] = []
@@ -776,6 +808,9 @@ class EmulatedSession:
             self._spawn(self._keepalive())
             self._start_fault_timers()
             await self._send({"type": "session.created", "session": self._session_object()})
+            agents = self._emu.agents
+            if self.agent is not None and agents is not None and self.agent not in agents:
+                await self._agent_not_found()
             await self._receive()
         except ConnectionResetError:  # a send failed: the socket is closing
             self._close_code = await self._connection_close_code(None)
@@ -907,6 +942,33 @@ class EmulatedSession:
         except _Violation as exc:
             await self._message_creation_failed(str(exc), client_event_id)
 
+    async def _agent_not_found(self) -> None:
+        """An agent name the registry does not hold: ``error`` then close 1008 (inferred:
+        the service's answer is not documented)."""
+        project = self.query.get("agent-project-name")
+        await self._error(
+            "agent_not_found",
+            f"Agent {self.agent!r} was not found in project {project!r}.",
+            param="agent-name",
+        )
+        self._silenced = True
+        await self._server_close(1008, "agent_not_found")
+
+    async def _config_conflict(self, conflicts: list[str], client_event_id: Any) -> None:
+        """session.update fields that contradict the agent's stored configuration:
+        ``max_config_attempts_exceeded`` and close 1008 (field reports; the code and the
+        close are what third-party clients log, the exact rule is inferred)."""
+        await self._error(
+            "max_config_attempts_exceeded",
+            "The session configuration conflicts with the agent's configuration: "
+            + ", ".join(conflicts)
+            + ".",
+            param=f"session.{conflicts[0]}",
+            client_event_id=client_event_id,
+        )
+        self._silenced = True
+        await self._server_close(1008, "max_config_attempts_exceeded")
+
     async def _message_creation_failed(self, why: str, client_event_id: Any) -> None:
         await self._error(
             "message_creation_failed",
@@ -983,7 +1045,11 @@ class EmulatedSession:
         given = event.get("session")
         if not isinstance(given, dict):
             raise _Rejected("invalid_value", "session.update needs a session object.", "session")
-        config = {**_default_config(), **given}
+        conflicts = [k for k, v in given.items() if k in self.stored and v != self.stored[k]]
+        if conflicts:
+            await self._config_conflict(conflicts, event.get("event_id"))
+            return
+        config = {**_default_config(), **self.stored, **given}
         in_rate = config.get("input_audio_sampling_rate")
         if in_rate not in INPUT_RATES:
             raise _Rejected(
@@ -1012,6 +1078,7 @@ class EmulatedSession:
                 "turn_detection must be an object or null.",
                 "session.turn_detection",
             )
+        await self._check_transcription(config, event.get("event_id"))
         self.config = config
         self.input_rate, self.output_rate = int(in_rate), OUTPUT_RATES[out_format]
         first_update = not self._updated
@@ -1034,6 +1101,26 @@ class EmulatedSession:
                 await self._error(
                     code, f"Injected error {code!r} (emulator fault voicelive-error)."
                 )
+
+    async def _check_transcription(self, config: dict[str, Any], client_event_id: Any) -> None:
+        """An input transcription model the session's model does not support: an ``error``
+        (inferred: the docs list the pairs, not the service's answer), and the rest of the
+        update applies without transcription (so no caller transcripts)."""
+        transcription = config.get("input_audio_transcription")
+        if not isinstance(transcription, dict):
+            return
+        chosen = transcription.get("model")
+        supported = supported_transcription_models(self.agent, self.query.get("model"))
+        if chosen in supported:
+            return
+        config["input_audio_transcription"] = None
+        await self._error(
+            "unsupported_transcription_model",
+            f"Input audio transcription model {chosen!r} is not supported with "
+            f"{self.query.get('model') or 'this agent'!r}; supported: {', '.join(supported)}.",
+            param="session.input_audio_transcription.model",
+            client_event_id=client_event_id,
+        )
 
     async def _on_append(self, event: dict[str, Any]) -> None:
         audio = event.get("audio")
@@ -1073,13 +1160,21 @@ class EmulatedSession:
         await self._send({"type": "input_audio_buffer.cleared"})
 
     async def _on_response_create(self, event: dict[str, Any]) -> None:
-        if self._active is not None:
-            raise _Rejected(
-                "conversation_already_has_active_response",
-                f"Conversation already has an active response in progress: {self._active.id}. "
-                "Wait until the response is finished before creating a new one.",
-            )
         params = event.get("response") or {}
+        active = self._active
+        if active is not None:
+            cancel_previous = (
+                params.get("cancel_previous", True) if isinstance(params, dict) else True
+            )
+            if cancel_previous is False or not active.cancel("client_cancelled"):
+                raise _Rejected(
+                    "conversation_already_has_active_response",
+                    f"Conversation already has an active response in progress: {active.id}. "
+                    "Wait until the response is finished before creating a new one.",
+                )
+            self._mark("response.cancel_previous", {"response_id": active.id})
+            if active.task is not None:
+                await asyncio.wait({active.task})
         text = None
         pre = params.get("pre_generated_assistant_message") if isinstance(params, dict) else None
         if isinstance(pre, dict):
@@ -1237,6 +1332,8 @@ class EmulatedSession:
         self._save_progress()
         if transcript is None:
             transcript = f"(speech {max(end_s - start_s, 0.0):.1f} s)"
+        if not isinstance(self.config.get("input_audio_transcription"), dict):
+            return  # transcription off (or refused): the service transcribes nothing
         self._mark("transcription", {"item_id": item_id, "transcript": transcript})
         await self._send(
             {
@@ -1598,6 +1695,7 @@ class VoiceLiveEmulator:
         never_answer: bool = False,
         faults: Mapping[str, FaultValue] | None = None,
         call_faults: CallFaults | None = None,
+        agents: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -1618,6 +1716,8 @@ class VoiceLiveEmulator:
         self._stall_response_pending = "voicelive-stall-response" in self.faults
         # conversation id -> (responses created, answers given, caller transcripts used)
         self._progress: dict[str, tuple[int, int, int]] = {}
+        #: agent name -> its stored session fields; None: any agent, nothing stored
+        self.agents = None if agents is None else {k: dict(v) for k, v in agents.items()}
         self.api_key = api_key
         self.require_auth = require_auth
         self.speed = speed
@@ -1719,12 +1819,37 @@ class VoiceLiveEmulator:
             return "api-key"
         scheme, _, token = (headers.get("authorization") or "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            return "bearer"
+            return None if self.token_audience_problem(token.strip()) else "bearer"
         return None if self.require_auth else "none"
+
+    @staticmethod
+    def token_audience_problem(token: str) -> str | None:
+        """Why a bearer token is for the wrong audience, else None. A JWT (three
+        base64url parts whose middle one is a JSON object, read without verification)
+        must have an ``aud`` of Voice Live's Entra resource, with or without a trailing
+        slash; opaque tokens pass (inferred: the service's exact answer is not documented)."""
+        accepted = ("https://ai.azure.com", "https://cognitiveservices.azure.com")
+        parts = token.split(".")
+        if len(parts) != 3:
+            return None
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except (ValueError, binascii.Error):
+            return None
+        if not isinstance(claims, dict):
+            return None
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        if any(isinstance(a, str) and a.rstrip("/") in accepted for a in auds):
+            return None
+        return (
+            f"token audience {aud!r} is not accepted: request the token for the scope "
+            "https://ai.azure.com/.default (audience https://ai.azure.com)"
+        )
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         """Every HTTP request: a refusal (:meth:`_refusal`), or the WebSocket of a session."""
-        refusal = await self._refusal(request)
+        refusal = await self._refusal(request) or self._query_refusal(request)
         if refusal is not None:
             return refusal
         ws = web.WebSocketResponse(
@@ -1757,14 +1882,20 @@ class VoiceLiveEmulator:
         """The answer to an upgrade the emulator does not serve (wrong path, no valid
         credentials, a stall fault), else None."""
         parts = urlsplit(request.raw_path)
-        if not parts.path.rstrip("/").endswith("/voice-live/realtime"):
+        if parts.path.rstrip("/") != "/voice-live/realtime":  # a path prefix is refused too
             self.rejected += 1
             return web.Response(status=404, text="Not found: use /voice-live/realtime\n")
         query = dict(parse_qsl(parts.query))
         if self.auth_kind(request.headers, query) is None:
             self.rejected += 1
             log.info("rejected upgrade without valid credentials")
-            return web.Response(status=401, text="Missing or invalid credentials\n")
+            scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+            text = "Missing or invalid credentials\n"
+            bearer = scheme.lower() == "bearer"
+            problem = self.token_audience_problem(token.strip()) if bearer else None
+            if problem:
+                text = f"Invalid bearer token: {problem}\n"
+            return web.Response(status=401, text=text)
         call_id = request.headers.get(CALL_ID_HEADER) or None
         own = self.faults_for_call(call_id)
         if "voicelive-stall-handshake" in self.faults or "voicelive-stall-handshake" in own:
@@ -1776,6 +1907,17 @@ class VoiceLiveEmulator:
                 return await self._stall_upgrade(request, "voicelive-stall-reconnect")
             self._call_upgrades[call_id] += 1
         self._upgrades_accepted += 1
+        return None
+
+    def _query_refusal(self, request: web.Request) -> web.Response | None:
+        """HTTP 400 for ``model`` together with ``agent-name`` (inferred: no source
+        describes both; the SDK says model "may be omitted ... in an Agent scenario")."""
+        query = dict(parse_qsl(urlsplit(request.raw_path).query))
+        if "agent-name" in query and "model" in query:
+            self.rejected += 1
+            return web.Response(
+                status=400, text="Bad request: model cannot be combined with agent-name\n"
+            )
         return None
 
     async def _stall_upgrade(self, request: web.Request, fault: str) -> web.Response:

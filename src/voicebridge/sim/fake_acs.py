@@ -48,6 +48,10 @@ timeline entry.
   the new socket cannot be opened, ``MediaStreamingFailed`` (``streamConnectionUnsuccessful``)
   follows as for a first socket. Each socket's ``media_connected`` timeline entry carries its
   number (``socket``: 1, 2, ...); :attr:`FakeCall.media_sockets` counts them.
+* ``acs-hold=T``: from call time ``T`` for :data:`HOLD_S` call seconds no media frame is sent
+  (the socket stays open, the call connected, playback goes on); the caller's audio resumes
+  where it stopped (nothing is lost) — what the bridge would see if ACS pauses the stream
+  while the caller is on hold (no source says it does not, protocol audit §3).
 * ``acs-duplicate-callbacks``: every callback is POSTed twice, the same CloudEvent (same
   ``id``) with a fresh JWT; both are in ``callbacks_posted``.
 * ``acs-reorder-callbacks``: ``ParticipantsUpdated`` is posted first, and ``CallConnected``
@@ -143,6 +147,8 @@ MEDIA_FAILURE_GRACE_S = 2.0
 MEDIA_DROP_END_S = 10.0
 # acs-reconnect: call seconds between the aborted socket and the new one.
 RECONNECT_GAP_S = 0.5
+# acs-hold: call seconds during which no media frame is sent (the caller is on hold).
+HOLD_S = 10.0
 # acs-reorder-callbacks: wall seconds CallConnected waits for MediaStreamingStarted at most.
 REORDER_HOLD_S = 2.0
 # acs-disconnect-first / acs-close-first: call seconds between the two halves of a hang-up.
@@ -697,6 +703,16 @@ class FakeCall:
         self._heard.extend(chunk.ljust(frame_bytes, b"\0"))
         self.samples_heard += len(chunk) // 2
         self._last_play_tick = tick
+
+    def _held(self, tick: int) -> bool:
+        """``acs-hold``: whether tick ``tick`` falls in the hold (no frame is sent)."""
+        at = self.faults.get("acs-hold")
+        if not isinstance(at, float) or not at <= tick * FRAME_S < at + HOLD_S:
+            return False
+        if "acs-hold" not in self._media_faults_done:
+            self._media_faults_done.add("acs-hold")
+            self._fired("acs-hold", seconds=HOLD_S)
+        return True
 
     def _hangup_due(self, tick: int) -> bool:
         """Whether the caller hangs up at ``tick`` (before sending it)."""
@@ -1703,6 +1719,9 @@ class FakeAcs:
                     self._spawn(self._media_fault(call, ws, fault), f"{fault}-{tick}")
                     return
                 call._play_tick(tick)
+                if call._held(tick):  # on hold: the call goes on, the stream is quiet
+                    call._next_tick = tick + 1
+                    continue
                 message = call._caller_frame(tick)
                 call._next_tick = tick + 1
                 await _send_text(ws, message)

@@ -137,6 +137,12 @@ _REGISTRY = (
         "at call time T abort the media socket and open a new one 0.5 s later",
     ),
     FaultInfo(
+        "acs-hold",
+        "acs",
+        "T",
+        "at call time T send no media frames for 10 s (caller on hold; the call stays up)",
+    ),
+    FaultInfo(
         "acs-duplicate-callbacks",
         "acs",
         None,

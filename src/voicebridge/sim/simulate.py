@@ -484,8 +484,35 @@ def build_report(
             "query": dict(session.query) if session else None,
             "auth": session.auth if session else None,
         },
+        "session": first_session_update(sessions),
         "errors": errors,
     }
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "credential")
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every field whose name suggests a secret replaced by ``"***"``."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def first_session_update(sessions: list[Any]) -> dict[str, Any] | None:
+    """The ``session`` of the first ``session.update`` the emulator received (secrets
+    redacted), so a reader sees exactly what the bridge configured; None without one."""
+    for session in sessions:
+        for message in session.received:
+            if message.get("type") == "session.update":
+                given = message.get("session")
+                return redact(given) if isinstance(given, dict) else None
+    return None
 
 
 # --------------------------------------------------------------------------- outputs

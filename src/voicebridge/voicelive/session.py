@@ -75,18 +75,42 @@ def make_credential(settings: Settings) -> Any:
     return DefaultAzureCredential()
 
 
+#: Session fields a Foundry agent may store with its own configuration, and the
+#: settings that set each. In agent mode the bridge sends one only when the operator set
+#: it: Microsoft's agent sample sends these "if not stored with agent configuration on
+#: the service side", and fields that conflict with the stored ones end the session
+#: (``max_config_attempts_exceeded``, protocol audit M2).
+AGENT_OWNED: dict[str, tuple[str, ...]] = {
+    "voice": ("voice_name",),
+    "turn_detection": ("vad_type", "vad_silence_ms"),
+    "noise_suppression": ("noise_suppression",),
+    "echo_cancellation": ("echo_cancellation",),
+    "transcription": ("transcription_model", "transcription_language"),
+}
+
+
 def session_config(settings: Settings) -> dict[str, Any]:
-    """The ``session`` object of the first ``session.update`` for these settings."""
+    """The ``session`` object of the first ``session.update`` for these settings.
+
+    Model mode sends the whole configuration. Agent mode sends the audio formats, and
+    of the fields in :data:`AGENT_OWNED` only those the operator configured; never
+    ``instructions`` (not supported with an agent, voice-live-how-to)."""
+
+    def wanted(field: str) -> bool:
+        return settings.mode == "model" or any(
+            settings.explicitly_set(name) for name in AGENT_OWNED[field]
+        )
+
     return build_session_config(
         input_hz=settings.voicelive_audio_rate,
         output_hz=settings.voicelive_audio_rate,
-        voice=settings.voice_name,
+        voice=settings.voice_name if wanted("voice") else None,
         instructions=None if settings.mode == "agent" else settings.instructions,
-        vad_type=settings.vad_type,
+        vad_type=settings.vad_type if wanted("turn_detection") else None,
         silence_duration_ms=settings.vad_silence_ms,
-        noise_suppression=settings.noise_suppression,
-        echo_cancellation=settings.echo_cancellation,
-        transcription_model=settings.transcription_model,
+        noise_suppression=settings.noise_suppression if wanted("noise_suppression") else None,
+        echo_cancellation=settings.echo_cancellation if wanted("echo_cancellation") else None,
+        transcription_model=settings.transcription if wanted("transcription") else None,
         transcription_language=settings.transcription_language,
         interim_response=settings.interim_response,
     )
@@ -113,8 +137,8 @@ def connect_kwargs(settings: Settings, *, conversation_id: str | None = None) ->
         conv = conversation_id or settings.conversation_id
         if conv:
             kwargs["conversation_id"] = conv
-        if settings.voicelive_model:
-            kwargs["model"] = settings.voicelive_model
+        # Never ``model`` with agent parameters: the agent names its own model (the
+        # SDK: model "may be omitted ... in an Agent scenario"; no source describes both).
     else:
         kwargs["model"] = settings.voicelive_model
     return kwargs

@@ -20,7 +20,14 @@ def test_classifies_the_events_the_bridge_acts_on() -> None:
                 "type": "session.created",
                 "session": {"id": "s1", "agent": {"name": "a", "conversation_id": "c"}},
             },
-            vl.SessionCreated("s1", "c", {"name": "a", "conversation_id": "c"}, None, None),
+            vl.SessionCreated(
+                "s1",
+                "c",
+                {"name": "a", "conversation_id": "c"},
+                None,
+                None,
+                "session.agent.conversation_id",
+            ),
         ),
         (
             {"type": "session.updated", "session": {"id": "s1", "voice": "alloy"}},
@@ -159,8 +166,10 @@ def test_session_config_rate_modes_and_vad() -> None:
 
 
 def test_greeting_events() -> None:
-    assert vl.response_create() == {"type": "response.create"}
+    # cancel_previous false: a response the server started meanwhile is never cut short
+    assert vl.response_create() == {"type": "response.create", "response": {"cancel_previous": False}}
     pre = vl.greeting_pre_generated("Hello")
+    assert pre["response"]["cancel_previous"] is False
     msg = pre["response"]["pre_generated_assistant_message"]
     assert msg["role"] == "assistant" and msg["content"] == [{"type": "text", "text": "Hello"}]
 
@@ -169,3 +178,42 @@ def test_greeting_events() -> None:
 def test_append_json_is_exactly_what_json_dumps_writes(pcm: bytes) -> None:
     b64 = base64.b64encode(pcm).decode()
     assert vl.append_json(b64) == json.dumps(vl.input_audio_append(b64))
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"conversation_id": "c"}, "session.conversation_id"),
+        ({"agent": {"conversation_id": "c"}}, "session.agent.conversation_id"),
+        ({"agent": {"thread_id": "c"}}, "session.agent.thread_id"),
+        ({"agent": {"name": "a"}}, None),
+    ],
+)
+def test_session_created_says_where_the_conversation_id_was(
+    payload: dict[str, object], field: str | None
+) -> None:
+    ev = vl.classify({"type": "session.created", "session": {"id": "s", **payload}})
+    assert isinstance(ev, vl.SessionCreated)
+    assert ev.conversation_id_field == field
+    assert ev.conversation_id == ("c" if field else None)
+
+
+@pytest.mark.parametrize(
+    ("mode", "model", "default"),
+    [
+        ("model", "gpt-realtime", "whisper-1"),
+        ("model", "gpt-realtime-mini", "whisper-1"),
+        ("model", "gpt-4o-realtime-preview", "whisper-1"),
+        ("model", "gpt-4o-mini-realtime-preview", "whisper-1"),
+        ("model", "gpt-4.1", "azure-speech"),
+        ("model", "phi4-mini", "azure-speech"),
+        ("agent", None, "azure-speech"),
+        ("agent", "gpt-realtime", "azure-speech"),
+    ],
+)
+def test_transcription_models_follow_the_model_family(
+    mode: str, model: str | None, default: str
+) -> None:
+    supported = vl.transcription_models(mode, model)
+    assert supported[0] == default
+    assert ("azure-speech" in supported) == (default == "azure-speech")

@@ -42,6 +42,8 @@ from voicebridge.sim.emulator import (
 )
 
 KEY = "emulator-key"
+#: a transcription model the default gpt-realtime session supports
+WHISPER = {"model": "whisper-1"}
 Factory = Callable[..., Awaitable[VoiceLiveEmulator]]
 
 
@@ -238,7 +240,7 @@ async def test_vad_finds_the_caller_segments(emulators: Factory) -> None:
     pcm, segments = caller_at_24k()
     td = {"type": "server_vad", "create_response": False}
     async with vl_connect(emulator) as conn:
-        await update(conn, turn_detection=td)
+        await update(conn, turn_detection=td, input_audio_transcription=WHISPER)
         chunk = 1_680  # 70 ms: not a multiple of the VAD's 20 ms block
         for at in range(0, len(pcm), chunk):
             await conn.input_audio_buffer.append(audio=b64(pcm[at : at + chunk]))
@@ -278,7 +280,7 @@ async def test_shipped_caller_script_plays_out_as_designed(emulators: Factory) -
     td = {"type": "server_vad", "auto_truncate": True}
     loop = asyncio.get_running_loop()
     async with vl_connect(emulator) as conn:
-        await update(conn, turn_detection=td)
+        await update(conn, turn_detection=td, input_audio_transcription=WHISPER)
         await conn.response.create()  # the bridge's greeting, right after session.updated
 
         async def drain() -> list[ServerEvent]:
@@ -375,12 +377,35 @@ async def test_pre_generated_message_speaks_the_greeting_with_the_given_text(
     assert only_session(emulator).responses[0]["prompt"] == load_prompts().greeting
 
 
-async def test_second_response_create_while_active_is_refused(emulators: Factory) -> None:
+async def test_response_create_while_active_cancels_the_previous_one(
+    emulators: Factory,
+) -> None:
+    """``cancel_previous`` defaults to true (SDK ResponseCreateParams): the service cancels
+    the running response and starts the new one rather than refusing."""
     emulator = await emulators(speed=20)
     async with vl_connect(emulator) as conn:
         await update(conn)
         await conn.response.create()
+        await until(conn, "response.audio.delta")
         await conn.response.create()
+        events = await until(conn, "response.done")
+        assert events[-1].response.status == "cancelled"
+        events = await until(conn, "response.done")
+        assert events[-1].response.status == "completed"
+    assert not [e for e in events if isinstance(e, ServerEventError)]
+    records = only_session(emulator).responses
+    assert [(r["status"], r["reason"]) for r in records] == [
+        ("cancelled", "client_cancelled"),
+        ("completed", None),
+    ]
+
+
+async def test_response_create_without_cancel_previous_is_refused(emulators: Factory) -> None:
+    emulator = await emulators(speed=20)
+    async with vl_connect(emulator) as conn:
+        await update(conn)
+        await conn.response.create()
+        await conn.send({"type": "response.create", "response": {"cancel_previous": False}})
         events = await until(conn, "response.done")
     errors = [e for e in events if isinstance(e, ServerEventError)]
     assert [e.error.code for e in errors] == ["conversation_already_has_active_response"]

@@ -435,7 +435,7 @@ async def test_model_mode_replay_continues_the_conversation(emulators: EmuFactor
     emulator = await emulators(speed=20)
     cycle = load_prompts().answer_cycle
     async with vl_connect(emulator) as conn:
-        await update(conn)
+        await update(conn, input_audio_transcription={"model": "whisper-1"})
         for role, text in (("assistant", "Hello"), ("user", "Hi"), ("assistant", "Sure")):
             kind = "output_text" if role == "assistant" else "input_text"
             item = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
