@@ -94,6 +94,11 @@ class InboundLevels:
         bucket[0] += float(np.dot(pcm, pcm))
         bucket[1] += int(pcm.size)
 
+    @property
+    def sampled(self) -> bool:
+        """Whether any audio was measured yet."""
+        return bool(self._sums[True][1] or self._sums[False][1])
+
     def report(self) -> dict[str, Any]:
         """Mean level in dBFS in each state (None where no sample was taken)."""
         import math

@@ -574,6 +574,14 @@ class MediaRelay:
         """Replace the Voice Live session within the budget; False if it cannot be done."""
         call, bridge, s = self.call, self.bridge, self.settings
         lost_at = time.perf_counter()
+        attempt = 0
+        # A session lost before it confirmed its configuration (refused by the service:
+        # agent not found, conflicting agent config, ...) does not end the gap: the budget
+        # and the attempts run on from the first loss, with the same back-off.
+        retrying = self._pending_reconnect
+        if retrying is not None:
+            lost_at, attempt = retrying["lost_at"], retrying["attempts"]
+            self._pending_reconnect = None
         log.warning(
             "call %s: Voice Live %s (close code %s): reconnecting",
             call.label,
@@ -601,8 +609,9 @@ class MediaRelay:
         bridge.voicelive_lost(self.now())
         self._drain_records()
         deadline = lost_at + s.voicelive_reconnect_budget_s
-        delay = 0.2
-        attempt = 0
+        delay = min(0.2 * 2**attempt, 2.0)
+        if retrying is not None:
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.perf_counter())))
         while True:
             if call.disconnected.is_set() or call.drain_now.is_set():
                 return True  # the main loop ends the call
@@ -731,6 +740,9 @@ class MediaRelay:
             self._drain_records()
         report = bridge.report()
         report["inbound_latency_ms"] = self.inbound_latency_ms.summary()
+        if self._levels is not None and self._levels.sampled:  # a call shorter than the window
+            observations.observe("acs_inbound_during_playback", **self._levels.report())
+            self._levels = None
         counters = report["counters"]
         if counters["acs_frames_in"]:
             observations.observe(

@@ -103,3 +103,57 @@ def test_observability_settings(env: pytest.MonkeyPatch) -> None:
     env.setenv("LOG_LEVEL", "verbose")
     with pytest.raises(ConfigError, match=r"^LOG_LEVEL: must be DEBUG"):
         load_settings()
+
+
+# --------------------------------------------------------------------------- protocol audit
+
+
+def test_transcription_default_follows_the_model_family(env: pytest.MonkeyPatch) -> None:
+    """gpt-realtime takes the OpenAI transcription models, not azure-speech (audit M1)."""
+    assert load_settings().transcription == "whisper-1"
+    env.setenv("VOICELIVE_MODEL", "gpt-4.1")
+    assert load_settings().transcription == "azure-speech"
+    env.setenv("TRANSCRIPTION_MODEL", "none")
+    assert load_settings().transcription is None
+
+
+def test_unsupported_transcription_pairing_stops_startup(env: pytest.MonkeyPatch) -> None:
+    env.setenv("TRANSCRIPTION_MODEL", "azure-speech")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith("TRANSCRIPTION_MODEL=azure-speech")
+    assert "VOICELIVE_MODEL=gpt-realtime" in line and "whisper-1" in line
+    env.setenv("TRANSCRIPTION_MODEL", "gpt-4o-transcribe")
+    assert load_settings().transcription == "gpt-4o-transcribe"
+
+
+def test_agent_mode_transcription_and_model(env: pytest.MonkeyPatch) -> None:
+    env.delenv("VOICELIVE_API_KEY")
+    env.setenv("AGENT_NAME", "support")
+    env.setenv("PROJECT_NAME", "proj")
+    s = load_settings()
+    assert s.mode == "agent" and s.transcription == "azure-speech"
+    env.setenv("TRANSCRIPTION_MODEL", "whisper-1")
+    with pytest.raises(ConfigError, match=r"^TRANSCRIPTION_MODEL=whisper-1 .*AGENT_NAME=support"):
+        load_settings()
+
+
+def test_interim_response_is_refused_with_realtime_models(env: pytest.MonkeyPatch) -> None:
+    """Realtime models do not support interim responses (audit M4)."""
+    env.setenv("INTERIM_RESPONSE", '{"type": "static_interim_response", "texts": ["One moment"]}')
+    with pytest.raises(ConfigError, match=r"^INTERIM_RESPONSE: not supported with VOICELIVE_MODEL"):
+        load_settings()
+
+
+def test_interim_response_takes_the_sdk_spelling(env: pytest.MonkeyPatch) -> None:
+    env.setenv("VOICELIVE_MODEL", "gpt-4.1")
+    env.setenv("INTERIM_RESPONSE", '{"type": "static-interim-response", "texts": ["One moment"]}')
+    assert load_settings().interim_response == {
+        "type": "static_interim_response",
+        "texts": ["One moment"],
+    }
+    env.setenv("INTERIM_RESPONSE", '{"type": "bogus"}')
+    with pytest.raises(ConfigError, match=r"^INTERIM_RESPONSE: type must be one of"):
+        load_settings()

@@ -341,7 +341,7 @@ class CallBridge:
             case vl.ItemTruncated():
                 self._record("truncated", item_id=ev.item_id, audio_end_ms=ev.audio_end_ms)
             case vl.Error():
-                self._error(ev)
+                self._error(ev, now)
             case vl.Other():
                 c.voicelive_other_types[ev.type] += 1
         return ev
@@ -424,10 +424,17 @@ class CallBridge:
             "response_done", response_id=ev.response_id, status=ev.status, reason=ev.reason
         )
 
-    def _error(self, ev: vl.Error) -> None:
+    def _error(self, ev: vl.Error, now: float) -> None:
         self.counters.voicelive_errors[ev.code] += 1
         if self.turns.state is REQUESTED:
             self._turn(Event.REJECTED)
+        if ev.code == vl.ACTIVE_RESPONSE_ERROR and self._turn_waiting_since is not None:
+            # Our response.create (cancel_previous=false) met a response the service has
+            # already started for this turn: it is coming, so the turn is not unanswered.
+            # Wait for it as long as for a stalled response before giving up on the session.
+            self._turn_waiting_since = (
+                now + self.response_stall_timeout_s - self.response_start_timeout_s
+            )
         self._record(
             "voicelive_error",
             type=ev.type,

@@ -321,6 +321,10 @@ def session_update(session: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "session.update", "session": dict(session)}
 
 
+#: The error a ``response.create`` with ``cancel_previous`` false gets while the service
+#: already has a response in progress (the OpenAI-compatible code).
+ACTIVE_RESPONSE_ERROR = "conversation_already_has_active_response"
+
 #: The type of the one event sent 50 times a second per call (the fast paths key on it).
 APPEND = "input_audio_buffer.append"
 

@@ -167,7 +167,10 @@ def test_session_config_rate_modes_and_vad() -> None:
 
 def test_greeting_events() -> None:
     # cancel_previous false: a response the server started meanwhile is never cut short
-    assert vl.response_create() == {"type": "response.create", "response": {"cancel_previous": False}}
+    assert vl.response_create() == {
+        "type": "response.create",
+        "response": {"cancel_previous": False},
+    }
     pre = vl.greeting_pre_generated("Hello")
     assert pre["response"]["cancel_previous"] is False
     msg = pre["response"]["pre_generated_assistant_message"]

@@ -521,3 +521,71 @@ async def test_never_answer_lets_the_handshake_time_out(emulators: Factory) -> N
         async with ws_connect(url, open_timeout=0.2, additional_headers={"api-key": KEY}):
             pass
     assert emulator.sessions == []
+
+
+# --------------------------------------------------------------------------- audit rules
+
+
+async def test_unsupported_transcription_pairing_is_refused(emulators: Factory) -> None:
+    """azure-speech with gpt-realtime (protocol audit M1): an error before session.updated,
+    the rest applies, transcription is off and no caller transcript is ever sent."""
+    emulator = await emulators(speed=20)
+    async with vl_connect(emulator) as conn:
+        await conn.send(
+            {
+                "type": "session.update",
+                "session": {"input_audio_transcription": {"model": "azure-speech"}},
+            }
+        )
+        assert (await conn.recv()).type == "session.created"
+        error = await conn.recv()
+        assert isinstance(error, ServerEventError)
+        assert error.error.code == "unsupported_transcription_model"
+        assert error.error.param == "session.input_audio_transcription.model"
+        updated = await conn.recv()
+        assert isinstance(updated, ServerEventSessionUpdated)
+        turn = np.concatenate([tone(0.6), np.zeros(24_000, dtype=np.int16)])
+        await conn.input_audio_buffer.append(audio=b64(turn))
+        events = await until(conn, "response.done")
+    assert not [e for e in events if e.type.endswith("transcription.completed")]
+    assert only_session(emulator).config["input_audio_transcription"] is None
+
+
+async def test_agent_registry_conflicts_and_unknown_agents(emulators: Factory) -> None:
+    stored = {"voice": {"type": "azure-standard", "name": "en-US-JennyNeural"}}
+    emulator = await emulators(speed=20, agents={"bot": stored})
+    agent = {"agent_name": "bot", "project_name": "proj"}
+    async with connect(credential=FakeTokenCredential(), endpoint=emulator.endpoint, **agent) as c:
+        updated = await update(c, voice=stored["voice"])  # the same value: no conflict
+        assert updated.session.voice["name"] == "en-US-JennyNeural"
+    async with connect(credential=FakeTokenCredential(), endpoint=emulator.endpoint, **agent) as c:
+        await c.send({"type": "session.update", "session": {"voice": "alloy"}})
+        assert (await c.recv()).type == "session.created"
+        error = await c.recv()
+        assert isinstance(error, ServerEventError)
+        assert error.error.code == "max_config_attempts_exceeded"
+        assert error.error.param == "session.voice"
+    await emulator.sessions[1].closed.wait()
+    assert emulator.sessions[1].close_code == 1008
+    other = {"agent_name": "nobody", "project_name": "proj"}
+    async with connect(credential=FakeTokenCredential(), endpoint=emulator.endpoint, **other) as c:
+        assert (await c.recv()).type == "session.created"
+        error = await c.recv()
+        assert isinstance(error, ServerEventError) and error.error.code == "agent_not_found"
+    await emulator.sessions[2].closed.wait()
+    assert emulator.sessions[2].close_code == 1008
+
+
+async def test_model_with_agent_parameters_is_refused(emulators: Factory) -> None:
+    emulator = await emulators(speed=20)
+    with pytest.raises(Exception) as info:
+        async with connect(
+            credential=FakeTokenCredential(),
+            endpoint=emulator.endpoint,
+            agent_name="bot",
+            project_name="proj",
+            model="gpt-realtime",
+        ):
+            pass
+    assert "400" in repr(info.value) + repr(info.value.__cause__)
+    assert emulator.sessions == [] and emulator.rejected == 1

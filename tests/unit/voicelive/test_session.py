@@ -11,7 +11,7 @@ from azure.core.credentials import AzureKeyCredential
 from voicebridge.config import Settings
 from voicebridge.core.voicelive import append_json, input_audio_append, session_update
 from voicebridge.sim.emulator import VoiceLiveEmulator
-from voicebridge.voicelive.session import open_session, text_sender
+from voicebridge.voicelive.session import connect_kwargs, open_session, session_config, text_sender
 
 KEY = "emulator-key"
 
@@ -62,3 +62,46 @@ async def test_appends_go_as_prebuilt_text_through_the_sdk_socket_and_arrive_who
 
 def test_text_sender_is_none_for_an_object_without_the_sdk_socket() -> None:
     assert text_sender(object()) is None
+
+
+def agent_settings(**extra: object) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        voicelive_endpoint="https://res.services.ai.azure.com",
+        voicelive_model="gpt-realtime",  # left over from model mode: must not be sent
+        agent_name="support",
+        project_name="proj",
+        acs_connection_string="endpoint=https://acs.communication.azure.com/;accesskey=eA==",
+        public_base_url="https://bridge.example.com",
+        acs_jwt_validation=False,
+        **extra,
+    )
+
+
+def test_agent_mode_sends_only_what_the_operator_set() -> None:
+    """The agent's stored configuration owns voice, VAD, noise, echo and transcription
+    (audit M2): with nothing set, only the audio transport goes out."""
+    config = session_config(agent_settings())
+    assert set(config) == {
+        "modalities",
+        "input_audio_format",
+        "input_audio_sampling_rate",
+        "output_audio_format",
+    }
+    config = session_config(agent_settings(voice_name="en-US-JennyNeural", echo_cancellation=False))
+    assert config["voice"] == {"type": "azure-standard", "name": "en-US-JennyNeural"}
+    assert config["input_audio_echo_cancellation"] is None  # explicitly off
+    assert "turn_detection" not in config and "input_audio_transcription" not in config
+
+
+def test_agent_mode_never_sends_model() -> None:
+    kwargs = connect_kwargs(agent_settings())
+    assert "model" not in kwargs and kwargs["agent_name"] == "support"
+
+
+def test_model_mode_sends_the_whole_configuration() -> None:
+    s = agent_settings().model_copy(update={"agent_name": None, "project_name": None})
+    config = session_config(s)
+    assert config["input_audio_transcription"] == {"model": "whisper-1"}
+    assert {"voice", "turn_detection", "instructions"} <= set(config)
+    assert connect_kwargs(s)["model"] == "gpt-realtime"
