@@ -16,6 +16,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("voicebridge.server", "run the bridge service (FastAPI on uvicorn)"),
     "simulate": ("voicebridge.sim.simulate", "run a whole phone call offline and write a report"),
+    "doctor": (
+        "voicebridge.doctor",
+        "check the configured Voice Live, ACS and public URL before the first real call",
+    ),
     "emulator": ("voicebridge.sim.emulator", "run the local Voice Live emulator"),
     "fake-acs": ("voicebridge.sim.fake_acs", "run the local fake ACS (Call Automation + media)"),
     "resample": ("voicebridge.tools.resample", "stream a WAV through the production resampler"),
