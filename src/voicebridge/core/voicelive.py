@@ -317,7 +317,10 @@ def transcription_models(mode: str, model: str | None) -> tuple[str, ...]:
 
 
 def session_update(session: Mapping[str, Any]) -> dict[str, Any]:
-    """``session.update`` with the *whole* configuration (a raw update replaces, §7)."""
+    """``session.update`` with the *whole* configuration. Microsoft's sources disagree on
+    whether an update merges (API reference) or replaces (auto-truncation how-to); the
+    bridge sends everything it configures in its one update, so either reading gives the
+    same session."""
     return {"type": "session.update", "session": dict(session)}
 
 
