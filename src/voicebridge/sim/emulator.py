@@ -20,13 +20,26 @@ uses (§7, §8), shaped like the real service so the SDK parses every event into
   ``conv_…``; it is ``agent.thread_id`` in agent mode and the extra key
   ``session["conversation_id"]`` always. The first client message must be ``session.update``.
   A ``session.update`` *replaces* the configuration (defaults + the given fields, §7).
+* **Agents** (``agents=``: agent name -> the session fields stored with it; None accepts any
+  agent and stores nothing). An agent's stored fields are its session's base configuration.
+  An unknown agent gets ``error`` ``agent_not_found`` after ``session.created`` and a close
+  1008; a ``session.update`` that gives a stored field another value gets ``error``
+  ``max_config_attempts_exceeded`` (``param`` = the first such field) and a close 1008. An
+  upgrade with both ``model`` and ``agent-name`` is refused with HTTP 400. All three answers
+  are *inferred* (field reports; the service documents none of them).
+* **Transcription pairing.** ``input_audio_transcription.model`` must be one the session's
+  model supports (voice-live-how-to: ``whisper-1``/``gpt-4o(-mini)-transcribe``/... with the
+  gpt-realtime family, ``azure-speech`` with agents and other models). Otherwise an ``error``
+  ``unsupported_transcription_model`` precedes ``session.updated`` and transcription is off
+  for the session (inferred answer).
 * **Turn detection.** An energy VAD over 20 ms blocks, in *audio* time (the samples appended,
   never the wall clock): ``speech_started`` after 100 ms of blocks above the threshold
   (``threshold`` 0.5 -> -45 dBFS, linear in dB: 0 -> -65, 1 -> -25), ``speech_stopped`` after
   ``silence_duration_ms`` of blocks below it. Deviation from the service, on purpose: the
   reported ``audio_start_ms``/``audio_end_ms`` are the speech onset and offset, without prefix
   padding or the trailing silence, so they can be compared with ``caller.json``.
-* **Transcripts are emulated.** A finished user turn's transcript is the next segment text of
+* **Transcripts are emulated**, and only sent while transcription is configured. A finished
+  user turn's transcript is the next segment text of
   the shipped ``caller.json`` (in order, per conversation: see below), then
   ``"(speech 2.4 s)"`` placeholders. Nothing is recognised.
 * **Responses** play shipped prompts (``sim/data/prompts.json``): the greeting for the first
@@ -40,8 +53,10 @@ uses (§7, §8), shaped like the real service so the SDK parses every event into
   replayed user items as caller transcripts used. Audio goes out as ``response.audio.delta``
   chunks of 40-200 ms (seeded, mostly not multiples of 20 ms), ~3x faster than real time times
   ``speed``, interleaved with transcript words. One response at a time, counted from the moment
-  it is scheduled: ``response.create`` meanwhile gets ``conversation_already_has_active_response``
-  (``cancel_previous`` is not honoured).
+  it is scheduled. ``response.create`` meanwhile cancels it (``cancel_previous``, default true
+  in the SDK: ``response.done`` cancelled, reason ``client_cancelled``, or dropped unseen if
+  it had not begun) and starts the new one; with ``"cancel_previous": false`` it gets
+  ``conversation_already_has_active_response`` and the running response goes on.
 * **Barge-in.** ``speech_started`` with ``interrupt_response`` cancels the active response
   (``response.done`` status ``cancelled``, reason ``turn_detected``, after the usual
   ``audio.done``/``audio_transcript.done``/``content_part.done``/``output_item.done`` with item
