@@ -208,14 +208,18 @@ class CallUrlSigner:
         return call_id if hmac.compare_digest(mac.encode(), self._mac(call_id).encode()) else None
 
 
-def unverified_audience(authorization: str | None) -> Any:
-    """The ``aud`` claim of a bearer token, read WITHOUT verifying it: only for telling
-    an operator what a refused token claimed (never to accept one). None if unreadable."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return None
+def unverified_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT read WITHOUT verifying it: only to explain a refusal or a
+    misconfiguration (never to accept a token). None for an opaque or unreadable token."""
     try:
         claims = jwt.decode(token.strip(), options={"verify_signature": False})
     except jwt.PyJWTError:
         return None
-    return claims.get("aud") if isinstance(claims, dict) else None
+    return claims if isinstance(claims, dict) else None
+
+
+def unverified_audience(authorization: str | None) -> Any:
+    """The ``aud`` claim of an ``Authorization: Bearer`` token, unverified; None if none."""
+    scheme, _, token = (authorization or "").partition(" ")
+    claims = unverified_claims(token) if scheme.lower() == "bearer" and token else None
+    return claims.get("aud") if claims else None

@@ -6,14 +6,13 @@ The wording follows the deployment SOP's troubleshooting table (connection hang,
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from voicebridge.security import unverified_claims
 
 #: The Entra scope the Voice Live SDK asks tokens for (azure-ai-voicelive 1.3.1).
 VOICELIVE_SCOPE = "https://ai.azure.com/.default"
@@ -42,14 +41,7 @@ class Hint:
 def jwt_claims(token: str) -> dict[str, Any] | None:
     """The claims of a JWT, read *without* verifying it (only to explain a refusal);
     None for an opaque token."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
-        return None
-    return claims if isinstance(claims, dict) else None
+    return unverified_claims(token)
 
 
 def token_problem(claims: Mapping[str, Any], now: float | None = None) -> Hint | None:

@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from azure.ai.voicelive.aio import connect
 from azure.core.credentials import AzureKeyCredential
 
 from voicebridge.doctor import hints, net, vlsession
@@ -30,8 +29,7 @@ from voicebridge.doctor.report import Check, failed, passed, skipped, with_cause
 from voicebridge.voicelive.session import (
     OpenSession,
     StaticTokenCredential,
-    _abandon,
-    connect_kwargs,
+    handshake,
     make_credential,
     session_config,
 )
@@ -177,20 +175,10 @@ async def _refused(ctx: Context, auth: Auth, manager: Any, exc: BaseException) -
 async def handshake_check(ctx: Context, auth: Auth) -> tuple[Check, OpenSession | None]:
     s = ctx.settings
     timeout = s.voicelive_connect_timeout_s
-    manager = connect(
-        credential=auth.credential,
-        headers={"x-ms-client-request-id": f"voicebridge-doctor-{uuid.uuid4()}"},
-        **connect_kwargs(s),
+    manager, task, started = await handshake(
+        s, auth.credential, request_id=f"voicebridge-doctor-{uuid.uuid4()}", timeout_s=timeout
     )
-    started = time.perf_counter()
-    handshake = manager.__aenter__()
-    task = asyncio.ensure_future(handshake)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-    finally:
-        if not task.done():
-            await _abandon(handshake, task)
-    if not done:
+    if task is None:
         hint = hints.VOICELIVE_TIMEOUT_HINT
         seen = (
             f"no answer to the WebSocket upgrade from {s.voicelive_host} within {timeout:g} s "
@@ -215,8 +203,8 @@ async def voicelive_checks(ctx: Context) -> list[Check]:
     if out[0].status == "fail" or auth is None:
         first = DNS_TLS if out[0].status == "fail" else AUTH
         return out + [skipped(n, f"not attempted: {first} failed") for n in NAMES[2:]]
-    handshake, opened = await handshake_check(ctx, auth)
-    out.append(handshake)
+    shake, opened = await handshake_check(ctx, auth)
+    out.append(shake)
     if opened is None:
         return out + [skipped(n, f"not attempted: {HANDSHAKE} failed") for n in NAMES[3:]]
     try:

@@ -152,6 +152,7 @@ import pybase64
 import soxr
 from aiohttp import WSMsgType, web
 
+from voicebridge.security import unverified_claims
 from voicebridge.sim.faults import FAULTS, FaultValue, check_faults, parse_faults
 
 log = logging.getLogger(__name__)
@@ -1844,14 +1845,8 @@ class VoiceLiveEmulator:
         must have an ``aud`` of Voice Live's Entra resource, with or without a trailing
         slash; opaque tokens pass (inferred: the service's exact answer is not documented)."""
         accepted = ("https://ai.azure.com", "https://cognitiveservices.azure.com")
-        parts = token.split(".")
-        if len(parts) != 3:
-            return None
-        try:
-            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        except (ValueError, binascii.Error):
-            return None
-        if not isinstance(claims, dict):
+        claims = unverified_claims(token)
+        if claims is None:
             return None
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]

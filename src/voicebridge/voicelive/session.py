@@ -204,6 +204,36 @@ class OpenSession:
             log.debug("voicelive close: %s", type(exc).__name__)
 
 
+async def handshake(
+    settings: Settings,
+    credential: Any,
+    *,
+    request_id: str,
+    conversation_id: str | None = None,
+    timeout_s: float,
+) -> tuple[Any, asyncio.Future[Any] | None, float]:
+    """Start the SDK's WebSocket handshake and wait for it up to ``timeout_s``.
+
+    Returns ``(manager, task, started)``: the connect manager (whose ``__aexit__``
+    closes the connection), the finished handshake task (``task.result()`` is the
+    connection or raises the SDK's error) or None when it timed out (then it was
+    abandoned cleanly), and ``time.perf_counter()`` at its start."""
+    manager = connect(
+        credential=credential,
+        headers={"x-ms-client-request-id": request_id},
+        **connect_kwargs(settings, conversation_id=conversation_id),
+    )
+    started = time.perf_counter()
+    opening = manager.__aenter__()
+    task = asyncio.ensure_future(opening)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    finally:
+        if not task.done():  # timed out, or our caller was cancelled
+            await _abandon(opening, task)
+    return manager, (task if done else None), started
+
+
 async def open_session(
     settings: Settings,
     credential: Any,
@@ -215,21 +245,10 @@ async def open_session(
     """Connect within ``timeout_s`` (default ``VOICELIVE_CONNECT_TIMEOUT_S``) or raise
     ``UpstreamUnavailable``."""
     timeout = settings.voicelive_connect_timeout_s if timeout_s is None else timeout_s
-    kwargs = connect_kwargs(settings, conversation_id=conversation_id)
-    manager = connect(
-        credential=credential,
-        headers={"x-ms-client-request-id": call_id},
-        **kwargs,
+    manager, task, started = await handshake(
+        settings, credential, request_id=call_id, conversation_id=conversation_id, timeout_s=timeout
     )
-    started = time.perf_counter()
-    handshake = manager.__aenter__()
-    task = asyncio.ensure_future(handshake)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-    finally:
-        if not task.done():  # timed out, or our caller was cancelled
-            await _abandon(handshake, task)
-    if not done:
+    if task is None:
         raise UpstreamUnavailable(
             f"Voice Live did not complete the handshake within "
             f"{timeout:g} s ({settings.voicelive_host})"
