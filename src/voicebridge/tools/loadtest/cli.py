@@ -55,6 +55,12 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-pin", action="store_true", help="do not give the bridge a CPU of its own")
     add("--env", action="append", default=[], metavar="NAME=VALUE", help="bridge env override")
     add("--p99-limit-ms", type=float, default=P99_LIMIT_MS, help="relay p99 pass mark (10)")
+    add(
+        "--machine-probe",
+        action="store_true",
+        help="also time the machine itself on the bridge's CPU: a speed reference before and "
+        "after the calls, a speed probe once a second during them (how slow the CPU ran)",
+    )
 
 
 def _search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,6 +164,7 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         fault_seed=args.fault_seed,
         leak_check=bool(args.soak or args.leak_check or faults),
         settle_s=args.settle,
+        machine_probe=args.machine_probe,
     )
     options.validate()
     return options

@@ -2,9 +2,11 @@
 
 On the shared machines this project is measured on, the same build has needed 5.0 and
 5.9 ms of bridge CPU per call-second an hour apart, with no other load visible and no
-steal reported. ``voicebridge loadtest`` therefore times a fixed workload on the
-bridge's CPU (:class:`MachineProbe`), so that two runs can be told apart by what changed
-in the code and what changed in the machine.
+steal reported. ``voicebridge loadtest --machine-probe`` therefore times a fixed
+workload on the bridge's CPU (:class:`MachineProbe`), so that two runs can be told apart
+by what changed in the code and what changed in the machine. It answers "was this VM
+slow?", which is not a property of the bridge, so it runs only when asked for: without
+the flag no probe process starts and the report has none of the fields below.
 
 **Speed reference** (:func:`measure`), just before the calls and just after them. The
 workload never changes with the code under test, and has the two parts the bridge's CPU
@@ -33,7 +35,7 @@ a second until it is stopped. That child must start light, as it starts beside t
 bridge: this module imports only the standard library's small modules at the top, and
 asyncio where the load test (which has it already) uses it.
 
-What it adds to a load test's report:
+What it adds to a load test's report, only with ``--machine-probe``:
 
 * ``machine.speed_reference_ms`` — the reference ``before`` and ``after`` the calls
   (``python_ms``, ``loopback_ms``; an empty dict for one that could not run);
@@ -219,7 +221,7 @@ class SpeedProbe:
 
 
 class MachineProbe:
-    """The reference and the probe in one load test: :meth:`start` just before the calls (the
+    """``--machine-probe`` in one load test: :meth:`start` just before the calls (the
     reference, then the probe), :meth:`finish` just after them (the probes, then the
     reference again), :meth:`fields` for the report; :meth:`stop` in ``finally``."""
 
@@ -371,7 +373,7 @@ def find_max_text(steps: list[dict[str, Any]]) -> list[str]:
 
 def sweep_cells(steps: list[dict[str, Any]]) -> tuple[str, list[str]] | None:
     """The sweep table's "CPU slow" column: its heading and one cell per step; None when
-    the steps ran without the probe (no column)."""
+    the steps ran without ``--machine-probe`` (no column)."""
     if not any("speed_probe" in s.get("machine", {}) for s in steps):
         return None
     cells = []

@@ -34,6 +34,10 @@ class LoadOptions:
     faults over the calls (:func:`voicebridge.tools.loadtest.soak.plan_faults`).
     ``leak_check`` measures the bridge idle before the first call and ``settle_s`` after
     the last one ended, and scans its logs (:mod:`voicebridge.tools.loadtest.soak`).
+
+    ``machine_probe`` also times the machine itself on the bridge's CPU, before, during
+    and after the calls (:mod:`voicebridge.tools.loadtest.machine_probe`); off by
+    default, as it measures the machine, not the bridge.
     """
 
     calls: int = 10
@@ -52,6 +56,7 @@ class LoadOptions:
     fault_seed: int = 0
     leak_check: bool = False
     settle_s: float = soak.SETTLE_S
+    machine_probe: bool = False
 
     @property
     def ramp(self) -> float:

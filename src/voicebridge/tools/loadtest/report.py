@@ -41,9 +41,8 @@
   hardly changes).
 * ``held`` — relay p99 within ``p99_limit_ms`` both ways, nothing lost, none failed.
 * ``machine`` — CPUs, CPU model, Python, and which CPUs the bridge and the load side
-  were ``pinned`` to; and the machine probe's fields
-  (:mod:`~voicebridge.tools.loadtest.machine_probe`: ``speed_reference_ms`` and
-  ``speed_probe``).
+  were ``pinned`` to; with ``--machine-probe``, also ``speed_reference_ms`` and
+  ``speed_probe`` (:mod:`~voicebridge.tools.loadtest.machine_probe`).
 
 With a fault plan (``faults``) some of this changes, because a socket aborted by a
 fault loses whatever was in flight on it, by design:
@@ -104,7 +103,7 @@ def summarise(
     process of the test by name over the run, ``memory`` the bridge's RSS ``idle`` and
     at the ``end``, ``samples`` the 1 s samples of the bridge, ``contention`` machine and
     bridge-CPU task times over the run, ``pinned`` the CPUs of each side. ``machine``:
-    fields added to the report's ``machine`` as they are (the machine probe's);
+    fields added to the report's ``machine`` as they are (``--machine-probe``'s);
     ``beside_bridge`` names processes in ``cpu`` that ran on the bridge's pinned CPU
     too: their CPU is neither the bridge's nor other load.
     """

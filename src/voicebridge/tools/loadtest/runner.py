@@ -4,7 +4,9 @@ Its steps, in order:
 
 1. start every process at once (:meth:`Processes.start`): the ACS router in this
    process, the Voice Live emulator, the generators and the bridge;
-2. take the bridge's figures idle, just before the first call (:func:`_before_calls`);
+2. take the bridge's figures idle, just before the first call (:func:`_before_calls`),
+   and with ``--machine-probe`` start timing the machine itself
+   (:class:`~voicebridge.tools.loadtest.machine_probe.MachineProbe`);
 3. place the calls, and watch the bridge once a second until every generator has
    replied with its calls' results (:func:`_place_calls`, :func:`monitor`);
 4. take the figures again once the bridge has wound its calls down
@@ -66,7 +68,8 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
     """
     options.validate()
     procs = Processes(options)
-    probe = MachineProbe(procs.bridge_cpus)
+    # The machine's own speed only when asked for: it is not a property of the bridge.
+    probe = MachineProbe(procs.bridge_cpus) if options.machine_probe else None
     # This process is load side too (the router, the monitor): off the bridge's CPU.
     own_cpus = os.sched_getaffinity(0) if procs.load_cpus else None
     if procs.load_cpus:
@@ -93,11 +96,12 @@ async def run_load(options: LoadOptions) -> dict[str, Any]:
             },
             faults=procs.faults,
             checks=checks,
-            machine=probe.fields(samples, options.calls),
+            machine=probe.fields(samples, options.calls) if probe is not None else None,
             beside_bridge=start.beside_bridge,
         )
     finally:
-        await probe.stop()  # a no-op once stopped
+        if probe is not None:
+            await probe.stop()  # a no-op once stopped
         await procs.stop()
         if own_cpus:
             os.sched_setaffinity(0, own_cpus)
@@ -284,9 +288,9 @@ class _End:
     emulator: dict[str, Any]
 
 
-async def _before_calls(procs: Processes, probe: MachineProbe) -> _Start:
-    """The leak check's idle probe (with ``leak_check``), the machine probe started, then
-    every counter the report takes differences of."""
+async def _before_calls(procs: Processes, probe: MachineProbe | None) -> _Start:
+    """The leak check's idle probe (with ``leak_check``), the machine probe started (with
+    ``machine_probe``), then every counter the report takes differences of."""
     pids = procs.pids()
     target = soak.Target(
         pid=procs.bridge.pid,
@@ -297,9 +301,8 @@ async def _before_calls(procs: Processes, probe: MachineProbe) -> _Start:
     )
     idle_probe = await soak.probe(target, census=True) if procs.options.leak_check else None
     beside_bridge: tuple[str, ...] = ()
-    probe_pid = await probe.start()
-    if probe_pid is not None:  # its CPU is ours, not "other load"
-        pids[probe.name] = probe_pid
+    if probe is not None and (probe_pid := await probe.start()) is not None:
+        pids[probe.name] = probe_pid  # its CPU is ours, not "other load"
         beside_bridge = (probe.name,)
     memory = procfs.memory_mb(procs.bridge.pid)
     cpu = {name: procfs.cpu_seconds(pid) for name, pid in pids.items()}
@@ -348,9 +351,9 @@ async def _place_calls(
     return samples, [task.result() for task in waiting]
 
 
-async def _after_calls(procs: Processes, start: _Start, probe: MachineProbe) -> _End:
+async def _after_calls(procs: Processes, start: _Start, probe: MachineProbe | None) -> _End:
     """The bridge's settled ``/api/stats``, every counter's difference since ``start``,
-    the machine probe finished, and the emulator's totals."""
+    the machine probe finished (if it ran), and the emulator's totals."""
     stats = await procs.settled_stats()
     wall_s = time.monotonic() - start.wall
     cpu = {name: procfs.cpu_seconds(pid) - start.cpu[name] for name, pid in start.pids.items()}
@@ -363,7 +366,8 @@ async def _after_calls(procs: Processes, start: _Start, probe: MachineProbe) -> 
         "bridge_cpu_tasks_s": on_bridge_cpu["tasks"] - start.bridge_cpu["tasks"],
     }
     memory = procfs.memory_mb(procs.bridge.pid)
-    await probe.finish(start.wall)
+    if probe is not None:
+        await probe.finish(start.wall)
     procs.emulator.send({"cmd": "stats", "by_call": procs.faults is not None})
     emulator = await procs.emulator.receive(30)
     emulator["rss_mb"] = procfs.memory_mb(start.pids["emulator"])["hwm"]

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from voicebridge.tools.loadtest.machine_probe import MachineProbe
 from voicebridge.tools.loadtest.options import LoadOptions
 from voicebridge.tools.loadtest.report import summarise
 
 
-def fake_run(lost_frame: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """summarise() over hand-made counters: 2 calls of 100 frames each (``kwargs`` go to
-    summarise as they are)."""
+def probe_fields(samples: list[dict[str, Any]], calls: int) -> dict[str, Any]:
+    """What ``--machine-probe`` adds to ``machine``: a reference of 60 ms (3 ms at the
+    probe's size) and four probes, two of them slow (over 1.4 x 3 ms)."""
+    probe = MachineProbe(None)
+    probe.speed = {
+        "before": {"python_ms": 60.0, "loopback_ms": 50.0},
+        "after": {"python_ms": 61.0, "loopback_ms": 52.0},
+    }
+    probe.probes = [(0.5, 3.1), (1.5, 5.2), (2.5, 3.0), (3.5, 4.5)]
+    return probe.fields(samples, calls)
+
+
+def fake_run(lost_frame: bool = False, probed: bool = False) -> dict[str, Any]:
+    """summarise() over hand-made counters: 2 calls of 100 frames each; ``probed``: as
+    with ``--machine-probe`` (:func:`probe_fields`)."""
     call = {
         "index": 0,
         "failure": None,
@@ -58,15 +71,16 @@ def fake_run(lost_frame: bool = False, **kwargs: Any) -> dict[str, Any]:
         "close_codes": {"1000": 2},
         **health,
     }
+    samples: list[dict[str, Any]] = [{"t": 1.0, "cpu_pct": 8.0, "active": 2}]
     return summarise(
-        LoadOptions(calls=2, seconds=2),
+        LoadOptions(calls=2, seconds=2, machine_probe=probed),
         stats=stats,
         generators=[generator],
         emulator=emulator,
         cpu={"bridge": 0.2, "emulator": 0.1, "generator-0": 0.1, "orchestrator": 0.0},
         wall_s=2.5,
         memory={"idle": {"rss": 80.0, "hwm": 80.0}, "end": {"rss": 90.0, "hwm": 100.0}},
-        samples=[{"t": 1.0, "cpu_pct": 8.0, "active": 2}],
+        samples=samples,
         contention={
             "bridge_runqueue_wait_s": 0.0,
             "machine_tasks_s": 0.5,
@@ -75,7 +89,7 @@ def fake_run(lost_frame: bool = False, **kwargs: Any) -> dict[str, Any]:
             "bridge_cpu_tasks_s": 0.2,
         },
         pinned={"bridge": [1], "load": [0]},
-        **kwargs,
+        machine=probe_fields(samples, 2) if probed else None,
     )
 
 

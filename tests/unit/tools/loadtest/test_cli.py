@@ -1,5 +1,5 @@
 """``voicebridge loadtest`` as a user runs it: short real runs as a correctness check (never
-a speed check), and the option errors."""
+a speed check), the option errors, and the ``--machine-probe`` switch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
+from tests.unit.tools.loadtest.reports import fake_run
 from voicebridge.cli import main
+from voicebridge.tools.loadtest import cli, machine_probe
+from voicebridge.tools.loadtest.options import LoadOptions
 
 REQUIRED = (
     "calls",
@@ -55,6 +58,11 @@ def _assert_clean(report: dict[str, Any], calls: int) -> None:
     assert report["cpu_s_per_call_s"] > 0
     assert report["rss_mb"] >= report["rss_mb_idle"] > 0
     assert report["load_side"]["emulator_rss_mb"] > 0
+
+
+def _assert_probed(report: dict[str, Any]) -> None:
+    """What ``--machine-probe`` adds: the speed reference before and after the calls, and
+    the speed probe during them."""
     speed = report["machine"]["speed_reference_ms"]
     assert speed.keys() == {"before", "after"}
     for ref in speed.values():
@@ -65,12 +73,43 @@ def _assert_clean(report: dict[str, Any], calls: int) -> None:
     assert any("probe_ms" in sample for sample in report["cpu_samples"])
 
 
+def _assert_not_probed(report: dict[str, Any]) -> None:
+    assert report["machine"].keys() == {"cpus", "cpu_model", "python", "pinned"}
+    assert not any("probe_ms" in sample for sample in report["cpu_samples"])
+
+
+def _no_machine_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make starting a machine-probe process (reference or probe) fail the test."""
+
+    async def child(*_args: Any) -> None:
+        raise AssertionError("the machine probe ran without --machine-probe")
+
+    monkeypatch.setattr(machine_probe, "_child", child)
+
+
 @pytest.mark.e2e
-def test_short_loadtest_loses_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+def test_short_loadtest_loses_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_machine_probe(monkeypatch)
     status, report = _run_json(capsys, "--calls", "3", "--seconds", "3", "--speed", "2")
     _assert_clean(report, 3)
+    _assert_not_probed(report)
     assert status == 0
     assert report["mean_call_s"] >= 3.0  # the caller talks for 3 s, then waits for the agent
+    _assert_no_children()
+
+
+@pytest.mark.e2e
+def test_machine_probe_times_the_machine_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """With --machine-probe, the same run also has the speed reference and probe, and
+    still loses nothing (the probe never takes the bridge's CPU from it)."""
+    status, report = _run_json(
+        capsys, "--calls", "3", "--seconds", "3", "--speed", "2", "--machine-probe"
+    )
+    _assert_clean(report, 3)
+    _assert_probed(report)
+    assert status == 0
     _assert_no_children()
 
 
@@ -82,6 +121,7 @@ def test_two_generators_behind_the_acs_router(capsys: pytest.CaptureFixture[str]
         capsys, "--calls", "4", "--seconds", "2", "--speed", "2", "--generators", "2"
     )
     _assert_clean(report, 4)
+    _assert_not_probed(report)
     assert status == 0
     assert len(report["load_side"]["generator_cpu_pct"]) == 2
     _assert_no_children()
@@ -198,3 +238,28 @@ def test_sweep_counts_must_be_positive_integers(value: str) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["loadtest", "--sweep", value])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_machine_probe_only_with_the_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flag: bool
+) -> None:
+    """``--machine-probe`` reaches the run, and only its report shows the machine's speed,
+    in the text and in the JSON."""
+    seen: list[bool] = []
+
+    async def run_load(options: LoadOptions) -> dict[str, Any]:
+        seen.append(options.machine_probe)
+        return fake_run(probed=options.machine_probe)
+
+    monkeypatch.setattr(cli, "run_load", run_load)
+    args = ["loadtest", "--calls", "2", "--seconds", "2"] + (["--machine-probe"] if flag else [])
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert ("speed reference python/loopback ms" in text) is flag
+    assert ("the probe ran slow" in text) is flag
+    status, report = _run_json(capsys, *args[1:])
+    assert status == 0
+    assert ("speed_reference_ms" in report["machine"]) is flag
+    assert ("speed_probe" in report["machine"]) is flag
+    assert seen == [flag, flag]

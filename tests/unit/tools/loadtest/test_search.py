@@ -90,3 +90,23 @@ def test_sweep_table_and_plot_from_reports(tmp_path: Path) -> None:
     png = tmp_path / "sweep.png"
     search.plot_sweep(result, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_and_step_lines_say_how_slow_the_cpu_ran_only_with_the_probe() -> None:
+    def sweep_of(probed: bool) -> dict[str, Any]:
+        report = fake_run(probed=probed)
+        return {
+            "seconds": 2.0,
+            "p99_limit_ms": 10.0,
+            "steps": [{k: report[k] for k in search.SWEEP_KEYS}],
+        }
+
+    plain = search.format_sweep(sweep_of(False)).splitlines()
+    assert "CPU slow" not in plain[0] and plain[0].endswith("lag p99  verdict")
+    assert plain[1].split()[-2:] == ["2.00", "held"]  # lag p99, then the verdict
+    assert "CPU slow" not in search._step_line(fake_run())
+
+    probed = search.format_sweep(sweep_of(True)).splitlines()
+    assert probed[0].endswith("lag p99  CPU slow  verdict")
+    assert probed[1].endswith("     50 %  held")
+    assert search._step_line(fake_run(probed=True)).endswith("CPU slow 50 % of s")
