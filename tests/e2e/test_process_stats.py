@@ -11,7 +11,7 @@ import pytest
 from tests.e2e.test_routes import bridge
 from voicebridge.routes.health import CENSUS_ENV
 from voicebridge.sim.fake_acs import FakeAcs
-from voicebridge.tools import loadtest
+from voicebridge.tools.loadtest import children
 
 __all__ = ["bridge"]  # the fixture, re-used
 
@@ -35,4 +35,4 @@ async def test_stats_show_the_process_and_the_census_only_when_enabled(
     assert set(census["retained"]) == {"finished_calls", "ended_ids", "seen_event_ids"}
     assert census["pymalloc"]["arenas"] >= 1 and census["pymalloc"]["allocated_bytes"] > 0
     assert census["heap"]["rss_mb_after"] > 0
-    assert loadtest.CENSUS_ENV == CENSUS_ENV  # the load test sets the same variable
+    assert children.CENSUS_ENV == CENSUS_ENV  # the load test sets the same variable

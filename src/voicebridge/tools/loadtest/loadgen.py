@@ -1,6 +1,6 @@
 """The load side of ``voicebridge loadtest``: worker processes that play the callers and
 Voice Live, started by :mod:`voicebridge.tools.loadtest` as
-``python -m voicebridge.tools.loadgen emulator|generator CONFIG_JSON``.
+``python -m voicebridge.tools.loadtest.loadgen emulator|generator CONFIG_JSON``.
 
 * **emulator** — a :class:`~voicebridge.sim.emulator.VoiceLiveEmulator` (what
   ``voicebridge emulator`` runs) that can report what its sessions received and sent.
@@ -310,9 +310,9 @@ ROLES = {"emulator": emulator, "generator": generator}
 
 
 def main(argv: list[str]) -> int:
-    """``python -m voicebridge.tools.loadgen ROLE CONFIG_JSON``."""
+    """``python -m voicebridge.tools.loadtest.loadgen ROLE CONFIG_JSON``."""
     if len(argv) != 2 or argv[0] not in ROLES:
-        print(f"usage: python -m voicebridge.tools.loadgen {'|'.join(ROLES)} CONFIG_JSON")
+        print(f"usage: python -m voicebridge.tools.loadtest.loadgen {'|'.join(ROLES)} CONFIG_JSON")
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None

@@ -1,16 +1,15 @@
-"""The pure parts of the soak checks: the fault plan, descriptor labelling, the log scans
-and the leak verdict, without running a load test."""
+"""The pure parts of the soak checks: the fault plan, the log scans and the leak verdict,
+without running a load test."""
 
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from voicebridge.tools import soak
+from voicebridge.tools.loadtest import soak
 
 
 def test_plan_gives_a_seeded_share_of_calls_one_fault_each() -> None:
@@ -45,26 +44,6 @@ def test_parse_specs_rejects_faults_after_the_audio_ends() -> None:
     assert soak.parse_specs(["voicelive-stall-response=30"], 8.0)[0].value == 30.0
     [stall] = soak.parse_specs(["voicelive-stall-handshake"], 8.0)
     assert "apology_hangup" in stall.expected[0]
-
-
-def test_describe_fds_labels_sockets_by_the_process_at_the_other_end(tmp_path: Path) -> None:
-    import os
-
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        client = socket.create_connection(("127.0.0.1", port))
-        accepted, _ = server.accept()
-        log = (tmp_path / "x.jsonl").open("w")
-        try:
-            fds = soak.describe_fds(os.getpid(), port, {"me": os.getpid()}, tmp_path)
-        finally:
-            log.close()
-            client.close()
-            accepted.close()
-    assert fds["tcp"]["listening"] >= 1
-    assert fds["tcp"]["from me"] == 1 and fds["tcp"]["to me"] == 1
-    assert fds["kinds"]["call log"] == 1 and fds["close_wait"] == 0
-    assert fds["total"] >= sum(fds["kinds"].values()) - 1
 
 
 def _log(path: Path, *records: dict[str, Any]) -> None:

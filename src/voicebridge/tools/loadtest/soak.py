@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import re
 import time
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from voicebridge.sim.faults import FaultValue, parse_fault
+from voicebridge.tools.loadtest import procfs
 
 #: ``--soak``: calls, caller audio per call (s), and the faults sprinkled over them.
 #: Times are media seconds into the call (ACS) or into its first Voice Live session,
@@ -226,138 +226,6 @@ def call_ids(calls: int, seed: int) -> list[str]:
     return ids
 
 
-# --------------------------------------------------------------------------- /proc
-
-_TCP_STATES = {
-    "01": "ESTABLISHED",
-    "02": "SYN_SENT",
-    "03": "SYN_RECV",
-    "04": "FIN_WAIT1",
-    "05": "FIN_WAIT2",
-    "06": "TIME_WAIT",
-    "07": "CLOSE",
-    "08": "CLOSE_WAIT",
-    "09": "LAST_ACK",
-    "0A": "LISTEN",
-    "0B": "CLOSING",
-}
-_SOCKET = re.compile(r"^socket:\[(\d+)\]$")
-
-
-def _tcp_table(pid: int) -> dict[int, tuple[int, int, str]]:
-    """inode -> (local port, remote port, state) for the TCP sockets of ``pid``'s
-    network namespace (``/proc/<pid>/net/tcp`` and ``tcp6``)."""
-    table: dict[int, tuple[int, int, str]] = {}
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{name}", encoding="ascii") as fh:
-                next(fh, None)
-                for line in fh:
-                    f = line.split()
-                    local, remote, state, inode = f[1], f[2], f[3], int(f[9])
-                    if inode:
-                        table[inode] = (
-                            int(local.rsplit(":", 1)[1], 16),
-                            int(remote.rsplit(":", 1)[1], 16),
-                            _TCP_STATES.get(state, state),
-                        )
-        except OSError:
-            continue
-    return table
-
-
-def _fd_targets(pid: int) -> list[str]:
-    """What each open descriptor of ``pid`` points at (``readlink``); closed-meanwhile
-    descriptors are skipped."""
-    out: list[str] = []
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return out
-    for name in names:
-        try:
-            out.append(os.readlink(f"/proc/{pid}/fd/{name}"))
-        except OSError:
-            continue
-    return out
-
-
-def _inodes(targets: list[str]) -> set[int]:
-    return {int(m[1]) for t in targets if (m := _SOCKET.match(t))}
-
-
-def describe_fds(
-    pid: int, listen_port: int, others: dict[str, int], log_dir: Path | None = None
-) -> dict[str, Any]:
-    """The open descriptors of ``pid`` (a server listening on ``listen_port``).
-
-    ``total``; ``kinds`` (``socket``, ``pipe``, ``anon_inode:[eventpoll]``..., ``call
-    log`` for files under ``log_dir``, ``file`` for other files); ``tcp``, each TCP
-    socket labelled ``listening``, ``from <process>`` (accepted on ``listen_port``) or
-    ``to <process>``, where the process owning the other end is looked up among
-    ``others`` (name -> pid), with the state appended when not ESTABLISHED; and
-    ``close_wait``, sockets the peer closed and ``pid`` never did (a leak)."""
-    targets = _fd_targets(pid)
-    table = _tcp_table(pid)
-    port_owner: dict[int, str] = {}
-    for name, other in others.items():
-        for inode in _inodes(_fd_targets(other)):
-            if inode in table:
-                port_owner[table[inode][0]] = name
-    kinds: Counter[str] = Counter()
-    tcp: Counter[str] = Counter()
-    for target in targets:
-        match = _SOCKET.match(target)
-        if match is None:
-            if target.startswith("anon_inode:"):
-                kinds[target] += 1
-            elif target.startswith("pipe:"):
-                kinds["pipe"] += 1
-            elif log_dir is not None and target.startswith(str(log_dir)):
-                kinds["call log"] += 1
-            else:
-                kinds["file"] += 1
-            continue
-        kinds["socket"] += 1
-        entry = table.get(int(match[1]))
-        if entry is None:
-            tcp["not tcp (unix, udp)"] += 1
-            continue
-        local, remote, state = entry
-        if state == "LISTEN":
-            tcp["listening"] += 1
-            continue
-        if local == listen_port:
-            label = f"from {port_owner.get(remote, '?')}"
-        else:
-            label = f"to {port_owner.get(remote, '?')}"
-        tcp[label if state == "ESTABLISHED" else f"{label} ({state})"] += 1
-    return {
-        "total": len(targets),
-        "kinds": dict(sorted(kinds.items())),
-        "tcp": dict(sorted(tcp.items())),
-        "close_wait": sum(n for k, n in tcp.items() if "CLOSE_WAIT" in k),
-    }
-
-
-def rss_mb(pid: int) -> float:
-    """VmRSS of ``pid`` in MB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def threads(pid: int) -> int:
-    """OS threads of ``pid`` (the event loop, executor workers, library threads)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    return 0
-
-
 # --------------------------------------------------------------------------- probes
 
 #: ``GET /api/stats`` (``objects``: with the census) from the bridge.
@@ -378,7 +246,7 @@ class Target:
 
 async def probe(target: Target, *, census: bool) -> dict[str, Any]:
     """The bridge's leak-relevant figures now: ``tasks`` and the rest of
-    ``/api/stats``'s ``process``, ``fds`` (:func:`describe_fds`), ``rss_mb`` and, with
+    ``/api/stats``'s ``process``, ``fds`` (:func:`~.procfs.describe_fds`), ``rss_mb`` and, with
     ``census``, the object census (needs ``VOICEBRIDGE_STATS_CENSUS=1`` in the bridge)."""
     stats = await target.get_stats(census)
     process = dict(stats.get("process", {}))
@@ -386,9 +254,9 @@ async def probe(target: Target, *, census: bool) -> dict[str, Any]:
         "t": time.monotonic(),
         "tasks": process.get("tasks"),
         "process": process,
-        "fds": describe_fds(target.pid, target.port, target.others, target.log_dir),
-        "rss_mb": round(rss_mb(target.pid), 1),
-        "threads": threads(target.pid),
+        "fds": procfs.describe_fds(target.pid, target.port, target.others, target.log_dir),
+        "rss_mb": round(procfs.memory_mb(target.pid)["rss"], 1),
+        "threads": procfs.threads(target.pid),
         "census": stats.get("census"),
     }
 
@@ -487,39 +355,12 @@ def leak_report(
       retained.
     """
     after = settled["final"]
-    cb, ca = before.get("census"), after.get("census")
-    growth = _census_growth(cb, ca)
-    blocks_b = cb["allocated_blocks"] if cb else before["process"].get("allocated_blocks", 0)
-    blocks_a = ca["allocated_blocks"] if ca else after["process"].get("allocated_blocks", 0)
-    retained_b, retained_a = _retained_objects(cb), _retained_objects(ca)
-    unexplained = (blocks_a - blocks_b) - (retained_a - retained_b)
-    allowed = PY_TOLERANCE_BLOCKS + PY_TOLERANCE_BLOCKS_PER_CALL * calls
-    top = sorted(growth.items(), key=lambda kv: -abs(kv[1]))
-    ours = {k: v for k, v in growth.items() if k.startswith("voicebridge.")}
-    idle = before["rss_mb"]
-    pm_b, pm_a = (cb or {}).get("pymalloc") or {}, (ca or {}).get("pymalloc") or {}
-    mib = 1024 * 1024
-    arena_growth = max(0, pm_a.get("arenas", 0) - pm_b.get("arenas", 0))  # 1 MiB each
-    pymalloc = {
-        "arenas": {"before": pm_b.get("arenas"), "after": pm_a.get("arenas")},
-        "arenas_highwater": pm_a.get("arenas_highwater"),
-        "arena_mb_growth": arena_growth,
-        "live_mb": {
-            "before": round(pm_b.get("allocated_bytes", 0) / mib, 1),
-            "after": round(pm_a.get("allocated_bytes", 0) / mib, 1),
-        },
-    }
-    heap = (ca or {}).get("heap") or {}
-    now = heap.get("rss_mb_before") or after["rss_mb"]
-    trimmed = heap.get("rss_mb_after") or after["rss_mb"]
-    peak_growth = max(0.0, peak_rss_mb - idle)
-    rss_allowed = max(RSS_TOLERANCE_MB, RSS_TOLERANCE_SHARE * peak_growth)
-    rss_unexplained = trimmed - idle - arena_growth  # all in MiB
-    rss_back = rss_unexplained <= rss_allowed
+    growth = _census_growth(before.get("census"), after.get("census"))
     tasks_ok = after["tasks"] is not None and after["tasks"] <= before["tasks"]
     excess = _fd_excess(before["fds"], after["fds"])
     fds_ok = not excess and after["fds"]["close_wait"] == 0
-    python_ok = unexplained <= allowed
+    rss = _rss_report(before, after, peak_rss_mb)
+    python = _python_report(before, after, growth, calls)
     retained_state = {k: growth[k] for k in CALL_STATE_TYPES if growth.get(k, 0) > 0}
     return {
         "waited_s": settled["waited_s"],
@@ -533,43 +374,92 @@ def leak_report(
             "excess": excess,
             "ok": fds_ok,
         },
-        "rss_mb": {
-            "idle": idle,
-            "peak": round(peak_rss_mb, 1),
-            "after": now,
-            "after_trim": trimmed,
-            "trimmed": bool(heap.get("trimmed")),
-            "left_above_idle": round(trimmed - idle, 1),
-            "returned_pct": round(100 * (peak_rss_mb - trimmed) / peak_growth, 1)
-            if peak_growth
-            else None,
-            "allowed_above_idle": round(rss_allowed, 1),
-            "unexplained_mb": round(rss_unexplained, 1),
-            "back": rss_back,
-            "back_strict": trimmed - idle <= rss_allowed,
-            "pymalloc": pymalloc,
-        },
-        "python": {
-            "allocated_blocks": {"before": blocks_b, "after": blocks_a},
-            "objects": {
-                "before": cb["objects"] if cb else None,
-                "after": ca["objects"] if ca else None,
-            },
-            "retained_by_history": {
-                "before": retained_b,
-                "after": retained_a,
-                "detail": ca.get("retained") if ca else None,
-            },
-            "unexplained_blocks": unexplained,
-            "unexplained_blocks_per_call": round(unexplained / max(1, calls), 1),
-            "allowed_blocks": allowed,
-            "census": bool(cb and ca),
-            "types_changed": dict(top[:15]),
-            "voicebridge_types_changed": ours,
-            "ok": python_ok,
-        },
+        "rss_mb": rss,
+        "python": python,
         "call_state_retained": retained_state,
-        "ok": tasks_ok and fds_ok and python_ok and not retained_state and rss_back,
+        "ok": tasks_ok and fds_ok and python["ok"] and not retained_state and rss["back"],
+    }
+
+
+def _pymalloc_report(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Python's arenas before and after (each probe's census), the high-water mark, and
+    the live bytes in them (see :func:`leak_report`)."""
+    mib = 1024 * 1024
+    return {
+        "arenas": {"before": before.get("arenas"), "after": after.get("arenas")},
+        "arenas_highwater": after.get("arenas_highwater"),
+        "arena_mb_growth": max(0, after.get("arenas", 0) - before.get("arenas", 0)),  # 1 MiB
+        "live_mb": {
+            "before": round(before.get("allocated_bytes", 0) / mib, 1),
+            "after": round(after.get("allocated_bytes", 0) / mib, 1),
+        },
+    }
+
+
+def _rss_report(
+    before: dict[str, Any], after: dict[str, Any], peak_rss_mb: float
+) -> dict[str, Any]:
+    """``rss_mb`` of :func:`leak_report`: RSS idle, at its peak and after, before and
+    after a heap trim, and whether what is left above idle is ``back``."""
+    cb, ca = before.get("census") or {}, after.get("census") or {}
+    pymalloc = _pymalloc_report(cb.get("pymalloc") or {}, ca.get("pymalloc") or {})
+    idle = before["rss_mb"]
+    heap = ca.get("heap") or {}
+    now = heap.get("rss_mb_before") or after["rss_mb"]
+    trimmed = heap.get("rss_mb_after") or after["rss_mb"]
+    peak_growth = max(0.0, peak_rss_mb - idle)
+    rss_allowed = max(RSS_TOLERANCE_MB, RSS_TOLERANCE_SHARE * peak_growth)
+    rss_unexplained = trimmed - idle - pymalloc["arena_mb_growth"]  # all in MiB
+    return {
+        "idle": idle,
+        "peak": round(peak_rss_mb, 1),
+        "after": now,
+        "after_trim": trimmed,
+        "trimmed": bool(heap.get("trimmed")),
+        "left_above_idle": round(trimmed - idle, 1),
+        "returned_pct": round(100 * (peak_rss_mb - trimmed) / peak_growth, 1)
+        if peak_growth
+        else None,
+        "allowed_above_idle": round(rss_allowed, 1),
+        "unexplained_mb": round(rss_unexplained, 1),
+        "back": rss_unexplained <= rss_allowed,
+        "back_strict": trimmed - idle <= rss_allowed,
+        "pymalloc": pymalloc,
+    }
+
+
+def _python_report(
+    before: dict[str, Any], after: dict[str, Any], growth: dict[str, int], calls: int
+) -> dict[str, Any]:
+    """``python`` of :func:`leak_report`: allocated blocks and objects before and after,
+    what the history of ended calls keeps, and the unexplained rest against the allowance."""
+    cb, ca = before.get("census"), after.get("census")
+    blocks_b = cb["allocated_blocks"] if cb else before["process"].get("allocated_blocks", 0)
+    blocks_a = ca["allocated_blocks"] if ca else after["process"].get("allocated_blocks", 0)
+    retained_b, retained_a = _retained_objects(cb), _retained_objects(ca)
+    unexplained = (blocks_a - blocks_b) - (retained_a - retained_b)
+    allowed = PY_TOLERANCE_BLOCKS + PY_TOLERANCE_BLOCKS_PER_CALL * calls
+    top = sorted(growth.items(), key=lambda kv: -abs(kv[1]))
+    return {
+        "allocated_blocks": {"before": blocks_b, "after": blocks_a},
+        "objects": {
+            "before": cb["objects"] if cb else None,
+            "after": ca["objects"] if ca else None,
+        },
+        "retained_by_history": {
+            "before": retained_b,
+            "after": retained_a,
+            "detail": ca.get("retained") if ca else None,
+        },
+        "unexplained_blocks": unexplained,
+        "unexplained_blocks_per_call": round(unexplained / max(1, calls), 1),
+        "allowed_blocks": allowed,
+        "census": bool(cb and ca),
+        "types_changed": dict(top[:15]),
+        "voicebridge_types_changed": {
+            k: v for k, v in growth.items() if k.startswith("voicebridge.")
+        },
+        "ok": unexplained <= allowed,
     }
 
 
