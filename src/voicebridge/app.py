@@ -1,5 +1,9 @@
 """The FastAPI application: ``create_app(settings)`` with a lifespan that owns the
-shared clients (Call Automation, the Voice Live credential) and the call registry."""
+shared clients (Call Automation, the Voice Live credential) and the call registry.
+
+Routes reach the :class:`AppContext` through :data:`voicebridge.deps.CtxDep`; they are
+imported by :func:`create_app` (``deps`` imports this module for the type).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,13 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+from azure.communication.callautomation.aio import CallAutomationClient
 from fastapi import FastAPI
 
 from voicebridge import __version__, logs, telemetry
 from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call, CallRegistry
 from voicebridge.config import Settings
-from voicebridge.routes import calls, health, media, metrics
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
     CallUrlSigner,
@@ -44,8 +48,9 @@ class AppContext:
         )
         self.acs_tokens = acs_token_validator(settings)
         self.eventgrid_tokens = eventgrid_token_validator(settings)
+        # AzureKeyCredential, a static token or DefaultAzureCredential (make_credential).
         self.voicelive_credential: Any = None
-        self.acs: Any = None
+        self.acs: CallAutomationClient | None = None  # built by start(), before any request
         self.ready = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -201,6 +206,9 @@ def create_app_from_env() -> FastAPI:
 
 def create_app(settings: Settings) -> FastAPI:
     """The bridge service for ``settings``."""
+    from voicebridge import deps
+    from voicebridge.routes import calls, health, media, metrics
+
     logs.install_record_factory()  # call ids on every record, whoever set up logging
     ctx = AppContext(settings)
 
@@ -228,7 +236,8 @@ def create_app(settings: Settings) -> FastAPI:
         # endpoint call. Older FastAPI versions keep unknown arguments and ignore them.
         telemetry={"operation_spans": False},
     )
-    app.state.ctx = ctx
+    app.state.ctx = ctx  # read by voicebridge.deps.get_ctx only
+    app.add_exception_handler(deps.Refused, deps.refused)
     app.include_router(calls.router)
     app.include_router(media.router)
     app.include_router(health.router)

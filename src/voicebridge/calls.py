@@ -8,14 +8,19 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voicebridge.logs import CallIds
 from voicebridge.security import CallUrlSigner
 from voicebridge.stats import ServiceStats
+
+if TYPE_CHECKING:
+    from voicebridge.relay import MediaRelay
+    from voicebridge.telemetry import Span
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +87,12 @@ class Call:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)  # ACS says it is over
     drain_now: asyncio.Event = field(default_factory=asyncio.Event)  # drain grace is over
-    relay: Any = None  # the MediaRelay while media flows
+    relay: MediaRelay | None = None  # while media flows
     we_hung_up: bool = False  # the bridge ended the call (apology, goodbye, limit)
     outcome: str | None = None
     report: dict[str, Any] | None = None
     conversation_id: str | None = None
-    span: Any = None  # the call's trace span (voicebridge.telemetry), ended with the call
+    span: Span | None = None  # the call's trace span, ended with the call
 
     @property
     def label(self) -> str:
@@ -185,3 +190,15 @@ class CallRegistry:
     @property
     def active(self) -> int:
         return len(self.by_id)
+
+    def retained(self) -> dict[str, Iterable[Any]]:
+        """What the registry keeps of calls that are over, by name — each bounded by
+        design: the last 200 call summaries, the ids of the last 1000 ended calls, and
+        the event ids seen within the de-duplication TTL. For the object census
+        (:func:`voicebridge.stats.object_census`), which tells what these are
+        allowed to keep apart from what leaked."""
+        return {
+            "finished_calls": self.finished,
+            "ended_ids": self._ended.items(),
+            "seen_event_ids": self._seen.items(),
+        }

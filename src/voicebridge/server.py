@@ -6,13 +6,18 @@ import argparse
 import asyncio
 import gc
 import signal
+import socket
 import sys
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from voicebridge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from voicebridge.app import AppContext
+    from voicebridge.config import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port (default: PORT or 8000)")
 
 
-def uvicorn_options(settings: Any) -> dict[str, Any]:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn settings the bridge relies on, shared by ``serve`` and the simulator."""
     return {
         "proxy_headers": True,  # Container Apps terminates TLS in front of us
@@ -67,12 +72,12 @@ class DrainingServer(uvicorn.Server):
     SIGTERM, or SIGINT, exits at once.
     """
 
-    def __init__(self, config: uvicorn.Config, ctx: Any) -> None:
+    def __init__(self, config: uvicorn.Config, ctx: AppContext) -> None:
         super().__init__(config)
         self.ctx = ctx
         self._drain: asyncio.Task[None] | None = None
 
-    async def startup(self, sockets: Any = None) -> None:
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)  # the app's lifespan has run: start-up is over
         tune_gc()
 
@@ -110,5 +115,6 @@ def run(args: argparse.Namespace) -> int:
         port=args.port or settings.port,
         **uvicorn_options(settings),
     )
-    DrainingServer(config, app.state.ctx).run()
+    ctx: AppContext = app.state.ctx
+    DrainingServer(config, ctx).run()
     return 0

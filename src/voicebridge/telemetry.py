@@ -43,15 +43,32 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from voicebridge import __version__, logs
+
+if TYPE_CHECKING:
+    from voicebridge.config import Settings
+    from voicebridge.stats import ServiceStats
 
 log = logging.getLogger(__name__)
 
 #: Instrumentations of the Azure Monitor distro that stay off: ``fastapi`` traces every
 #: WebSocket message (the media path); the others are frameworks the bridge does not use.
 DISABLED_INSTRUMENTATIONS = ("fastapi", "django", "flask", "psycopg2")
+
+
+class Span(Protocol):
+    """What the bridge does with a span: :class:`NoSpan` (tracing off), an OpenTelemetry
+    span behind the same methods (tracing on), or a test's recorder."""
+
+    def set_attribute(self, key: str, value: Any) -> None: ...
+
+    def add_event(self, name: str, **attributes: Any) -> None: ...
+
+    def fail(self, description: str) -> None: ...
+
+    def end(self) -> None: ...
 
 
 class NoSpan:
@@ -84,22 +101,22 @@ class Telemetry:
 
     enabled = False
 
-    def start(self, name: str, parent: Any = None, **attributes: Any) -> Any:
+    def start(self, name: str, parent: Span | None = None, **attributes: Any) -> Span:
         """A span (call ``.end()``): a child of ``parent`` if given, else of the current
         span (a new trace if there is none)."""
         return NO_SPAN
 
-    def activate(self, span: Any) -> contextlib.AbstractContextManager[Any]:
+    def activate(self, span: Span | None) -> contextlib.AbstractContextManager[object]:
         """Make ``span`` current inside the block (not ended on exit)."""
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
-    def use(self, name: str, parent: Any = None, **attributes: Any) -> Iterator[Any]:
+    def use(self, name: str, parent: Span | None = None, **attributes: Any) -> Iterator[Span]:
         """A span that is *current* inside the block (so library spans nest under it),
         ended on exit; an exception escaping the block marks it failed."""
         yield NO_SPAN
 
-    def observe(self, stats: Any, active_calls: Callable[[], int]) -> None:
+    def observe(self, stats: ServiceStats, active_calls: Callable[[], int]) -> None:
         """Point the exported metrics at this app's stats."""
 
 
@@ -142,34 +159,34 @@ class _OtelTelemetry(Telemetry):
 
         self._tracer = tracer
         self._trace = trace
-        self._source: tuple[Any, Callable[[], int]] | None = None
+        self._source: tuple[ServiceStats, Callable[[], int]] | None = None
 
-    def _context(self, parent: Any) -> Any:
+    def _context(self, parent: Span | None) -> Any:
         if isinstance(parent, _Span):
             return self._trace.set_span_in_context(parent.otel)
         return None  # the current context
 
-    def activate(self, span: Any) -> contextlib.AbstractContextManager[Any]:
+    def activate(self, span: Span | None) -> contextlib.AbstractContextManager[object]:
         if not isinstance(span, _Span):
             return contextlib.nullcontext()
         return self._trace.use_span(
             span.otel, end_on_exit=False, record_exception=False, set_status_on_exception=False
         )
 
-    def start(self, name: str, parent: Any = None, **attributes: Any) -> Any:
+    def start(self, name: str, parent: Span | None = None, **attributes: Any) -> _Span:
         attrs = {k: v for k, v in attributes.items() if v is not None}
         return _Span(self._tracer.start_span(name, context=self._context(parent), attributes=attrs))
 
     @contextlib.contextmanager
-    def use(self, name: str, parent: Any = None, **attributes: Any) -> Iterator[Any]:
+    def use(self, name: str, parent: Span | None = None, **attributes: Any) -> Iterator[Span]:
         span = self.start(name, parent, **attributes)
         with self._trace.use_span(span.otel, end_on_exit=True):
             yield span
 
-    def observe(self, stats: Any, active_calls: Callable[[], int]) -> None:
+    def observe(self, stats: ServiceStats, active_calls: Callable[[], int]) -> None:
         self._source = (stats, active_calls)
 
-    def read(self) -> tuple[Any, int] | None:
+    def read(self) -> tuple[ServiceStats, int] | None:
         source = self._source
         if source is None:
             return None
@@ -180,7 +197,7 @@ class _OtelTelemetry(Telemetry):
 _process: _OtelTelemetry | None = None
 
 
-def setup(settings: Any) -> Telemetry:
+def setup(settings: Settings) -> Telemetry:
     """The telemetry for an app with ``settings``: :data:`DISABLED` without a connection
     string, else the process's (configured on first use)."""
     secret = settings.applicationinsights_connection_string

@@ -7,23 +7,25 @@ would mean a second answer attempt. Retries that still arrive are dropped by eve
 Every request is checked before its body is parsed: content type, size
 (``MAX_BODY_BYTES``), then the configured credentials — the Event Grid shared secret
 and/or Entra token on the webhook (the validation handshake is always answered),
-the per-call URL key and the ACS JWT on callbacks.
+the per-call URL key and the ACS JWT on callbacks (:data:`~voicebridge.deps.AcsCallDep`,
+checked before the body is read).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from voicebridge import logs, observations
 from voicebridge.acs import client as acs_client
+from voicebridge.app import AppContext
 from voicebridge.calls import Call
 from voicebridge.core import webhooks
+from voicebridge.deps import AcsCallDep, CtxDep
 from voicebridge.errors import WebhookError
-from voicebridge.security import TokenRejected, constant_time_equal, unverified_audience
+from voicebridge.security import TokenRejected, constant_time_equal
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,8 @@ async def cloudevents_handshake(request: Request) -> Response:
 
 
 @router.post("/api/incoming-call")
-async def incoming_call(request: Request) -> Response:
+async def incoming_call(request: Request, ctx: CtxDep) -> Response:
     """Event Grid delivery: the validation handshake, or IncomingCall events."""
-    ctx = request.app.state.ctx
     s = ctx.settings
     body = await _read_body(request, s.max_body_bytes)
     if isinstance(body, Response):
@@ -114,7 +115,7 @@ async def incoming_call(request: Request) -> Response:
     return JSONResponse({"answering": answering})
 
 
-async def _check_event_grid(ctx: Any, request: Request) -> Response | None:
+async def _check_event_grid(ctx: AppContext, request: Request) -> Response | None:
     """The configured Event Grid protections; None when the request passes."""
     s = ctx.settings
     if s.eventgrid_shared_secret is not None:
@@ -131,7 +132,7 @@ async def _check_event_grid(ctx: Any, request: Request) -> Response | None:
     return None
 
 
-def _reject(ctx: Any, event: webhooks.IncomingCall, why: str) -> None:
+def _reject(ctx: AppContext, event: webhooks.IncomingCall, why: str) -> None:
     """Refuse a call we cannot take: ACS gives the caller a busy signal at once."""
     log.warning(
         "IncomingCall %s rejected (%s): %d active calls, limit %d",
@@ -144,14 +145,15 @@ def _reject(ctx: Any, event: webhooks.IncomingCall, why: str) -> None:
     ctx.spawn(_reject_call(ctx, event.incoming_call_context), name=f"reject-{event.event_id[:8]}")
 
 
-async def _reject_call(ctx: Any, incoming_call_context: str) -> None:
+async def _reject_call(ctx: AppContext, incoming_call_context: str) -> None:
     try:
+        assert ctx.acs is not None  # built by AppContext.start, before any request
         await ctx.acs.reject_call(incoming_call_context, call_reject_reason="busy")
     except Exception as exc:
         log.error("reject_call failed: %s %s", type(exc).__name__, getattr(exc, "status_code", ""))
 
 
-def _start_answer(ctx: Any, event: webhooks.IncomingCall) -> Call:
+def _start_answer(ctx: AppContext, event: webhooks.IncomingCall) -> Call:
     call: Call = ctx.registry.new_call(
         correlation_id=event.correlation_id,
         server_call_id=event.server_call_id,
@@ -161,6 +163,7 @@ def _start_answer(ctx: Any, event: webhooks.IncomingCall) -> Call:
     # The call's trace starts here and ends in CallRegistry.end (a no-op when tracing is off).
     call.span = ctx.telemetry.start(
         "call",
+        None,  # a root span (or a child of the Event Grid request's, when traced)
         **{
             "voicebridge.correlation_id": call.correlation_id,
             "voicebridge.server_call_id": call.server_call_id or None,
@@ -171,10 +174,11 @@ def _start_answer(ctx: Any, event: webhooks.IncomingCall) -> Call:
     return call
 
 
-async def _answer(ctx: Any, call: Call, incoming_call_context: str) -> None:
+async def _answer(ctx: AppContext, call: Call, incoming_call_context: str) -> None:
     s = ctx.settings
     with ctx.telemetry.use("answer", call.span) as span:
         try:
+            assert ctx.acs is not None  # built by AppContext.start, before any request
             call.call_connection_id = await acs_client.answer(
                 ctx.acs,
                 incoming_call_context=incoming_call_context,
@@ -196,43 +200,10 @@ async def _answer(ctx: Any, call: Call, incoming_call_context: str) -> None:
     call.log.write("answered", call_connection_id=call.call_connection_id)
 
 
-async def authenticate_acs(ctx: Any, url_key: str, authorization: str | None) -> str | None:
-    """The call id if the per-call URL key and the ACS token are both valid; None (and
-    a log line saying why, never the token) otherwise."""
-    call_id = ctx.registry.signer.verify(url_key)
-    if call_id is None:
-        log.warning("ACS request refused: the per-call URL key is not valid")
-        return None
-    if ctx.acs_tokens is not None:
-        try:
-            claims = await ctx.acs_tokens.validate(authorization)
-        except TokenRejected as exc:
-            if exc.reason == "bad_audience":  # what the real aud is, once (docs/first-call.md)
-                observations.observe(
-                    "acs_jwt_audience",
-                    received=unverified_audience(authorization),
-                    expected=ctx.settings.acs_resource_id,
-                    accepted=False,
-                )
-            with logs.call_context(ctx.registry.ids_of(call_id)):
-                log.warning("ACS request for call %s refused: token %s", call_id, exc.reason)
-            return None
-        observations.observe(
-            "acs_jwt_audience",
-            received=claims.get("aud"),
-            expected=ctx.settings.acs_resource_id,
-            accepted=True,
-        )
-    return str(call_id)
-
-
 @router.post("/api/callbacks/{url_key}")
-async def callbacks(url_key: str, request: Request) -> Response:
-    """Call Automation mid-call events (a JSON array of CloudEvents)."""
-    ctx = request.app.state.ctx
-    call_id = await authenticate_acs(ctx, url_key, request.headers.get("authorization"))
-    if call_id is None:
-        return _error(401, "unauthorized")
+async def callbacks(call_id: AcsCallDep, request: Request, ctx: CtxDep) -> Response:
+    """Call Automation mid-call events (a JSON array of CloudEvents); ``call_id`` is
+    authenticated (per-call URL key and ACS JWT) before the body is read."""
     observations.observe(
         "acs_callback_content_type", value=request.headers.get("content-type", "(none)")
     )
@@ -257,7 +228,7 @@ async def callbacks(url_key: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def _callback(ctx: Any, call: Call, event: webhooks.CallbackEvent) -> None:
+async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) -> None:
     if not call.call_connection_id and event.call_connection_id:
         call.call_connection_id = event.call_connection_id
     call.log.write(
@@ -311,7 +282,7 @@ async def _callback(ctx: Any, call: Call, event: webhooks.CallbackEvent) -> None
         log.info("call %s: %s", call.label, etype)
 
 
-def _end(ctx: Any, call: Call, outcome: str) -> None:
+def _end(ctx: AppContext, call: Call, outcome: str) -> None:
     """End ``call``: a running media relay winds down and records the outcome itself."""
     call.outcome = call.outcome or outcome
     call.disconnected.set()

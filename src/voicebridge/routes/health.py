@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from voicebridge import __version__
+from voicebridge.deps import CtxDep, SettingsDep
 from voicebridge.stats import object_census, process_snapshot
 
 router = APIRouter(tags=["health"])
@@ -17,19 +18,16 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, response: Response) -> dict[str, object]:
+async def readyz(ctx: CtxDep, response: Response) -> dict[str, object]:
     """Readiness: clients are built and the replica takes new calls."""
-    ctx = request.app.state.ctx
     if not ctx.ready:
         response.status_code = 503
     return {"ready": ctx.ready, "active_calls": ctx.registry.active}
 
 
 @router.get("/api/status")
-async def status(request: Request) -> dict[str, object]:
+async def status(ctx: CtxDep, s: SettingsDep) -> dict[str, object]:
     """What this replica is configured to do. Never includes secrets."""
-    ctx = request.app.state.ctx
-    s = ctx.settings
     return {
         "version": __version__,
         "configured": {
@@ -57,7 +55,7 @@ CENSUS_ENV = "VOICEBRIDGE_STATS_CENSUS"
 
 
 @router.get("/api/stats")
-async def stats(request: Request, objects: bool = False, trim: bool = False) -> dict[str, object]:
+async def stats(ctx: CtxDep, objects: bool = False, trim: bool = False) -> dict[str, object]:
     """Relay latency, loop lag and counters summed over finished calls (no call data),
     and ``process``: this process's tasks, open descriptors and Python allocations
     (:func:`voicebridge.stats.process_snapshot`).
@@ -66,19 +64,8 @@ async def stats(request: Request, objects: bool = False, trim: bool = False) -> 
     bounded history of ended calls keeps alive) when :data:`CENSUS_ENV` is ``1``, and
     ``&trim=1`` first returns the C heap's free memory to the OS and reports RSS before
     and after (:func:`voicebridge.stats.trim_heap`); otherwise both are ignored."""
-    ctx = request.app.state.ctx
     snapshot: dict[str, object] = ctx.stats.snapshot(ctx.registry.active)
     snapshot["process"] = process_snapshot()
     if objects and ctx.settings.stats_census:
-        registry = ctx.registry
-        snapshot["census"] = object_census(
-            {
-                # Bounded by design: the last 200 call summaries, ids of the last
-                # 1000 ended calls, event ids seen within the de-duplication TTL.
-                "finished_calls": registry.finished,
-                "ended_ids": getattr(registry, "_ended", {}).items(),
-                "seen_event_ids": getattr(registry, "_seen", {}).items(),
-            },
-            trim=trim,
-        )
+        snapshot["census"] = object_census(ctx.registry.retained(), trim=trim)
     return snapshot

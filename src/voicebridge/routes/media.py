@@ -1,24 +1,25 @@
 """The ACS media WebSocket (protocols.md §4, §5): one relay per call.
 
 The upgrade is refused (HTTP 403, before ``accept``) unless the per-call URL key and
-the ACS JWT are valid and the call is live. A second valid socket for a call that
-already has one *replaces* it — ACS may reconnect a dropped stream
-(``streamConnectionReestablished``, protocols §4) — and the relay carries on with it.
+the ACS JWT are valid (:data:`~voicebridge.deps.AcsCallDep`) and the call is live. A
+second valid socket for a call that already has one *replaces* it — ACS may reconnect a
+dropped stream (``streamConnectionReestablished``, protocols §4) — and the relay
+carries on with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
 from voicebridge import logs
+from voicebridge.app import AppContext
 from voicebridge.calls import Call
+from voicebridge.deps import POLICY_VIOLATION, AcsCallDep, CtxDep
 from voicebridge.errors import close_code
 from voicebridge.relay import MediaRelay
-from voicebridge.routes.calls import authenticate_acs
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,13 @@ router = APIRouter(tags=["media"])
 
 
 @router.websocket("/ws/media/{url_key}")
-async def media(websocket: WebSocket, url_key: str) -> None:
+async def media(websocket: WebSocket, call_id: AcsCallDep, ctx: CtxDep) -> None:
     """Relay one call's audio between ACS and Voice Live until the call ends."""
-    ctx = websocket.app.state.ctx
-    call_id = await authenticate_acs(ctx, url_key, websocket.headers.get("authorization"))
-    call = ctx.registry.get(call_id) if call_id else None
+    call = ctx.registry.get(call_id)
     if call is None:
-        if call_id:
-            with logs.call_context(ctx.registry.ids_of(call_id)):
-                log.warning("media socket for an ended call %s: refused", call_id)
-        await websocket.close(code=1008)
+        with logs.call_context(ctx.registry.ids_of(call_id)):
+            log.warning("media socket for an ended call %s: refused", call_id)
+        await websocket.close(code=POLICY_VIOLATION)
         return
     # Everything from here on, the relay's pump tasks included (they copy this context
     # when they are created), logs with the call's ids and traces into the call's trace.
@@ -43,7 +41,7 @@ async def media(websocket: WebSocket, url_key: str) -> None:
         await _media(ctx, websocket, call)
 
 
-async def _media(ctx: Any, websocket: WebSocket, call: Call) -> None:
+async def _media(ctx: AppContext, websocket: WebSocket, call: Call) -> None:
     if call.relay is not None:
         log.info("call %s: a new media socket replaces the current one", call.label)
         await websocket.accept()

@@ -7,16 +7,16 @@ numbers or transcripts) — only counts by outcome, direction, error code and gu
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from voicebridge import metrics
+from voicebridge.deps import CtxDep
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", response_class=Response)
-async def prometheus(request: Request) -> Response:
+async def prometheus(ctx: CtxDep) -> Response:
     """Prometheus scrape target (text exposition format 0.0.4)."""
-    ctx = request.app.state.ctx
     body = metrics.render(ctx.stats, ctx.registry.active)
     return Response(body, media_type=metrics.CONTENT_TYPE)
