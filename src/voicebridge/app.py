@@ -207,7 +207,7 @@ def create_app_from_env() -> FastAPI:
 def create_app(settings: Settings) -> FastAPI:
     """The bridge service for ``settings``."""
     from voicebridge import deps
-    from voicebridge.routes import calls, health, media, metrics
+    from voicebridge.routes import calls, debug, health, media, metrics
 
     logs.install_record_factory()  # call ids on every record, whoever set up logging
     ctx = AppContext(settings)
@@ -242,4 +242,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(media.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    if settings.debug_endpoints:
+        app.include_router(debug.router)
+        log.warning(
+            "DEBUG_ENDPOINTS=true: GET /debug/stats walks every object of the process on "
+            "request. Leak hunting and load tests only; never on a public replica."
+        )
     return app

@@ -195,7 +195,7 @@ class CallRegistry:
         """What the registry keeps of calls that are over, by name — each bounded by
         design: the last 200 call summaries, the ids of the last 1000 ended calls, and
         the event ids seen within the de-duplication TTL. For the object census
-        (:func:`voicebridge.stats.object_census`), which tells what these are
+        (:func:`voicebridge.diagnostics.object_census`), which tells what these are
         allowed to keep apart from what leaked."""
         return {
             "finished_calls": self.finished,

@@ -29,6 +29,9 @@ from voicebridge.errors import ConfigError
 TRANSCRIPTION_OFF = ("none", "off")
 #: Interim response types, spelt as azure-ai-voicelive's InterimResponseConfigType.
 INTERIM_RESPONSE_TYPES = ("static_interim_response", "llm_interim_response")
+#: The switch for the debug routes (:mod:`voicebridge.routes.debug`): the load test's
+#: leak check sets it in the bridge it starts.
+DEBUG_ENDPOINTS_ENV = "DEBUG_ENDPOINTS"
 
 
 def _env(*names: str) -> Any:
@@ -235,9 +238,11 @@ class Settings(BaseSettings):
         default=120.0, ge=0, validation_alias=AliasChoices("DRAIN_GRACE_S")
     )
 
-    # ---- diagnostics (load tests only: walks every object of the process)
-    stats_census: bool = Field(
-        default=False, validation_alias=AliasChoices("VOICEBRIDGE_STATS_CENSUS")
+    # ---- diagnostics: GET /debug/stats (object census, heap trim) for leak hunting only
+    debug_endpoints: bool = Field(
+        default=False,
+        # VOICEBRIDGE_STATS_CENSUS: its earlier name, when the census was on /api/stats.
+        validation_alias=AliasChoices(DEBUG_ENDPOINTS_ENV, "VOICEBRIDGE_STATS_CENSUS"),
     )
 
     # ---- service

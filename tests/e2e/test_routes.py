@@ -20,19 +20,23 @@ pytestmark = pytest.mark.e2e
 SECRET_KEY = "vl-super-secret-key-123"
 
 
+def bridge_settings(acs: FakeAcs, tmp_path: Path) -> dict[str, Any]:
+    """Settings of a bridge that answers through ``acs`` and never reaches Voice Live."""
+    return {
+        "voicelive_endpoint": "http://127.0.0.1:9",  # never reached in these tests
+        "voicelive_api_key": SECRET_KEY,
+        "voicelive_model": "gpt-realtime",
+        **fake_acs_settings(acs),
+        "log_dir": str(tmp_path),
+    }
+
+
 @pytest.fixture
 async def bridge(tmp_path: Path) -> AsyncIterator[tuple[Any, str, FakeAcs]]:
     acs = FakeAcs()
     await acs.start()
     try:
-        overrides = {
-            "voicelive_endpoint": "http://127.0.0.1:9",  # never reached in these tests
-            "voicelive_api_key": SECRET_KEY,
-            "voicelive_model": "gpt-realtime",
-            **fake_acs_settings(acs),
-            "log_dir": str(tmp_path),
-        }
-        async with running_bridge(overrides) as (app, base):
+        async with running_bridge(bridge_settings(acs, tmp_path)) as (app, base):
             yield app, base, acs
     finally:
         await acs.stop()

@@ -38,7 +38,7 @@ NOT_IN_AZURE = {
     "MEDIA_CLOCK_SPEED",  # the offline simulator's clock; 1.0 (real time) in production
     "HOST",  # read by `voicebridge serve` only; the image's uvicorn CMD binds 0.0.0.0
     "PORT",  # likewise: the CMD listens on 8000 = ingress targetPort
-    "VOICEBRIDGE_STATS_CENSUS",  # load-test diagnostics: walks every object; never public
+    "DEBUG_ENDPOINTS",  # /debug/stats (object census, heap trim): load tests only; never on
 }
 
 # Env vars the Container App sets that are not Settings fields, and who reads them.

@@ -157,3 +157,14 @@ def test_interim_response_takes_the_sdk_spelling(env: pytest.MonkeyPatch) -> Non
     env.setenv("INTERIM_RESPONSE", '{"type": "bogus"}')
     with pytest.raises(ConfigError, match=r"^INTERIM_RESPONSE: type must be one of"):
         load_settings()
+
+
+def test_debug_endpoints_are_off_unless_set(env: pytest.MonkeyPatch) -> None:
+    env.delenv("DEBUG_ENDPOINTS", raising=False)
+    env.delenv("VOICEBRIDGE_STATS_CENSUS", raising=False)
+    assert load_settings().debug_endpoints is False
+    env.setenv("DEBUG_ENDPOINTS", "true")
+    assert load_settings().debug_endpoints is True
+    env.delenv("DEBUG_ENDPOINTS")
+    env.setenv("VOICEBRIDGE_STATS_CENSUS", "1")  # the switch's earlier name still works
+    assert load_settings().debug_endpoints is True

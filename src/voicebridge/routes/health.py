@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from voicebridge import __version__
 from voicebridge.deps import CtxDep, SettingsDep
-from voicebridge.stats import object_census, process_snapshot
+from voicebridge.diagnostics import process_snapshot
 
 router = APIRouter(tags=["health"])
 
@@ -48,24 +48,13 @@ async def status(ctx: CtxDep, s: SettingsDep) -> dict[str, object]:
     }
 
 
-#: Set to ``1`` (Settings.stats_census) to let ``GET /api/stats?objects=1`` add an object
-#: census (:func:`voicebridge.stats.object_census`). Off by default: the census walks
-#: every object of the process, which a public endpoint must not let anyone trigger.
-CENSUS_ENV = "VOICEBRIDGE_STATS_CENSUS"
-
-
 @router.get("/api/stats")
-async def stats(ctx: CtxDep, objects: bool = False, trim: bool = False) -> dict[str, object]:
+async def stats(ctx: CtxDep) -> dict[str, object]:
     """Relay latency, loop lag and counters summed over finished calls (no call data),
     and ``process``: this process's tasks, open descriptors and Python allocations
-    (:func:`voicebridge.stats.process_snapshot`).
-
-    ``?objects=1`` adds ``census`` (live objects by type, and what the registry's
-    bounded history of ended calls keeps alive) when :data:`CENSUS_ENV` is ``1``, and
-    ``&trim=1`` first returns the C heap's free memory to the OS and reports RSS before
-    and after (:func:`voicebridge.stats.trim_heap`); otherwise both are ignored."""
+    (:func:`voicebridge.diagnostics.process_snapshot`). The object census and the heap
+    trim are not here: ``GET /debug/stats`` (:mod:`voicebridge.routes.debug`), only with
+    ``DEBUG_ENDPOINTS=true``."""
     snapshot: dict[str, object] = ctx.stats.snapshot(ctx.registry.active)
     snapshot["process"] = process_snapshot()
-    if objects and ctx.settings.stats_census:
-        snapshot["census"] = object_census(ctx.registry.retained(), trim=trim)
     return snapshot

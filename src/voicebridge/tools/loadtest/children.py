@@ -24,9 +24,6 @@ if TYPE_CHECKING:
     from voicebridge.tools.loadtest.acs_router import AcsRouter
     from voicebridge.tools.loadtest.options import LoadOptions
 
-#: The bridge's environment switch for ``/api/stats?objects=1`` (an object census);
-#: the same name as :data:`voicebridge.routes.health.CENSUS_ENV`, which imports FastAPI.
-CENSUS_ENV = "VOICEBRIDGE_STATS_CENSUS"
 EMULATOR_KEY = "loadtest-emulator-key"
 MODEL = "gpt-realtime"
 
@@ -182,9 +179,9 @@ def bridge_env(
     environment first: a stray ``AGENT_NAME`` in the caller's shell must not change what
     is measured. ACS token validation stays on (it is part of what a call costs) and the
     concurrent-call limit is lifted above ``calls``. With ``leak_check``, the bridge
-    serves the object census (:data:`CENSUS_ENV`).
+    serves the object census (``GET /debug/stats``: ``DEBUG_ENDPOINTS=true``).
     """
-    from voicebridge.config import Settings
+    from voicebridge.config import DEBUG_ENDPOINTS_ENV, Settings
 
     names: set[str] = set()
     for info in Settings.model_fields.values():
@@ -213,5 +210,5 @@ def bridge_env(
     }
     env |= options.bridge_env
     if options.leak_check:
-        env[CENSUS_ENV] = "1"
+        env[DEBUG_ENDPOINTS_ENV] = "true"
     return env

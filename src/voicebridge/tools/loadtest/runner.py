@@ -214,10 +214,11 @@ class Processes:
         return {c.name: c.pid for c in children} | {"orchestrator": os.getpid()}
 
     async def stats(self, objects: bool = False) -> dict[str, Any]:
-        """The bridge's ``GET /api/stats`` (``objects``: with the census and a heap trim)."""
+        """The bridge's ``GET /api/stats`` (``objects``: ``GET /debug/stats?trim=1``, its
+        ``process`` with the census and a heap trim)."""
         assert self.session is not None
-        query = "?objects=1&trim=1" if objects else ""
-        async with self.session.get(f"{self.base}/api/stats{query}") as resp:
+        path = "/debug/stats?trim=1" if objects else "/api/stats"
+        async with self.session.get(f"{self.base}{path}") as resp:
             resp.raise_for_status()
             data: dict[str, Any] = await resp.json()
             return data

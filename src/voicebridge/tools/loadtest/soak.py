@@ -228,7 +228,7 @@ def call_ids(calls: int, seed: int) -> list[str]:
 
 # --------------------------------------------------------------------------- probes
 
-#: ``GET /api/stats`` (``objects``: with the census) from the bridge.
+#: ``GET /api/stats`` (``objects``: ``/debug/stats``, with the census) from the bridge.
 StatsGetter = Callable[[bool], Awaitable[dict[str, Any]]]
 
 
@@ -247,7 +247,7 @@ class Target:
 async def probe(target: Target, *, census: bool) -> dict[str, Any]:
     """The bridge's leak-relevant figures now: ``tasks`` and the rest of
     ``/api/stats``'s ``process``, ``fds`` (:func:`~.procfs.describe_fds`), ``rss_mb`` and, with
-    ``census``, the object census (needs ``VOICEBRIDGE_STATS_CENSUS=1`` in the bridge)."""
+    ``census``, the object census (needs ``DEBUG_ENDPOINTS=true`` in the bridge)."""
     stats = await target.get_stats(census)
     process = dict(stats.get("process", {}))
     return {
@@ -336,7 +336,7 @@ def leak_report(
       :func:`settle` rather than tolerated; ``waited_s`` says how long that took.
     * ``rss_mb`` — idle (after a heap trim), peak (VmHWM), ``after`` (as the process
       was) and ``after_trim`` (once the C heap's free memory went back to the OS:
-      ``/api/stats?objects=1&trim=1``); ``pymalloc``: Python's arenas (1 MiB each)
+      ``/debug/stats?trim=1``); ``pymalloc``: Python's arenas (1 MiB each)
       before and after, their high-water mark, and the live bytes in them.
       ``unexplained_mb`` is what ``after_trim`` leaves above idle less the arenas
       Python gained (an arena returns to the OS only when all of it is free: arenas
