@@ -29,6 +29,10 @@ from voicebridge.errors import ConfigError
 TRANSCRIPTION_OFF = ("none", "off")
 #: Interim response types, spelt as azure-ai-voicelive's InterimResponseConfigType.
 INTERIM_RESPONSE_TYPES = ("static_interim_response", "llm_interim_response")
+#: The issuer of ACS Call Automation's JWTs and where its signing keys are published
+#: (the defaults of ACS_JWT_ISSUER and ACS_OPENID_CONFIG_URL; protocols.md §5).
+ACS_JWT_ISSUER = "https://acscallautomation.communication.azure.com"
+ACS_OPENID_CONFIG_URL = f"{ACS_JWT_ISSUER}/calling/.well-known/acsopenidconfiguration"
 #: The switch for the debug routes (:mod:`voicebridge.routes.debug`): the load test's
 #: leak check sets it in the bridge it starts.
 DEBUG_ENDPOINTS_ENV = "DEBUG_ENDPOINTS"
@@ -188,15 +192,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("ACS_RESOURCE_ID")
     )
     acs_jwt_issuer: str = Field(
-        default="https://acscallautomation.communication.azure.com",
-        validation_alias=AliasChoices("ACS_JWT_ISSUER"),
+        default=ACS_JWT_ISSUER, validation_alias=AliasChoices("ACS_JWT_ISSUER")
     )
     acs_openid_config_url: str = Field(
-        default=(
-            "https://acscallautomation.communication.azure.com"
-            "/calling/.well-known/acsopenidconfiguration"
-        ),
-        validation_alias=AliasChoices("ACS_OPENID_CONFIG_URL"),
+        default=ACS_OPENID_CONFIG_URL, validation_alias=AliasChoices("ACS_OPENID_CONFIG_URL")
     )
     acs_jwks_url: str | None = Field(default=None, validation_alias=AliasChoices("ACS_JWKS_URL"))
     jwt_leeway_s: float = Field(

@@ -76,22 +76,43 @@ def reachable(roots: Iterable[Any], limit: int = 1_000_000) -> int:
     return len(seen)
 
 
-def _rss_mb() -> float | None:
+def proc_status(pid: int | str = "self") -> dict[str, str]:
+    """``/proc/<pid>/status`` as field name -> value (``"VmRSS"`` -> ``"81234 kB"``);
+    raises OSError where there is no such process (or no ``/proc``)."""
+    out: dict[str, str] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            name, sep, value = line.partition(":")
+            if sep:
+                out[name] = value.strip()
+    return out
+
+
+def _kb(value: str | None) -> int:
+    return int(value.split()[0]) if value else 0
+
+
+def memory_mb(pid: int | str = "self") -> dict[str, float]:
+    """``{"rss": VmRSS, "hwm": VmHWM}`` of process ``pid`` (this one by default) in MB
+    (VmHWM is peak RSS); 0.0 for a figure the kernel does not give (a zombie has none).
+    The one RSS reader: :func:`trim_heap` here, and the load test's
+    :mod:`~voicebridge.tools.loadtest.procfs` for the processes it starts."""
+    fields = proc_status(pid)
+    return {"rss": _kb(fields.get("VmRSS")) / 1024, "hwm": _kb(fields.get("VmHWM")) / 1024}
+
+
+def _rss_now() -> float | None:
     try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
+        return round(memory_mb()["rss"], 1)
     except OSError:
-        pass
-    return None
+        return None
 
 
 def trim_heap() -> dict[str, Any]:
     """Give the C heap's free memory back to the OS (glibc ``malloc_trim(0)``) and say
     what RSS was before and after (MB): RSS that a trim removes was free memory the
     allocator kept, not live data. ``trimmed`` is False where there is no glibc."""
-    before = _rss_mb()
+    before = _rss_now()
     trimmed = False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -99,7 +120,7 @@ def trim_heap() -> dict[str, Any]:
         trimmed = True
     except (OSError, AttributeError):
         pass
-    return {"trimmed": trimmed, "rss_mb_before": before, "rss_mb_after": _rss_mb()}
+    return {"trimmed": trimmed, "rss_mb_before": before, "rss_mb_after": _rss_now()}
 
 
 _MALLOC_STATS = {

@@ -30,7 +30,7 @@ import re
 import sys
 import weakref
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -88,12 +88,6 @@ def _ref(call: HasCallIds | None) -> _CallRef | None:
     if isinstance(call, CallIds):
         return lambda: call
     return weakref.ref(call)
-
-
-def bind_call(call: HasCallIds | None) -> Token[_CallRef | None]:
-    """Make ``call`` the current call of this context (and of tasks created from it
-    afterwards) until the context ends or the returned token is reset."""
-    return _current_call.set(_ref(call))
 
 
 @contextlib.contextmanager

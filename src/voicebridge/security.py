@@ -32,8 +32,7 @@ from jwt import PyJWK, PyJWKSet
 
 log = logging.getLogger(__name__)
 
-ACS_ISSUER = "https://acscallautomation.communication.azure.com"
-ACS_OPENID_CONFIG_URL = f"{ACS_ISSUER}/calling/.well-known/acsopenidconfiguration"
+# The ACS issuer and OpenID configuration URLs are Settings defaults (voicebridge.config).
 ENTRA_OPENID_CONFIG_URL = (
     "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
 )

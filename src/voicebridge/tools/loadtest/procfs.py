@@ -19,6 +19,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+# The status and memory readers are the bridge's own (voicebridge.diagnostics, behind its
+# /debug/stats): one RSS reader for the bridge and the load test.
+from voicebridge.diagnostics import memory_mb as memory_mb
+from voicebridge.diagnostics import proc_status as status
+
 # --------------------------------------------------------------------------- one process
 
 
@@ -28,28 +33,6 @@ def cpu_seconds(pid: int) -> float:
         # The command name (field 2) may hold spaces: split after its closing ")".
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def status(pid: int) -> dict[str, str]:
-    """``/proc/<pid>/status`` as field name -> value (``"VmRSS"`` -> ``"81234 kB"``)."""
-    out: dict[str, str] = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            name, sep, value = line.partition(":")
-            if sep:
-                out[name] = value.strip()
-    return out
-
-
-def _kb(value: str | None) -> int:
-    return int(value.split()[0]) if value else 0
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    """``{"rss": VmRSS, "hwm": VmHWM}`` of process ``pid`` in MB (VmHWM is peak RSS); 0.0
-    for a figure the kernel does not give (a zombie has none)."""
-    fields = status(pid)
-    return {"rss": _kb(fields.get("VmRSS")) / 1024, "hwm": _kb(fields.get("VmHWM")) / 1024}
 
 
 def threads(pid: int) -> int:
