@@ -7,6 +7,8 @@
 # layer, then the package); `runtime` copies only that virtualenv onto a clean slim
 # image and runs it as an unprivileged user. No compilers, pip caches, sources or
 # secrets reach the final image; configuration comes from the environment at run time.
+# The package in it is the service only: `serve` and `doctor`, without the simulator
+# (voicebridge/sim) and the developer tools (voicebridge/tools).
 #
 # Not built here: the machines this was written on have no Docker engine. The CMD is
 # exercised by tests/infra/test_dockerfile.py, which runs the same command locally.
@@ -31,10 +33,20 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
  && pip install --requirement requirements.txt
 
-# 2. The package itself (no dependency resolution: they are all installed above).
+# 2. The package itself (no dependency resolution: they are all installed above), the
+#    service only: the simulator (voicebridge/sim, with its WAVs) and the developer tools
+#    (voicebridge/tools: bench, resample, loadtest) are removed before the install, so
+#    `simulate`, `emulator`, `fake-acs`, `resample`, `bench` and `loadtest` say they are
+#    not installed here. `serve` and `doctor` (and the prompt WAVs in voicebridge/assets)
+#    stay. The build fails if either package is still importable or a `--help` breaks.
 COPY README.md ./
 COPY src ./src
-RUN pip install --no-deps . \
+RUN rm -rf src/voicebridge/sim src/voicebridge/tools \
+ && pip install --no-deps . \
+ && python -c "import importlib.util as u, sys; left = [m for m in ('voicebridge.sim', 'voicebridge.tools') if u.find_spec(m)]; sys.exit(f'not excluded: {left}' if left else 0)" \
+ && voicebridge --help > /dev/null \
+ && voicebridge serve --help > /dev/null \
+ && voicebridge doctor --help > /dev/null \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # ---------------------------------------------------------------- runtime

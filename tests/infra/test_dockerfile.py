@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -163,6 +164,120 @@ def test_cmd_is_voicebridge_serve() -> None:
     assert hasattr(server, "DrainingServer") and hasattr(server, "uvicorn_options")
     options = server.uvicorn_options(Settings.model_construct())
     assert options["ws_per_message_deflate"] is False and options["proxy_headers"] is True
+
+
+# ---------------------------------------------------------------- the service only
+
+#: What the image must leave out of the package, and what it must keep.
+LEFT_OUT = {"src/voicebridge/sim", "src/voicebridge/tools"}
+KEPT = ("src/voicebridge/doctor", "src/voicebridge/assets")
+
+
+def package_install() -> str:
+    """The build stage's RUN that installs the package itself."""
+    runs = [i.args for i in instructions() if i.stage == 0 and i.keyword == "RUN"]
+    found = [r for r in runs if re.search(r"pip install --no-deps \.(\s|$)", r)]
+    assert len(found) == 1, runs
+    return found[0]
+
+
+def removed_from_src() -> list[str]:
+    """The paths that RUN deletes before ``pip install``."""
+    run = package_install()
+    m = re.match(r"rm -rf ((?:src/[\w/]+\s*)+)&& pip install --no-deps \.", run)
+    assert m, f"the package install must start by removing what the image leaves out: {run}"
+    return m[1].split()
+
+
+def test_the_image_leaves_out_the_simulator_and_the_tools() -> None:
+    """``voicebridge/sim`` (with its WAVs) and ``voicebridge/tools`` are deleted from the
+    copied sources before the package is installed, and the build checks the result."""
+    build = [(i.keyword, i.args) for i in instructions() if i.stage == 0]
+    copy_src = next(n for n, (k, a) in enumerate(build) if k == "COPY" and "src" in a.split())
+    assert build.index(("RUN", package_install())) > copy_src
+    removed = removed_from_src()
+    assert set(removed) == LEFT_OUT, removed
+    assert not any(p.startswith(KEPT) or k.startswith(p) for p in removed for k in KEPT)
+    run = package_install()
+    checks = run.split("pip install --no-deps .", 1)[1]
+    assert "find_spec" in checks and all(
+        m in checks for m in ("voicebridge.sim", "voicebridge.tools")
+    )
+    for command in ("voicebridge --help", "voicebridge serve --help", "voicebridge doctor --help"):
+        assert command in checks, command
+    # The runtime stage copies the virtualenv only (test_multi_stage_slim_python_311),
+    # so nothing of src/ - sim and tools included - reaches it any other way.
+
+
+#: Run in a child Python whose ``voicebridge`` is the copy in argv[1] (the developer's
+#: editable install hidden): with no more arguments, imports every module of the package;
+#: else runs the CLI with them.
+_IMAGE_PYTHON = """
+import importlib, pkgutil, sys
+site, src, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path[:] = [site] + [p for p in sys.path if p not in (site, src)]
+import voicebridge
+assert voicebridge.__file__.startswith(site), voicebridge.__file__
+if not argv:
+    walk = pkgutil.walk_packages(voicebridge.__path__, "voicebridge.")
+    names = [m.name for m in walk if not m.name.endswith(".__main__")]  # that one runs
+    for name in names:
+        importlib.import_module(name)
+    print(len(names))
+else:
+    from voicebridge.cli import main
+    sys.exit(main(argv))
+"""
+
+
+@pytest.fixture(scope="module")
+def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package as the image installs it: ``src/voicebridge`` less what the
+    Dockerfile removes (package data included, as pyproject.toml lists it)."""
+    site = tmp_path_factory.mktemp("image-site")
+    shutil.copytree(
+        ROOT / "src" / "voicebridge",
+        site / "voicebridge",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    for path in removed_from_src():
+        shutil.rmtree(site / Path(path).relative_to("src"))
+    return site
+
+
+def _image_python(site: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _IMAGE_PYTHON, str(site), str(ROOT / "src"), *argv],
+        cwd=site,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_every_service_module_imports_without_the_simulator_and_the_tools(
+    image_site: Path,
+) -> None:
+    assert not (image_site / "voicebridge" / "sim").exists()
+    assert (image_site / "voicebridge" / "assets" / "goodbye.wav").is_file()  # relay prompts
+    result = _image_python(image_site)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.split()[-1]) >= 30  # the service's modules, doctor included
+
+
+def test_the_image_cli_serves_and_doctors_and_names_what_is_missing(image_site: Path) -> None:
+    for argv in (["--help"], ["serve", "--help"], ["doctor", "--help"]):
+        result = _image_python(image_site, *argv)
+        assert result.returncode == 0, (argv, result.stderr[-2000:])
+    listing = _image_python(image_site, "--help").stdout
+    assert "simulate" in listing and "(not installed here)" in listing
+    for command in ("simulate", "emulator", "fake-acs", "resample", "bench", "loadtest"):
+        result = _image_python(image_site, command, "--help")
+        assert result.returncode == 2, (command, result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"'{command}' is not installed here" in lines[0], lines
+        assert "pip install -e '.[dev]'" in lines[0]
 
 
 # ---------------------------------------------------------------- the CMD, run for real
