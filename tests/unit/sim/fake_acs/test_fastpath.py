@@ -1,9 +1,10 @@
-"""The fake ACS's shortcuts on its per-frame paths say exactly what the codec would.
+"""The fake ACS's opt-in fast paths (``fast=True``) say exactly what the plain way says.
 
 Caller frames are built from templates cut out of ``acs.audio_data_message`` and the
 bridge's audio is read without a JSON parser when it has the bridge's spelling; these
 tests hold both to the codec in :mod:`voicebridge.core.acs`, byte for byte. The frame
-sender's bypass of websockets' per-message wrapping is checked against a real server.
+sender's bypass of websockets' per-message wrapping is checked against a real server,
+and a whole short call gives the same frames and records either way.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import base64
 import json
 import os
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -27,8 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from voicebridge.core import acs
 from voicebridge.errors import AcsCodecError
-from voicebridge.sim import fake_acs
-from voicebridge.sim.fake_acs import FRAME_S, FakeAcs, FakeCall
+from voicebridge.sim.fake_acs import FRAME_S, FakeAcs, FakeCall, fastpath, media
 
 PARTICIPANTS = ["4:+15551230001", '4:+1555"quoted"\\', "4:+1555\u00e9\u4e2d"]
 
@@ -39,7 +38,7 @@ PARTICIPANTS = ["4:+15551230001", '4:+1555"quoted"\\', "4:+1555\u00e9\u4e2d"]
     [("AAEC", False), (base64.b64encode(bytes(640)).decode(), True), (None, True)],
 )
 def test_frame_messages_are_the_codecs(participant: str, b64: str | None, silent: bool) -> None:
-    frames = fake_acs._FrameText(participant)
+    frames = fastpath.FrameText(participant)
     stamp = "2024-11-15T19:16:12.925Z"
     expected = acs.audio_data_message(
         b64, silent=silent, timestamp=stamp, participant_raw_id=participant
@@ -49,11 +48,11 @@ def test_frame_messages_are_the_codecs(participant: str, b64: str | None, silent
 
 @given(st.integers(min_value=0, max_value=4_102_444_800_000_000))  # 1970 .. 2100
 def test_frame_stamps_are_iso_ms(epoch_us: int) -> None:
-    frames = fake_acs._FrameText("4:+15551230001")
-    moment = fake_acs._EPOCH + timedelta(microseconds=epoch_us)
-    assert frames.stamp(epoch_us) == fake_acs._iso_ms(moment)
+    frames = fastpath.FrameText("4:+15551230001")
+    moment = media.EPOCH + timedelta(microseconds=epoch_us)
+    assert frames.stamp(epoch_us) == media.iso_ms(moment)
     # the cached date and time of day of the second before must not leak into this one
-    assert frames.stamp(epoch_us + 1_000_000) == fake_acs._iso_ms(moment + timedelta(seconds=1))
+    assert frames.stamp(epoch_us + 1_000_000) == media.iso_ms(moment + timedelta(seconds=1))
 
 
 def test_caller_frames_are_what_the_codec_writes() -> None:
@@ -62,19 +61,19 @@ def test_caller_frames_are_what_the_codec_writes() -> None:
     audio = rng.integers(-3000, 3000, 320 * 5, dtype=np.int16).tobytes()
     pcm = audio + bytes(320 * 2 * 3) + audio[: 320 * 2 + 100]
     call = FakeCall(
-        FakeAcs(),
+        FakeAcs(fast=True),
         caller="+15551230001",
         recipient="+18005550100",
         caller_pcm=pcm,
         schema="eventgrid",
         fail_answer=False,
     )
-    wall_origin = fake_acs._now_utc().replace(microsecond=987_654)
-    call._wall_origin_us = fake_acs._epoch_us(wall_origin)
+    wall_origin = media.now_utc().replace(microsecond=987_654)
+    call._wall_origin_us = media.epoch_us(wall_origin)
     silent_form = False
     for tick in range(14):
         chunk = pcm[tick * 640 : (tick + 1) * 640].ljust(640, b"\0") if tick < 10 else b""
-        stamp = fake_acs._iso_ms(wall_origin + timedelta(seconds=tick * FRAME_S))
+        stamp = media.iso_ms(wall_origin + timedelta(seconds=tick * FRAME_S))
         if chunk and chunk.count(0) != len(chunk):
             b64: str | None = base64.b64encode(chunk).decode("ascii")
             silent = False
@@ -100,7 +99,7 @@ def parse_or_error(text: str) -> Any:
 @given(st.binary(max_size=2000))
 def test_bridge_audio_is_read_as_the_codec_reads_it(pcm: bytes) -> None:
     text = acs.audio_data(base64.b64encode(pcm).decode("ascii"))
-    fast = fake_acs._outbound_audio(text)
+    fast = fastpath.outbound_audio(text)
     if len(pcm) % 2:
         assert fast is None  # left to the codec, which reports the odd length
     else:
@@ -123,13 +122,13 @@ def test_bridge_audio_is_read_as_the_codec_reads_it(pcm: bytes) -> None:
     ],
 )
 def test_anything_else_takes_the_codec(text: str) -> None:
-    assert fake_acs._outbound_audio(text) is None
+    assert fastpath.outbound_audio(text) is None
 
 
 @given(st.text(max_size=60))
 def test_no_text_is_read_differently(middle: str) -> None:
     text = acs.audio_data(middle)
-    fast = fake_acs._outbound_audio(text)
+    fast = fastpath.outbound_audio(text)
     if fast is not None:
         assert ("OutboundAudio", fast.data, fast.pcm) == parse_or_error(text)
 
@@ -154,21 +153,22 @@ async def test_send_text_frames_arrive_as_sent() -> None:
         port = next(iter(server.sockets)).getsockname()[1]
         async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
             for text in messages:
-                await fake_acs._send_text(ws, text)
+                await fastpath.send_text(ws, text)
             await ws.send("close")
             await asyncio.wait_for(closed.wait(), 5)
             with pytest.raises(ConnectionClosed):
-                await fake_acs._send_text(ws, "too late")
+                await fastpath.send_text(ws, "too late")
     assert received == [*messages, "close"]
 
 
 def test_plain_tokens_are_signed_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1_700_000_000.25]
-    monkeypatch.setattr(fake_acs.time, "time", lambda: now[0])
-    fake = FakeAcs()
+    monkeypatch.setattr(fastpath.time, "time", lambda: now[0])
+    fake = FakeAcs(fast=True)
+    assert fake.fastpath is not None
     first = fake.sign_jwt(lifetime_s=300)
     assert fake.sign_jwt(lifetime_s=300) is first  # remembered
-    fake._tokens.clear()
+    fake.fastpath._tokens.clear()
     assert fake.sign_jwt(lifetime_s=300) == first  # signing again gives the same bytes
     claims = jwt.decode(
         first,
@@ -189,21 +189,3 @@ def test_plain_tokens_are_signed_once_a_second(monkeypatch: pytest.MonkeyPatch) 
     now[0] += 1.0  # the next second: a new token
     later = jwt.decode(fake.sign_jwt(lifetime_s=300), options={"verify_signature": False})
     assert later["iat"] == 1_700_000_001
-
-
-def test_overdue_is_none_until_media_streams() -> None:
-    fake = FakeAcs(speed=2.0)
-    call = FakeCall(
-        fake,
-        caller="+15551230001",
-        recipient="+18005550100",
-        caller_pcm=b"",
-        schema="eventgrid",
-        fail_answer=False,
-    )
-    now = time.monotonic()
-    assert call.overdue_s(now) is None
-    call._origin, call._next_tick, call._ws = now - 1.0, 90, object()  # type: ignore[assignment]
-    assert call.overdue_s(now) == pytest.approx(1.0 - 90 * FRAME_S / 2.0)
-    call._ending = True
-    assert call.overdue_s(now) is None

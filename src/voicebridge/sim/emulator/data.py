@@ -1,0 +1,82 @@
+"""The emulator's shipped data (``sim/data``): the agent prompts and the caller's script."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import wave
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import soxr
+
+PROMPT_RATE_HZ = 24_000
+
+
+@dataclass(frozen=True)
+class PromptAudio:
+    """One shipped agent prompt: 24 kHz PCM16 samples and the exact transcript."""
+
+    name: str
+    role: str
+    text: str
+    pcm: np.ndarray
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    prompts: dict[str, PromptAudio]
+    greeting: str
+    answer_cycle: tuple[str, ...]
+
+
+def _data_dir() -> Any:
+    return resources.files("voicebridge.sim") / "data"
+
+
+def read_wav(raw: bytes) -> tuple[np.ndarray, int]:
+    """Decode a mono PCM16 WAV held in memory; returns (int16 samples, sample rate)."""
+    with wave.open(io.BytesIO(raw)) as w:
+        if w.getnchannels() != 1 or w.getsampwidth() != 2:
+            raise ValueError("expected mono 16-bit PCM")
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy(), w.getframerate()
+
+
+@functools.cache
+def load_prompts() -> PromptSet:
+    """The shipped prompts (``sim/data/prompts.json`` and its WAVs), loaded once."""
+    data = _data_dir()
+    manifest = json.loads((data / "prompts.json").read_text())
+    prompts: dict[str, PromptAudio] = {}
+    for entry in manifest["prompts"]:
+        pcm, rate = read_wav((data / entry["file"]).read_bytes())
+        if rate != PROMPT_RATE_HZ:
+            raise ValueError(f"{entry['file']}: {rate} Hz, expected {PROMPT_RATE_HZ}")
+        prompts[entry["name"]] = PromptAudio(entry["name"], entry["role"], entry["text"], pcm)
+    greeting = next(p.name for p in prompts.values() if p.role == "greeting")
+    return PromptSet(prompts, greeting, tuple(manifest["answer_cycle"]))
+
+
+@functools.cache
+def prompt_pcm(name: str, rate_hz: int) -> np.ndarray:
+    """A prompt's samples at ``rate_hz`` (soxr VHQ when it is not the native 24 kHz)."""
+    pcm = load_prompts().prompts[name].pcm
+    if rate_hz == PROMPT_RATE_HZ:
+        return pcm
+    y: np.ndarray = soxr.resample(
+        pcm.astype(np.float32) / 32768.0, PROMPT_RATE_HZ, rate_hz, quality="VHQ"
+    )
+    return np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
+
+
+@functools.cache
+def caller_texts() -> tuple[str, ...]:
+    """Segment texts of the shipped ``caller.json``, in order (empty if it is missing)."""
+    try:
+        segments = json.loads((_data_dir() / "caller.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return ()
+    return tuple(str(s["text"]) for s in segments)
