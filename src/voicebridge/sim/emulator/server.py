@@ -50,8 +50,9 @@ class VoiceLiveEmulator:
     ``stalled_handshakes`` counts upgrades held by a stall fault and ``faults_fired`` lists
     ``(media seconds since start(), name)`` for faults outside any session (the stalls).
 
-    ``fast=True`` switches on the speed-ups of :mod:`.fastpath` (:attr:`fastpath`), for the
-    load generator; what goes on the wire is the same either way.
+    ``fast=True`` switches on the speed-ups of :mod:`.fastpath` (:attr:`fastpath`); only the
+    load generator sets it. By default every message is read with ``json.loads`` and every
+    event written with ``json.dumps``; what goes on the wire is the same either way.
     """
 
     def __init__(
@@ -67,7 +68,7 @@ class VoiceLiveEmulator:
         faults: Mapping[str, FaultValue] | None = None,
         call_faults: CallFaults | None = None,
         agents: Mapping[str, Mapping[str, Any]] | None = None,
-        fast: bool = True,
+        fast: bool = False,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")

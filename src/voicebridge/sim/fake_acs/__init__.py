@@ -126,7 +126,8 @@ class FakeAcs(CallAutomation):
     fault names to their argument (see the package docstring and :mod:`voicebridge.sim.faults`);
     it is validated here (``ValueError``) and applies to every call; :meth:`place_call` can add
     faults for one call. ``fast=True`` switches on the speed-ups of :mod:`.fastpath`
-    (:attr:`fastpath`), for the load generator.
+    (:attr:`fastpath`); only the load generator sets it. By default frames are written by
+    the codec and sent with ``ws.send``; what goes on the wire is the same either way.
 
     Other arguments: ``access_key`` (base64; default: a new one), ``resource_id`` (the JWT
     audience; default: a new UUID).

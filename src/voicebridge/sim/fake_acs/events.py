@@ -60,7 +60,7 @@ class AcsEvents:
         hangup_after_audio_s: float = 1.0,
         ring_timeout_s: float = 30.0,
         faults: Mapping[str, FaultValue] | None = None,
-        fast: bool = True,
+        fast: bool = False,
     ) -> None:
         self.faults = check_faults(faults, "acs")
         if acs_rate not in (16000, 24000):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
+import re
 from typing import Any
 
 import pytest
@@ -17,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.unit.sim.emulator.client import KEY, Factory, caller_at_24k
-from voicebridge.sim.emulator import VoiceLiveEmulator, fastpath
+from tests.unit.sim.emulator.client import KEY, WHISPER, Factory, caller_at_24k
+from voicebridge.sim.emulator import EmulatedSession, VoiceLiveEmulator, connection, fastpath
 
 
 @given(st.binary(max_size=1500))
@@ -124,3 +126,63 @@ def test_audio_delta_text_is_what_json_writes() -> None:
     delta = base64.b64encode(bytes(range(256)) * 9).decode("ascii")
     expected = json.dumps({"event_id": "event_000042", **event, "delta": delta})
     assert f"{head}event_{42:06d}{mid}{delta}{tail}" == expected
+
+
+async def _short_session_wire(
+    emulators: Factory, monkeypatch: pytest.MonkeyPatch, *, fast: bool
+) -> tuple[list[str], EmulatedSession]:
+    """Every text frame the emulator sends in a short session: the greeting, then one
+    caller turn (appended in the bridge's spelling) and its answer, asked for once all of
+    it is in (so nothing depends on timing); ids made deterministic."""
+    counter = itertools.count()
+    monkeypatch.setattr(connection.secrets, "token_hex", lambda n: f"{next(counter):0{2 * n}x}")
+    emulator = await emulators(speed=20, fast=fast)
+    speech, segments = caller_at_24k()
+    turn = speech[: int((segments[0]["end_s"] + 1.0) * 24_000)]  # the first turn + 1 s
+    url = emulator.endpoint.replace("http", "ws") + "/voice-live/realtime?model=gpt-realtime"
+    received: list[str] = []
+
+    async def until_done(ws: Any) -> None:
+        while True:
+            text = await ws.recv()
+            received.append(text)
+            if json.loads(text).get("type") == "response.done":
+                return
+
+    async with ws_connect(url, additional_headers={"api-key": KEY}) as ws:
+        received.append(await ws.recv())  # session.created
+        session = {
+            "input_audio_sampling_rate": 24000,
+            "input_audio_transcription": WHISPER,
+            "turn_detection": {"type": "server_vad", "create_response": False},
+        }
+        await ws.send(json.dumps({"type": "session.update", "session": session}))
+        received.append(await ws.recv())  # session.updated
+        await ws.send(json.dumps({"type": "response.create"}))
+        await until_done(ws)  # the greeting
+        for at in range(0, len(turn), 480):  # 20 ms appends, as the bridge sends them
+            audio = base64.b64encode(turn[at : at + 480].tobytes()).decode("ascii")
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+        await ws.send(json.dumps({"type": "response.create"}))
+        await until_done(ws)  # the answer
+    await asyncio.wait_for(emulator.sessions[0].closed.wait(), 5)
+    wire = [re.sub(r'"expires_at": \d+', '"expires_at": 0', text) for text in received]
+    return wire, emulator.sessions[0]
+
+
+async def test_the_fast_paths_put_the_same_text_on_the_wire(
+    emulators: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short session with and without ``fast=True``: the same frames, byte for byte, and
+    the same records (the fast path did engage: appends were remembered)."""
+    plain, plain_session = await _short_session_wire(emulators, monkeypatch, fast=False)
+    fast, fast_session = await _short_session_wire(emulators, monkeypatch, fast=True)
+    types = [json.loads(text)["type"] for text in plain]
+    assert types.count("response.audio.delta") > 20 and types.count("response.done") == 2
+    assert "conversation.item.input_audio_transcription.completed" in types
+    assert fast == plain
+    for attribute in ("received", "input_samples", "output_samples", "timeline", "responses"):
+        assert getattr(fast_session, attribute) == getattr(plain_session, attribute), attribute
+    emulator_fast = fast_session._emu.fastpath
+    assert emulator_fast is not None and emulator_fast._appends
+    assert plain_session._emu.fastpath is None

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +27,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from tests.unit.sim.fake_acs.bridgelet import FRAME, tone_frame, until
 from voicebridge.core import acs
 from voicebridge.errors import AcsCodecError
 from voicebridge.sim.fake_acs import FRAME_S, FakeAcs, FakeCall, fastpath, media
@@ -55,13 +58,14 @@ def test_frame_stamps_are_iso_ms(epoch_us: int) -> None:
     assert frames.stamp(epoch_us + 1_000_000) == media.iso_ms(moment + timedelta(seconds=1))
 
 
-def test_caller_frames_are_what_the_codec_writes() -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
+def test_caller_frames_are_what_the_codec_writes(fast: bool) -> None:
     """A whole caller stream: audio, zeros, audio cut short, then trailing silence."""
     rng = np.random.default_rng(7)
     audio = rng.integers(-3000, 3000, 320 * 5, dtype=np.int16).tobytes()
     pcm = audio + bytes(320 * 2 * 3) + audio[: 320 * 2 + 100]
     call = FakeCall(
-        FakeAcs(fast=True),
+        FakeAcs(fast=fast),
         caller="+15551230001",
         recipient="+18005550100",
         caller_pcm=pcm,
@@ -189,3 +193,63 @@ def test_plain_tokens_are_signed_once_a_second(monkeypatch: pytest.MonkeyPatch) 
     now[0] += 1.0  # the next second: a new token
     later = jwt.decode(fake.sign_jwt(lifetime_s=300), options={"verify_signature": False})
     assert later["iat"] == 1_700_000_001
+
+
+STAMP = re.compile(r'"timestamp": ?"[^"]*"')
+
+
+async def _short_call(harness: Any, *, fast: bool) -> tuple[FakeCall, Any]:
+    """A short call: caller audio with loud, quiet and silent frames; the bridge plays
+    audio back (one message of whole frames, one of an odd length, junk, StopAudio, one
+    more frame); the caller hangs up once all that is read and 40 frames are out."""
+    fake, bridge = await harness(fake_kwargs={"hangup_after_audio_s": math.inf, "fast": fast})
+    assert (fake.fastpath is not None) is fast
+    frames = [tone_frame(500), tone_frame(0), tone_frame(0), tone_frame(-7), tone_frame(3)]
+    pcm = b"".join(frames * 4) + tone_frame(9, 100)
+    call = await fake.place_call(webhook_url=bridge.webhook, caller_pcm=pcm)
+    await until(lambda: bridge.ws is not None)
+    for message in (
+        acs.audio_data(base64.b64encode(tone_frame(11) * 3).decode()),
+        acs.audio_data(base64.b64encode(b"\x01\x02\x03").decode()),  # odd: an error
+        "{not json",
+        acs.stop_audio(),
+        acs.audio_data(base64.b64encode(tone_frame(12)).decode()),
+    ):
+        await bridge.send(message)
+    await until(lambda: len(call.errors) == 2 and call.received_frames == 2)
+    await until(lambda: call.queued_samples == 0 and call.frames_sent >= 40)
+    await call.hang_up()
+    await until(lambda: bridge.ws_close_code is not None)
+    return call, bridge
+
+
+async def test_a_short_call_is_the_same_either_way(harness: Any) -> None:
+    """The same call with and without ``fast=True``: the same frames (timestamps aside,
+    each checked against its own call's clock), the same callbacks and the same reading
+    of what the bridge sent."""
+    calls = [await _short_call(harness, fast=fast) for fast in (False, True)]
+    texts = []
+    for call, bridge in calls:
+        metadata, *audio = bridge.media_messages
+        assert json.loads(metadata)["kind"] == "AudioMetadata"
+        assert len(audio) == call.frames_sent >= 40
+        origin = media.EPOCH + timedelta(microseconds=call._wall_origin_us)
+        expected = [media.iso_ms(origin + timedelta(seconds=n * FRAME_S)) for n in range(40)]
+        assert [acs.parse(text).timestamp for text in audio[:40]] == expected  # type: ignore[union-attr]
+        texts.append([STAMP.sub('"timestamp": ""', text) for text in audio[:40]])
+    assert texts[0] == texts[1]
+    (plain, plain_bridge), (fast, fast_bridge) = calls
+    assert plain_bridge.callback_types() == fast_bridge.callback_types()
+    for attribute in (
+        "end_reason",
+        "caller_samples_sent",
+        "received_frames",
+        "received_samples",
+        "errors",
+    ):
+        assert getattr(fast, attribute) == getattr(plain, attribute), attribute
+    assert plain.received_samples == 4 * FRAME and plain.caller_samples_sent == 20 * FRAME + 100
+    assert len(plain.stop_audio) == len(fast.stop_audio) == 1
+    for call in (plain, fast):
+        flushed = sum(n for _, n in call.stop_audio)
+        assert call.samples_heard + flushed + call.queued_samples == call.received_samples
