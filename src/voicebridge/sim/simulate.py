@@ -22,10 +22,8 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
-import wave
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -39,11 +37,12 @@ import uvicorn
 
 from voicebridge.app import create_app
 from voicebridge.config import Settings
-from voicebridge.core.audio import Resampler
 from voicebridge.server import uvicorn_options
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall
 from voicebridge.sim.faults import FAULT_HELP, parse_faults
+from voicebridge.sim.ports import free_socket
+from voicebridge.sim.wav import read_wav, resample, write_wav
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +82,6 @@ class SimResult:
 # --------------------------------------------------------------------------- audio files
 
 
-def read_wav(path: Path | Any) -> tuple[np.ndarray, int]:
-    """Mono PCM16 samples and rate of a WAV file (path or file-like resource)."""
-    opener = path.open("rb") if hasattr(path, "open") else open(path, "rb")  # noqa: SIM115
-    with opener as fh, wave.open(fh) as wav:
-        if wav.getnchannels() != 1 or wav.getsampwidth() != 2:
-            raise ValueError(f"{path}: need mono 16-bit PCM")
-        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2"), wav.getframerate()
-
-
-def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
-
-
 def shipped(name: str) -> Any:
     return resources.files("voicebridge.sim") / "data" / name
 
@@ -113,9 +95,7 @@ def load_caller(options: SimOptions) -> tuple[np.ndarray, list[dict[str, Any]]]:
     else:
         pcm, rate = read_wav(options.caller_audio)
         segments = None
-    if rate != options.acs_rate:
-        rs = Resampler(in_hz=rate, out_hz=options.acs_rate)
-        pcm = np.frombuffer(rs.feed(pcm.tobytes()) + rs.flush(), dtype="<i2")
+    pcm = resample(pcm, rate, options.acs_rate, how="bridge")  # as the bridge would
     if segments is None:
         segments = speech_segments(pcm, options.acs_rate)
     return pcm, segments
@@ -152,15 +132,6 @@ def speech_segments(pcm: np.ndarray, rate: int, *, gap_s: float = 0.5) -> list[d
 # --------------------------------------------------------------------------- running
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
 def fake_acs_settings(acs: FakeAcs) -> dict[str, Any]:
     """Settings that point the bridge at a fake ACS — with token validation ON: the
     fake signs its JWTs with a local key and serves the JWKS the bridge fetches."""
@@ -180,7 +151,7 @@ async def running_bridge(overrides: dict[str, Any]) -> AsyncIterator[tuple[Any, 
     ``overrides`` are :class:`Settings` fields; ``public_base_url`` is filled in with
     the bound port (the socket is bound first, so the URL is known before start-up).
     """
-    sock = _free_socket()
+    sock = free_socket()
     base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     fields = {"public_base_url": base_url} | overrides
     settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]

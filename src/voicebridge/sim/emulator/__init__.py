@@ -152,12 +152,12 @@ from voicebridge.sim.emulator.data import (
     caller_texts,
     load_prompts,
     prompt_pcm,
-    read_wav,
 )
 from voicebridge.sim.emulator.server import CallFaults, VoiceLiveEmulator
 from voicebridge.sim.emulator.session import EmulatedSession
 from voicebridge.sim.emulator.vad import VAD_ONSET_MS, AppendedAudio, EnergyVad, threshold_dbfs
 from voicebridge.sim.faults import FAULTS, parse_faults
+from voicebridge.sim.wav import read_wav  # the one WAV reader, as before
 
 __all__ = [
     "CALL_ID_HEADER",

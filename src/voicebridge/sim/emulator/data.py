@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
-import wave
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import numpy as np
-import soxr
+
+from voicebridge.sim.wav import read_wav, resample
 
 PROMPT_RATE_HZ = 24_000
 
@@ -37,14 +36,6 @@ def _data_dir() -> Any:
     return resources.files("voicebridge.sim") / "data"
 
 
-def read_wav(raw: bytes) -> tuple[np.ndarray, int]:
-    """Decode a mono PCM16 WAV held in memory; returns (int16 samples, sample rate)."""
-    with wave.open(io.BytesIO(raw)) as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise ValueError("expected mono 16-bit PCM")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy(), w.getframerate()
-
-
 @functools.cache
 def load_prompts() -> PromptSet:
     """The shipped prompts (``sim/data/prompts.json`` and its WAVs), loaded once."""
@@ -63,13 +54,7 @@ def load_prompts() -> PromptSet:
 @functools.cache
 def prompt_pcm(name: str, rate_hz: int) -> np.ndarray:
     """A prompt's samples at ``rate_hz`` (soxr VHQ when it is not the native 24 kHz)."""
-    pcm = load_prompts().prompts[name].pcm
-    if rate_hz == PROMPT_RATE_HZ:
-        return pcm
-    y: np.ndarray = soxr.resample(
-        pcm.astype(np.float32) / 32768.0, PROMPT_RATE_HZ, rate_hz, quality="VHQ"
-    )
-    return np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
+    return resample(load_prompts().prompts[name].pcm, PROMPT_RATE_HZ, rate_hz, how="soxr-vhq")
 
 
 @functools.cache

@@ -83,8 +83,6 @@ import wave
 from pathlib import Path
 
 import aiohttp
-import numpy as np
-import numpy.typing as npt
 from aiohttp import web
 
 from voicebridge.sim.fake_acs.events import (
@@ -94,9 +92,10 @@ from voicebridge.sim.fake_acs.events import (
     MEDIA_TOKEN_LIFETIME_S,
 )
 from voicebridge.sim.fake_acs.flow import HANGUP_SPLIT_S, MEDIA_FAILURE_GRACE_S
-from voicebridge.sim.fake_acs.media import FRAME_S, FakeCall, resample_pcm
+from voicebridge.sim.fake_acs.media import FRAME_S, FakeCall
 from voicebridge.sim.fake_acs.rest import CallAutomation, verify_hmac
 from voicebridge.sim.faults import FAULTS, parse_faults
+from voicebridge.sim.wav import read_wav, resample, write_wav
 
 __all__ = [
     "CALLBACK_TOKEN_LIFETIME_S",
@@ -240,34 +239,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read_wav(path: Path) -> tuple[bytes, int]:
-    """Mono PCM16LE and its rate from a 16-bit WAV (stereo is averaged)."""
-    with wave.open(str(path), "rb") as wav:
-        if wav.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected 16-bit PCM, got {8 * wav.getsampwidth()}-bit")
-        channels, rate = wav.getnchannels(), wav.getframerate()
-        frames = wav.readframes(wav.getnframes())
-    samples = np.frombuffer(frames, dtype="<i2")
-    if channels > 1:
-        samples = samples.reshape(-1, channels).mean(axis=1).round().astype("<i2")
-    return samples.tobytes(), rate
-
-
-def _write_wav(path: Path, samples: npt.NDArray[np.int16], rate: int) -> None:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(samples.astype("<i2").tobytes())
-
-
 async def _cli_main(args: argparse.Namespace) -> int:
     faults = parse_faults(args.fault)
     if faults.voicelive:
         raise ValueError(f"not fake ACS faults: {', '.join(faults.voicelive)}")
-    pcm, rate = _read_wav(args.caller_audio)
+    samples, rate = read_wav(args.caller_audio, mix_down=True)
     if rate not in (16000, 24000):
-        pcm, rate = resample_pcm(pcm, rate, 16000), 16000
+        samples, rate = resample(samples, rate, 16000, how="soxr"), 16000
+    pcm = samples.tobytes()
     fake = FakeAcs(
         access_key=args.access_key,
         resource_id=args.resource_id,
@@ -297,7 +276,7 @@ async def _cli_main(args: argparse.Namespace) -> int:
         _print_summary(call)
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
-            _write_wav(args.out / "heard.wav", call.heard, call.acs_rate)
+            write_wav(args.out / "heard.wav", call.heard, call.acs_rate)
             print(f"wrote {args.out / 'heard.wav'}")
         ok = call.end_reason in ("caller_hung_up", "bridge_hung_up") and not call.errors
         return 0 if ok and not fake.internal_errors else 1

@@ -68,17 +68,6 @@ def phone(number: str) -> dict[str, Any]:
     return {"kind": "phoneNumber", "rawId": f"4:{number}", "phoneNumber": {"value": number}}
 
 
-def resample_pcm(pcm: bytes, in_hz: int, out_hz: int) -> bytes:
-    """PCM16LE mono from ``in_hz`` to ``out_hz`` (soxr, the project's quality reference)."""
-    if in_hz == out_hz or not pcm:
-        return pcm
-    import soxr  # only when a rate conversion is actually needed
-
-    samples = np.frombuffer(pcm, dtype="<i2")
-    out = soxr.resample(samples, in_hz, out_hz)
-    return np.asarray(out, dtype="<i2").tobytes()
-
-
 @functools.cache
 def _zeros_b64(frame_bytes: int) -> str:
     """A frame of digital silence, base64."""

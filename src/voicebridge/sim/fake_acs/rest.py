@@ -24,10 +24,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 from aiohttp import web
 
 from voicebridge.sim.fake_acs.flow import CallFlow
-from voicebridge.sim.fake_acs.media import FakeCall, now_utc, resample_pcm
+from voicebridge.sim.fake_acs.media import FakeCall, now_utc
+from voicebridge.sim.wav import resample
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +331,8 @@ class CallAutomation(CallFlow):
         call.media_options = media
         call.bidirectional = bool(media and media.get("enableBidirectional"))
         if rate != call.acs_rate:
-            call._caller = resample_pcm(call._caller_src, call.acs_rate, rate)
+            caller = np.frombuffer(call._caller_src, dtype="<i2")
+            call._caller = resample(caller, call.acs_rate, rate, how="soxr").tobytes()
             call.acs_rate = rate
         call.call_connection_id = call._preset_connection_id or str(uuid.uuid4())
         call._answer_repeat_id = repeat_id

@@ -23,8 +23,8 @@ from azure.core.credentials import AccessToken, AzureKeyCredential
 from voicebridge.sim.emulator import (
     EmulatedSession,
     VoiceLiveEmulator,
-    read_wav,
 )
+from voicebridge.sim.wav import read_wav
 
 KEY = "emulator-key"
 

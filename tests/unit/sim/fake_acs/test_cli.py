@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from tests.unit.sim.fake_acs.bridgelet import (
     tone_frame,
 )
 from voicebridge.sim import fake_acs
+from voicebridge.sim.ports import free_port
 
 
 async def test_cli_places_one_call_and_writes_heard_wav(harness: Any, tmp_path: Path) -> None:
@@ -27,9 +27,7 @@ async def test_cli_places_one_call_and_writes_heard_wav(harness: Any, tmp_path: 
         wav.setsampwidth(2)
         wav.setframerate(RATE)
         wav.writeframes(tone_frame(300) * 10)
-    with socket.socket() as sock:  # a free port for the CLI's fake, known to the bridge
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # for the CLI's fake, known to the bridge before it runs
     key = base64.b64encode(b"cli-key" * 8).decode()
     bridge = Bridgelet(endpoint=f"http://127.0.0.1:{port}", access_key=key)
     await bridge.start()
