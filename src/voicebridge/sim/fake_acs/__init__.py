@@ -91,7 +91,7 @@ from voicebridge.sim.fake_acs.events import (
     ISSUER,
     MEDIA_TOKEN_LIFETIME_S,
 )
-from voicebridge.sim.fake_acs.flow import HANGUP_SPLIT_S, MEDIA_FAILURE_GRACE_S
+from voicebridge.sim.fake_acs.flow import HANGUP_SPLIT_S
 from voicebridge.sim.fake_acs.media import FRAME_S, FakeCall
 from voicebridge.sim.fake_acs.rest import CallAutomation, verify_hmac
 from voicebridge.sim.faults import FAULTS, parse_faults
@@ -102,7 +102,6 @@ __all__ = [
     "FRAME_S",
     "HANGUP_SPLIT_S",
     "ISSUER",
-    "MEDIA_FAILURE_GRACE_S",
     "MEDIA_TOKEN_LIFETIME_S",
     "FakeAcs",
     "FakeCall",

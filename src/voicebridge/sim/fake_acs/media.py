@@ -84,7 +84,7 @@ class FakeCall:
     media socket could not be opened, even if the bridge then hung up; or the bridge
     closed it and did not hang up within :data:`MEDIA_FAILURE_GRACE_S`),
     ``not_answered`` (ring timeout), ``media_dropped`` (the ``acs-drop`` fault) or
-    ``fake_stopped``. All times are call time (see the module docstring).
+    ``fake_stopped``. All times are call time (see the package docstring).
 
     Fault bookkeeping: :attr:`faults` (what applies to this call), :attr:`faults_fired`,
     ``media_sockets`` (media WebSockets opened),
