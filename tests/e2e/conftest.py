@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voicebridge.sim.simulate import read_wav, shipped, write_wav
+from voicebridge.sim.simulate import shipped
+from voicebridge.sim.wav import read_wav, write_wav
 
 #: Fast enough for CI, slow enough that a loaded machine keeps the media clock.
 SPEED = 5.0

@@ -13,7 +13,7 @@ times faster than the wall clock), ``MS`` milliseconds of media time, ``CODE`` a
 ``str`` for ``CODE`` and ``None`` for faults without an argument.
 
 What each fault does exactly is documented where it is implemented (the emulator and fake ACS
-module docstrings); :data:`FAULTS` holds the one-line summaries shown in ``--help``.
+package docstrings); :data:`FAULTS` holds the one-line summaries shown in ``--help``.
 """
 
 from __future__ import annotations

@@ -22,10 +22,8 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
-import wave
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -39,11 +37,12 @@ import uvicorn
 
 from voicebridge.app import create_app
 from voicebridge.config import Settings
-from voicebridge.core.audio import Resampler
 from voicebridge.server import uvicorn_options
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall
 from voicebridge.sim.faults import FAULT_HELP, parse_faults
+from voicebridge.sim.ports import free_socket
+from voicebridge.sim.wav import read_wav, resample, write_wav
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +82,6 @@ class SimResult:
 # --------------------------------------------------------------------------- audio files
 
 
-def read_wav(path: Path | Any) -> tuple[np.ndarray, int]:
-    """Mono PCM16 samples and rate of a WAV file (path or file-like resource)."""
-    opener = path.open("rb") if hasattr(path, "open") else open(path, "rb")  # noqa: SIM115
-    with opener as fh, wave.open(fh) as wav:
-        if wav.getnchannels() != 1 or wav.getsampwidth() != 2:
-            raise ValueError(f"{path}: need mono 16-bit PCM")
-        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2"), wav.getframerate()
-
-
-def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
-
-
 def shipped(name: str) -> Any:
     return resources.files("voicebridge.sim") / "data" / name
 
@@ -113,9 +95,7 @@ def load_caller(options: SimOptions) -> tuple[np.ndarray, list[dict[str, Any]]]:
     else:
         pcm, rate = read_wav(options.caller_audio)
         segments = None
-    if rate != options.acs_rate:
-        rs = Resampler(in_hz=rate, out_hz=options.acs_rate)
-        pcm = np.frombuffer(rs.feed(pcm.tobytes()) + rs.flush(), dtype="<i2")
+    pcm = resample(pcm, rate, options.acs_rate, how="bridge")  # as the bridge would
     if segments is None:
         segments = speech_segments(pcm, options.acs_rate)
     return pcm, segments
@@ -152,15 +132,6 @@ def speech_segments(pcm: np.ndarray, rate: int, *, gap_s: float = 0.5) -> list[d
 # --------------------------------------------------------------------------- running
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
 def fake_acs_settings(acs: FakeAcs) -> dict[str, Any]:
     """Settings that point the bridge at a fake ACS — with token validation ON: the
     fake signs its JWTs with a local key and serves the JWKS the bridge fetches."""
@@ -180,7 +151,7 @@ async def running_bridge(overrides: dict[str, Any]) -> AsyncIterator[tuple[Any, 
     ``overrides`` are :class:`Settings` fields; ``public_base_url`` is filled in with
     the bound port (the socket is bound first, so the URL is known before start-up).
     """
-    sock = _free_socket()
+    sock = free_socket()
     base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     fields = {"public_base_url": base_url} | overrides
     settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
@@ -319,43 +290,97 @@ def build_report(
     """The ``report.json`` of one call (see the module docstring)."""
     rate = options.acs_rate
     bridge = (summary or {}).get("report") or {}
+    sessions = emulator.sessions if emulator else []
+    guard = bridge.get("guard", {})
+    return {
+        "outcome": (summary or {}).get("outcome"),
+        "fake_acs_end_reason": call.end_reason,
+        "rates": {"acs_hz": rate, "voicelive_hz": options.voicelive_rate},
+        "speed": options.speed,
+        "duration_s": round(len(call.heard) / rate, 3),
+        "audio": _audio_report(options, call, summary, emulator),
+        "reconnects": bridge.get("reconnects", []),
+        "media_sockets": bridge.get("media_sockets"),
+        "turns": _turns(call.heard, rate, segments),
+        "responses": [
+            {k: r.get(k) for k in ("id", "status", "reason", "prompt", "samples_sent")}
+            for s in sessions
+            for r in s.responses
+        ],
+        "barge_ins": _barge_ins(call, sessions),
+        "bridge_latency_ms": {
+            "inbound_p50": bridge.get("inbound_latency_ms", {}).get("p50"),
+            "inbound_p99": bridge.get("inbound_latency_ms", {}).get("p99"),
+            "outbound_p50": bridge.get("outbound_latency_ms", {}).get("p50"),
+            "outbound_p99": bridge.get("outbound_latency_ms", {}).get("p99"),
+        },
+        "guard": {
+            "sent_by_type": guard.get("sent_by_type", {}),
+            "blocked": guard.get("blocked", {}),
+            "coerced": guard.get("coerced", 0),
+            "truncated": guard.get("truncated", 0),
+        },
+        "voicelive": _voicelive_report(bridge, emulator),
+        "session": first_session_update(sessions),
+        "errors": _errors(call, sessions, summary),
+    }
+
+
+def _audio_report(
+    options: SimOptions,
+    call: FakeCall,
+    summary: dict[str, Any] | None,
+    emulator: VoiceLiveEmulator | None,
+) -> dict[str, Any]:
+    """The report's ``audio``: every sample counted at each hop, and the conservation checks."""
+    bridge = (summary or {}).get("report") or {}
     inbound = bridge.get("inbound", {})
     outbound = bridge.get("outbound", {})
     counters = bridge.get("counters", {})
-    session = emulator.sessions[-1] if emulator and emulator.sessions else None
-    heard = call.heard
-
     sessions = emulator.sessions if emulator else []
-    vl_received = sum(s.input_samples for s in sessions) if emulator else None
-    vl_sent = sum(s.output_samples for s in sessions) if emulator else None
     flushed = sum(n for _, n in call.stop_audio)
     prompt_sent = counters.get("prompt_samples_sent", 0)
     padding = outbound.get("padding_samples_sent", 0)
     # Every sample on the media socket: the recording plus the silence ACS keeps
     # streaming until the hang-up (minus what a dropped socket never carried).
-    sent = call.frames_sent * call.frame_samples
-    expected_in = -(-sent * options.voicelive_rate // rate)
-    per = bridge.get("sessions", {})
-    gaps = {
-        "caller_to_voicelive": 0,
-        "voicelive_to_bridge": 0,
-        "caller_to_bridge": 0,
-        "bridge_to_caller": 0,
+    sent = call.frame_samples * call.frames_sent
+    checks, gaps = _conservation(call, summary, emulator, sent)
+    return {
+        "caller_samples_sent": sent,
+        "caller_recording_samples": call.caller_samples_sent,
+        "voicelive_samples_received": sum(s.input_samples for s in sessions) if emulator else None,
+        "voicelive_samples_expected": -(-sent * options.voicelive_rate // options.acs_rate),
+        "agent_samples_from_voicelive": sum(s.output_samples for s in sessions)
+        if emulator
+        else None,
+        "agent_samples_sent": outbound.get("agent_samples_sent"),
+        "padding_samples_sent": padding,
+        "prompt_samples_sent": prompt_sent,
+        "caller_samples_heard": call.samples_heard,
+        "samples_dropped_by_barge_in": outbound.get("samples_dropped_by_barge_in"),
+        "samples_flushed_by_stop_audio": flushed,
+        "samples_flushed_by_socket_drop": call.samples_flushed_by_drop,
+        "lost_in_gaps": gaps,
+        "caller_samples_buffered_dropped": inbound.get("buffered_dropped", 0),
+        "checks": checks,
+        "conserved": all(checks.values()),
     }
-    # Audio in flight on a socket that died is lost with it: allowed on every session
-    # but the last (each was replaced because it died), and counted; the last is exact
-    # unless it died too (the bridge gave up reconnecting and apologised).
-    in_ok = out_ok = emulator is None or len(per.get("appended", [])) == len(sessions)
-    last_died = summary is not None and summary.get("outcome") == "apology_hangup"
-    if emulator is not None and in_ok:
-        for i, (appended, agent_in, s) in enumerate(
-            zip(per.get("appended", []), per.get("agent_in", []), sessions, strict=True)
-        ):
-            last = i == len(sessions) - 1 and not last_died
-            in_ok &= s.input_samples == appended if last else s.input_samples <= appended
-            out_ok &= agent_in == s.output_samples if last else agent_in <= s.output_samples
-            gaps["caller_to_voicelive"] += appended - s.input_samples
-            gaps["voicelive_to_bridge"] += s.output_samples - agent_in
+
+
+def _conservation(
+    call: FakeCall,
+    summary: dict[str, Any] | None,
+    emulator: VoiceLiveEmulator | None,
+    sent: int,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """``(checks, lost_in_gaps)``: is every sample accounted for at each hop, and how many
+    went missing between each pair (caller, bridge, Voice Live, caller's ear)."""
+    bridge = (summary or {}).get("report") or {}
+    inbound = bridge.get("inbound", {})
+    outbound = bridge.get("outbound", {})
+    counters = bridge.get("counters", {})
+    per = bridge.get("sessions", {})
+    in_ok, out_ok, gaps = _session_gaps(summary, emulator)
     socket_lost = int(
         summary is not None
         and (
@@ -365,8 +390,11 @@ def build_report(
     )
     caller_in = counters.get("caller_samples_in", -1)
     gaps["caller_to_bridge"] = sent - caller_in
+    padding = outbound.get("padding_samples_sent", 0)
+    prompt_sent = counters.get("prompt_samples_sent", 0)
     to_acs = outbound.get("agent_samples_sent", -1) + padding + prompt_sent
     gaps["bridge_to_caller"] = to_acs - call.received_samples
+    flushed = sum(n for _, n in call.stop_audio)
     checks = {
         "caller_to_bridge": caller_in == sent or (socket_lost and sent >= caller_in),
         "bridge_to_voicelive": in_ok
@@ -381,7 +409,43 @@ def build_report(
         + call.queued_samples
         == call.received_samples,
     }
+    return checks, gaps
 
+
+def _session_gaps(
+    summary: dict[str, Any] | None, emulator: VoiceLiveEmulator | None
+) -> tuple[bool, bool, dict[str, int]]:
+    """Per Voice Live session, the bridge's counts against the emulator's: ``(inbound
+    conserved, outbound conserved, lost_in_gaps)`` with the two Voice Live gaps filled in.
+
+    Audio in flight on a socket that died is lost with it: allowed on every session but
+    the last (each was replaced because it died), and counted; the last is exact unless it
+    died too (the bridge gave up reconnecting and apologised)."""
+    bridge = (summary or {}).get("report") or {}
+    per = bridge.get("sessions", {})
+    sessions = emulator.sessions if emulator else []
+    gaps = {
+        "caller_to_voicelive": 0,
+        "voicelive_to_bridge": 0,
+        "caller_to_bridge": 0,
+        "bridge_to_caller": 0,
+    }
+    in_ok = out_ok = emulator is None or len(per.get("appended", [])) == len(sessions)
+    last_died = summary is not None and summary.get("outcome") == "apology_hangup"
+    if emulator is not None and in_ok:
+        for i, (appended, agent_in, s) in enumerate(
+            zip(per.get("appended", []), per.get("agent_in", []), sessions, strict=True)
+        ):
+            last = i == len(sessions) - 1 and not last_died
+            in_ok &= s.input_samples == appended if last else s.input_samples <= appended
+            out_ok &= agent_in == s.output_samples if last else agent_in <= s.output_samples
+            gaps["caller_to_voicelive"] += appended - s.input_samples
+            gaps["voicelive_to_bridge"] += s.output_samples - agent_in
+    return in_ok, out_ok, gaps
+
+
+def _turns(heard: np.ndarray, rate: int, segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per caller segment: when it ended and how long until agent audio was heard."""
     turns = []
     for seg in segments:
         end = float(seg["end_s"])
@@ -395,11 +459,16 @@ def build_report(
                 "response_latency_ms": None if first is None else round((first - end) * 1000, 1),
             }
         )
+    return turns
 
-    # The emulator stamps speech_started at the speech onset and emits it once its VAD
-    # has heard VAD_ONSET_MS of speech: the bridge's reaction is measured from then.
-    # Each session's clock is its own input audio; the caller's audio runs on across
-    # sessions, so a session starts where the previous ones' audio ended.
+
+def _barge_ins(call: FakeCall, sessions: list[Any]) -> list[dict[str, Any]]:
+    """Per StopAudio: the speech onset the emulator detected before it, and the delay.
+
+    The emulator stamps speech_started at the speech onset and emits it once its VAD
+    has heard VAD_ONSET_MS of speech: the bridge's reaction is measured from then.
+    Each session's clock is its own input audio; the caller's audio runs on across
+    sessions, so a session starts where the previous ones' audio ended."""
     onsets, origin = [], 0.0
     for s in sessions:
         onsets += [
@@ -420,73 +489,37 @@ def build_report(
                 "during_playback": n_flushed > 0,
             }
         )
+    return barge_ins
 
+
+def _voicelive_report(bridge: dict[str, Any], emulator: VoiceLiveEmulator | None) -> dict[str, Any]:
+    """The report's ``voicelive``: ids, sessions, what the emulator received, the upgrade."""
+    sessions = emulator.sessions if emulator else []
+    session = sessions[-1] if sessions else None
+    return {
+        "session_id": bridge.get("session_id"),
+        "conversation_id": bridge.get("conversation_id"),
+        "sessions": len(sessions),
+        "received_by_type": dict(sum((s.received_types for s in sessions), Counter()))
+        if emulator
+        else None,
+        "query": dict(session.query) if session else None,
+        "auth": session.auth if session else None,
+    }
+
+
+def _errors(
+    call: FakeCall, sessions: list[Any], summary: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Errors from every side: the emulator's error events, the fake ACS's protocol errors,
+    a missing bridge summary."""
     errors: list[Any] = []
     for s in sessions:
         errors += [{"source": "voicelive", "session": s.id, **e} for e in s.errors_sent]
     errors += [{"source": "fake_acs", "error": e} for e in call.errors]
     if summary is None:
         errors.append({"source": "bridge", "error": "no end-of-call summary from the bridge"})
-
-    guard = bridge.get("guard", {})
-    return {
-        "outcome": (summary or {}).get("outcome"),
-        "fake_acs_end_reason": call.end_reason,
-        "rates": {"acs_hz": rate, "voicelive_hz": options.voicelive_rate},
-        "speed": options.speed,
-        "duration_s": round(len(heard) / rate, 3),
-        "audio": {
-            "caller_samples_sent": sent,
-            "caller_recording_samples": call.caller_samples_sent,
-            "voicelive_samples_received": vl_received,
-            "voicelive_samples_expected": expected_in,
-            "agent_samples_from_voicelive": vl_sent,
-            "agent_samples_sent": outbound.get("agent_samples_sent"),
-            "padding_samples_sent": padding,
-            "prompt_samples_sent": prompt_sent,
-            "caller_samples_heard": call.samples_heard,
-            "samples_dropped_by_barge_in": outbound.get("samples_dropped_by_barge_in"),
-            "samples_flushed_by_stop_audio": flushed,
-            "samples_flushed_by_socket_drop": call.samples_flushed_by_drop,
-            "lost_in_gaps": gaps,
-            "caller_samples_buffered_dropped": inbound.get("buffered_dropped", 0),
-            "checks": checks,
-            "conserved": all(checks.values()),
-        },
-        "reconnects": bridge.get("reconnects", []),
-        "media_sockets": bridge.get("media_sockets"),
-        "turns": turns,
-        "responses": [
-            {k: r.get(k) for k in ("id", "status", "reason", "prompt", "samples_sent")}
-            for s in sessions
-            for r in s.responses
-        ],
-        "barge_ins": barge_ins,
-        "bridge_latency_ms": {
-            "inbound_p50": bridge.get("inbound_latency_ms", {}).get("p50"),
-            "inbound_p99": bridge.get("inbound_latency_ms", {}).get("p99"),
-            "outbound_p50": bridge.get("outbound_latency_ms", {}).get("p50"),
-            "outbound_p99": bridge.get("outbound_latency_ms", {}).get("p99"),
-        },
-        "guard": {
-            "sent_by_type": guard.get("sent_by_type", {}),
-            "blocked": guard.get("blocked", {}),
-            "coerced": guard.get("coerced", 0),
-            "truncated": guard.get("truncated", 0),
-        },
-        "voicelive": {
-            "session_id": bridge.get("session_id"),
-            "conversation_id": bridge.get("conversation_id"),
-            "sessions": len(sessions),
-            "received_by_type": dict(sum((s.received_types for s in sessions), Counter()))
-            if emulator
-            else None,
-            "query": dict(session.query) if session else None,
-            "auth": session.auth if session else None,
-        },
-        "session": first_session_update(sessions),
-        "errors": errors,
-    }
+    return errors
 
 
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "credential")

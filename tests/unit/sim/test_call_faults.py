@@ -17,8 +17,8 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.unit.sim.test_emulator import KEY
-from tests.unit.sim.test_fake_acs import until
+from tests.unit.sim.emulator.client import KEY
+from tests.unit.sim.fake_acs.bridgelet import until
 from tests.unit.sim.test_faults import SocketBridgelet, acs_harness, ramp_pcm
 from voicebridge.sim.emulator import CALL_ID_HEADER, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs

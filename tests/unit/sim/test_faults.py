@@ -3,8 +3,8 @@
 The Voice Live faults are driven through the real ``azure.ai.voicelive`` SDK where it shows what
 a client sees, and through a plain ``websockets`` client where the exact frames matter (junk
 frames, close frames versus a dropped TCP connection). The fake ACS faults use the in-test
-``Bridgelet`` of ``test_fake_acs`` (aiohttp server + the real Call Automation SDK). Clocks run
-``speed`` times faster than real time; every server binds 127.0.0.1 port 0.
+``Bridgelet`` of ``fake_acs/bridgelet.py`` (aiohttp server + the real Call Automation SDK).
+Clocks run ``speed`` times faster than real time; every server binds 127.0.0.1 port 0.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.unit.sim.test_emulator import KEY, FakeTokenCredential, b64, tone, update, vl_connect
-from tests.unit.sim.test_fake_acs import Bridgelet, until
+from tests.unit.sim.emulator.client import KEY, FakeTokenCredential, b64, tone, update, vl_connect
+from tests.unit.sim.fake_acs.bridgelet import Bridgelet, until
 from voicebridge.core import acs
 from voicebridge.sim import fake_acs
 from voicebridge.sim.emulator import VoiceLiveEmulator, caller_texts, load_prompts

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,14 +141,6 @@ async def spawn(
     finally:
         log.close()  # the child has its own descriptor
     return Child(name, proc, log_path)
-
-
-def free_port() -> int:
-    """A free loopback TCP port now (for a server whose URL must be known before it runs)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:

@@ -72,7 +72,10 @@ async def emulator(config: dict[str, Any]) -> None:
     health = LoopHealth()
     watcher = asyncio.create_task(health.watch(interval_s=0.02))
     server = VoiceLiveEmulator(
-        api_key=config["api_key"], speed=config["speed"], call_faults=config.get("call_faults")
+        api_key=config["api_key"],
+        speed=config["speed"],
+        call_faults=config.get("call_faults"),
+        fast=True,  # the emulator's opt-in speed-ups (voicebridge.sim.emulator.fastpath)
     )
     await server.start("127.0.0.1", int(config.get("port", 0)))
     gc.freeze()  # what start-up left (imports, mostly) is never garbage: keep it out of GC
@@ -174,6 +177,7 @@ async def generator(config: dict[str, Any]) -> None:
         resource_id=config["resource_id"],
         acs_rate=config["acs_rate"],
         speed=config["speed"],
+        fast=True,  # the fake's opt-in speed-ups (voicebridge.sim.fake_acs.fastpath)
     )
     await fake.start("127.0.0.1", 0)
     gc.freeze()  # what start-up left (imports, mostly) is never garbage: keep it out of GC

@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 
+from voicebridge.sim.ports import free_port
 from voicebridge.tools.loadtest import procfs, soak
 from voicebridge.tools.loadtest.acs_router import AcsRouter
 from voicebridge.tools.loadtest.children import (
@@ -43,7 +44,6 @@ from voicebridge.tools.loadtest.children import (
     Child,
     bridge_env,
     cpu_plan,
-    free_port,
     spawn,
 )
 from voicebridge.tools.loadtest.machine_probe import MachineProbe

@@ -1,0 +1,312 @@
+"""A fake Azure Communication Services that speaks the real wire protocols.
+
+The bridge under test talks to it with its *unpatched* Call Automation SDK client
+(``CallAutomationClient("http://127.0.0.1:PORT", AzureKeyCredential(key))``) and
+receives from it exactly what live ACS would send (protocols.md §1-§5):
+
+* an Event Grid ``Microsoft.Communication.IncomingCall`` delivery to the webhook
+  (:meth:`FakeAcs.place_call`), or the subscription-validation handshake
+  (:meth:`FakeAcs.validate_subscription`);
+* the Call Automation REST API (answer, get, hang up, terminate, play, start/stop
+  media streaming, cancel media operations), every request HMAC-checked (§2.3);
+* CloudEvents callbacks to ``callbackUri`` with a Bearer JWT (§3, §5);
+* the media WebSocket, dialled *out* to ``transportUrl`` with a Bearer JWT and the
+  ``x-ms-call-*`` headers: ``AudioMetadata`` then 20 ms ``AudioData`` frames on an
+  absolute clock; outbound ``AudioData``/``StopAudio`` drive a play-queue model of
+  what the caller hears (§4);
+* a JWKS and OpenID configuration so the bridge verifies those tokens as it would
+  against ``acscallautomation.communication.azure.com``.
+
+**Call time.** Every time this module reports is *call time*: seconds on the media
+clock, which runs ``speed`` times faster than the wall clock, with 0 at the first
+media frame (events before it are negative). Until media has started, times are
+relative to the moment the call was placed and are rebased once it starts.
+Media tick ``n`` happens at call time ``0.02 * n``: caller frame ``n`` (caller
+audio ``[0.02n, 0.02(n+1))``) is sent and one 20 ms frame of the play queue is
+played into :attr:`FakeCall.heard` at that position.
+
+Wire spellings of the media stream come from :mod:`voicebridge.core.acs` (its
+mirror functions); REST, callback and Event Grid shapes live here.
+
+**Faults** (``FakeAcs(faults=...)``, names from :mod:`voicebridge.sim.faults`; none by default,
+and without one nothing here changes). ``T`` is call time. Each fault that takes effect is
+recorded in :attr:`FakeCall.faults_fired` as ``(call time s, name)`` and as a ``"fault"``
+timeline entry.
+
+* ``acs-drop=T``: at tick ``T/0.02`` (before sending it) the media socket is aborted (no close
+  frame), streaming stops, the play queue is discarded (counted in
+  :attr:`FakeCall.samples_flushed_by_drop`) and no callback is posted for the rest of the call.
+  The call ends as ``media_dropped`` when the bridge hangs up, or :data:`MEDIA_DROP_END_S` of
+  call time after the drop.
+* ``acs-reconnect=T``: at tick ``T/0.02`` the media socket is aborted (the bridge sees 1006),
+  the play queue discarded (as above); :data:`RECONNECT_GAP_S` of call time later a new
+  WebSocket is opened to the same ``transportUrl`` with a fresh JWT and the same
+  ``x-ms-call-*`` headers, ``AudioMetadata`` is sent again and streaming goes on at the current
+  call time. Caller audio due during the gap is never sent: it is counted in
+  :attr:`FakeCall.caller_samples_lost_in_gap` (and not in ``caller_samples_sent`` or
+  ``frames_sent``); ``heard`` has silence there. No callback is posted for the reconnection; if
+  the new socket cannot be opened, ``MediaStreamingFailed`` (``streamConnectionUnsuccessful``)
+  follows as for a first socket. Each socket's ``media_connected`` timeline entry carries its
+  number (``socket``: 1, 2, ...); :attr:`FakeCall.media_sockets` counts them.
+* ``acs-hold=T``: from call time ``T`` for :data:`HOLD_S` call seconds no media frame is sent
+  (the socket stays open, the call connected, playback goes on); the caller's audio resumes
+  where it stopped (nothing is lost) — what the bridge would see if ACS pauses the stream
+  while the caller is on hold (no source says it does not, protocol audit §3).
+* ``acs-duplicate-callbacks``: every callback is POSTed twice, the same CloudEvent (same
+  ``id``) with a fresh JWT; both are in ``callbacks_posted``.
+* ``acs-reorder-callbacks``: ``ParticipantsUpdated`` is posted first, and ``CallConnected``
+  only after ``MediaStreamingStarted`` (or ``MediaStreamingFailed``) has been posted, or
+  :data:`REORDER_HOLD_S` wall seconds after the answer if media does not start by itself.
+* ``acs-disconnect-first`` / ``acs-close-first`` (exclusive): when the *caller* hangs up,
+  ``CallDisconnected`` is posted and the media socket is closed 1 s (call time) later, or the
+  socket is closed and ``CallDisconnected`` posted 1 s later. Bridge hang-ups are unchanged.
+
+**Per-call faults.** ``FakeAcs(faults=...)`` applies to every call. ``place_call(faults=...)``
+adds faults to that call only (on top of the fake-wide ones; :attr:`FakeCall.faults` is the
+merged set, validated like the fake's, contradictory pairs included), so a load test can fault
+some calls and leave the rest alone.
+
+**Layout.** :class:`FakeAcs` (here, with the ``voicebridge fake-acs`` CLI) stacks three
+layers: :mod:`.events` (its state; Event Grid, CloudEvents callbacks, JWT signing) ·
+:mod:`.flow` (after the answer: connected, the media socket, faults, the end) · :mod:`.rest`
+(Call Automation REST + HMAC). :mod:`.media` is :class:`FakeCall` (media clock, play queue),
+:mod:`.fastpath` the opt-in speed-ups (``fast=True``: the load generator's; the default paths
+are the plain reference, and what goes on the wire is the same either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import wave
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from voicebridge.sim.fake_acs.events import (
+    CALLBACK_TOKEN_LIFETIME_S,
+    HTTP_TIMEOUT,
+    ISSUER,
+    MEDIA_TOKEN_LIFETIME_S,
+)
+from voicebridge.sim.fake_acs.flow import HANGUP_SPLIT_S
+from voicebridge.sim.fake_acs.media import FRAME_S, FakeCall
+from voicebridge.sim.fake_acs.rest import CallAutomation, verify_hmac
+from voicebridge.sim.faults import FAULTS, parse_faults
+from voicebridge.sim.wav import read_wav, resample, write_wav
+
+__all__ = [
+    "CALLBACK_TOKEN_LIFETIME_S",
+    "FRAME_S",
+    "HANGUP_SPLIT_S",
+    "ISSUER",
+    "MEDIA_TOKEN_LIFETIME_S",
+    "FakeAcs",
+    "FakeCall",
+    "configure",
+    "run",
+    "verify_hmac",
+]
+
+
+class FakeAcs(CallAutomation):
+    """Call Automation REST + Event Grid + callbacks + media WebSocket, on loopback.
+
+    ``acs_rate`` is the rate of the caller audio given to :meth:`place_call` and
+    the default media format; an answer asking for the other format gets the caller
+    audio resampled (soxr) and ``heard`` at the answer's rate. ``speed`` scales the
+    media clock only (frames, playback, hang-up and play timing); HTTP happens as
+    fast as it happens. ``hangup_after_audio_s`` (call time; ``math.inf`` never) is
+    how long the caller stays on once its audio has ended and nothing is left to
+    play. ``ring_timeout_s`` (wall time) ends an unanswered call. ``faults`` maps ``acs-*``
+    fault names to their argument (see the package docstring and :mod:`voicebridge.sim.faults`);
+    it is validated here (``ValueError``) and applies to every call; :meth:`place_call` can add
+    faults for one call. ``fast=True`` switches on the speed-ups of :mod:`.fastpath`
+    (:attr:`fastpath`); only the load generator sets it. By default frames are written by
+    the codec and sent with ``ws.send``; what goes on the wire is the same either way.
+
+    Other arguments: ``access_key`` (base64; default: a new one), ``resource_id`` (the JWT
+    audience; default: a new UUID).
+    """
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Serve on ``host:port`` (0 picks a free port) and open the HTTP client."""
+        if self._runner is not None:
+            raise RuntimeError("already started")
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        # One catch-all route: ACS paths carry ':action' suffixes that are easier to
+        # match with our own regex than with aiohttp's resource syntax.
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        bound_port = runner.addresses[0][1] if runner.addresses else port
+        shown = f"[{host}]" if ":" in host else host
+        self._endpoint = f"http://{shown}:{bound_port}"
+        self._session = aiohttp.ClientSession(timeout=HTTP_TIMEOUT)
+
+    async def stop(self) -> None:
+        """Stop everything: tasks cancelled, sockets closed, server down. Idempotent.
+
+        Calls still going end with ``fake_stopped`` and nothing is posted for them.
+        """
+        for call in self.placed:
+            if not call.ended.is_set():
+                call._ending = True
+                call.end_reason = call.end_reason or "fake_stopped"
+                call.state = "disconnected"
+                call._log("ended", {"reason": call.end_reason})
+                call.ended.set()
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for call in self.placed:
+            ws, call._ws = call._ws, None
+            if ws is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(1001, "fake ACS stopped"), 2)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def close_idle_connections(self) -> None:
+        """Close the HTTP client's keep-alive connections (to webhooks and callback URLs)
+        by replacing the client: later POSTs open new connections. Call it while no
+        request is in flight (e.g. every call has ended); meant for leak checks of the
+        server under test, whose sockets to this fake then close at once rather than
+        when a keep-alive timer expires."""
+        if self._session is not None:
+            old, self._session = self._session, aiohttp.ClientSession(timeout=HTTP_TIMEOUT)
+            await old.close()
+
+    async def __aenter__(self) -> FakeAcs:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``voicebridge fake-acs``."""
+    parser.add_argument("--webhook", required=True, help="the bridge's Event Grid webhook URL")
+    parser.add_argument(
+        "--caller-audio", required=True, type=Path, help="what the caller says: 16-bit WAV"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port for REST/JWKS (default: any)")
+    parser.add_argument("--speed", type=float, default=1.0, help="media clock scale (default 1)")
+    parser.add_argument(
+        "--access-key", default=None, help="base64 access key the bridge signs with (default: new)"
+    )
+    parser.add_argument(
+        "--resource-id", default=None, help="immutable resource id = JWT audience (default: new)"
+    )
+    parser.add_argument(
+        "--hangup-after", type=float, default=1.0, help="caller stays this long after audio (s)"
+    )
+    parser.add_argument(
+        "--schema", choices=("eventgrid", "cloudevents"), default="eventgrid", help="event schema"
+    )
+    parser.add_argument(
+        "--validate", action="store_true", help="run the subscription handshake first"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="give up after this many wall seconds"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="directory for heard.wav")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[=ARG]",
+        help="inject an acs-* fault (repeatable): "
+        + ", ".join(info.usage for info in FAULTS.values() if info.target == "acs"),
+    )
+
+
+async def _cli_main(args: argparse.Namespace) -> int:
+    faults = parse_faults(args.fault)
+    if faults.voicelive:
+        raise ValueError(f"not fake ACS faults: {', '.join(faults.voicelive)}")
+    samples, rate = read_wav(args.caller_audio, mix_down=True)
+    if rate not in (16000, 24000):
+        samples, rate = resample(samples, rate, 16000, how="soxr"), 16000
+    pcm = samples.tobytes()
+    fake = FakeAcs(
+        access_key=args.access_key,
+        resource_id=args.resource_id,
+        acs_rate=rate,
+        speed=args.speed,
+        hangup_after_audio_s=args.hangup_after,
+        faults=faults.acs,
+    )
+    await fake.start(args.host, args.port)
+    try:
+        print(f"fake ACS at {fake.endpoint}")
+        print(f"  connection string: {fake.connection_string}")
+        print(f"  JWT audience (resource id): {fake.resource_id}")
+        print(f"  JWKS: {fake.jwks_url}")
+        if args.validate:
+            check = await fake.validate_subscription(args.webhook, schema=args.schema)
+            print(f"subscription validation: status {check['status']}, ok={check['ok']}")
+            if not check["ok"]:
+                return 1
+        call = await fake.place_call(webhook_url=args.webhook, caller_pcm=pcm, schema=args.schema)
+        print(f"IncomingCall posted: HTTP {call.incoming_call_status}")
+        try:
+            await call.wait_ended(args.timeout)
+        except TimeoutError:
+            print(f"the call did not end within {args.timeout:g} s; hanging up")
+            await call.hang_up()
+        _print_summary(call)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_wav(args.out / "heard.wav", call.heard, call.acs_rate)
+            print(f"wrote {args.out / 'heard.wav'}")
+        ok = call.end_reason in ("caller_hung_up", "bridge_hung_up") and not call.errors
+        return 0 if ok and not fake.internal_errors else 1
+    finally:
+        await fake.stop()
+
+
+def _print_summary(call: FakeCall) -> None:
+    heard_s = call.samples_heard / call.acs_rate
+    print(f"call {call.call_connection_id}: ended ({call.end_reason}) at {call.now():.2f} s")
+    print(
+        f"  caller audio sent: {call.caller_samples_sent / call.acs_rate:.2f} s "
+        f"in {call.frames_sent} frames ({call.silent_frames_sent} silent)"
+    )
+    print(
+        f"  bridge audio: {call.received_frames} frames, "
+        f"{call.received_samples / call.acs_rate:.2f} s received, {heard_s:.2f} s heard"
+    )
+    starts = ", ".join(f"{t:.2f}" for t in call.first_audio_heard_s) or "none"
+    print(f"  utterances started at: {starts}")
+    print(f"  StopAudio: {len(call.stop_audio)}; underrun frames: {call.underrun_frames}")
+    callbacks = ", ".join(f"{kind}={status}" for _, kind, status in call.callbacks_posted)
+    print(f"  callbacks: {callbacks or 'none'}")
+    for error in call.errors[:10]:
+        print(f"  protocol error: {error}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``voicebridge fake-acs``: place one call to ``--webhook`` and report."""
+    try:
+        return asyncio.run(_cli_main(args))
+    except (OSError, ValueError, wave.Error) as exc:
+        print(f"fake-acs: {exc}")
+        return 2
