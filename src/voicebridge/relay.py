@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 import wave
@@ -42,7 +41,6 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import orjson
 from azure.ai.voicelive.aio import ConnectionClosed
 from starlette.websockets import WebSocket
 
@@ -52,7 +50,6 @@ from voicebridge.core.audio import Resampler
 from voicebridge.core.bridge import CallBridge
 from voicebridge.core.stats import Histogram
 from voicebridge.core.turns import IDLE
-from voicebridge.core.voicelive import APPEND, append_json
 from voicebridge.errors import UpstreamUnavailable
 from voicebridge.voicelive.session import SEND_ERRORS, OpenSession, open_session, session_config
 
@@ -88,15 +85,6 @@ def prompt_pcm(name: str, rate: int) -> bytes:
     rs = Resampler(in_hz=src_rate, out_hz=rate)
     out: bytes = rs.feed(pcm) + rs.flush()
     return out
-
-
-def _epoch(value: Any) -> float | None:
-    """``expires_at`` as epoch seconds (the wire sends an int; the SDK a datetime)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, dt.datetime):
-        return value.timestamp()
-    return None
 
 
 class MediaRelay:
@@ -207,14 +195,11 @@ class MediaRelay:
         if session is None:
             return
         async with self._vl_lock:
-            messages = self.bridge.voicelive_to_send()
-            send, send_text = session.connection.send, session.send_text
-            for i, message in enumerate(messages):
+            messages = self.bridge.voicelive_to_send()  # wire text, appends included
+            send = session.send_text
+            for i, text in enumerate(messages):
                 try:
-                    if send_text is not None and message["type"] == APPEND:
-                        await send_text(append_json(message["audio"]))  # audio: no re-encoding
-                    else:
-                        await send(message)
+                    await send(text)
                 except SEND_ERRORS:
                     # The socket is going; the Voice Live pump sees it close and
                     # reconnects. Caller audio not sent waits for the next session.
@@ -320,35 +305,22 @@ class MediaRelay:
     async def _voicelive_pump(self, session: OpenSession) -> str:
         conn = session.connection
         bridge = self.bridge
-        unreadable = 0
         recv = conn.recv_bytes
-        loads = orjson.loads  # 3x json.loads on a 150 ms delta (measured)
         while True:
             # The SDK's recv() would also build a typed model of every event; the core
-            # reads plain mappings, so the raw frame is parsed once, here.
+            # parses the raw frame once itself.
             try:
                 raw = await recv()
                 if not raw:
                     raise ConnectionClosed(1006, "Empty WebSocket frame")
-                event = loads(raw)
-                if not isinstance(event, dict):
-                    raise TypeError(f"a JSON {type(event).__name__}, not an object")
             except ConnectionClosed as exc:
                 self.voicelive_close_code = exc.code
                 return "voicelive_closed"
-            except (ValueError, TypeError, UnicodeDecodeError) as exc:
-                # A frame that is not a JSON object: count it and read on; a run of
-                # them means the socket itself is bad.
-                unreadable += 1
-                bridge.counters.voicelive_malformed += 1
-                log.warning(
-                    "call %s: unreadable Voice Live frame: %s", self.call.label, type(exc).__name__
-                )
-                if unreadable >= 50:
-                    return "voicelive_closed"
-                continue
-            unreadable = 0
-            bridge.receive_voicelive(event, self.now())
+            bridge.receive_voicelive(raw, self.now())
+            if bridge.voicelive_unusable:  # a run of frames that are not JSON objects
+                if bridge.records:
+                    self._drain_records()
+                return "voicelive_closed"
             if bridge.voicelive_pending:
                 await self._send_voicelive()
             due = bridge.next_acs_due()
@@ -418,7 +390,7 @@ class MediaRelay:
 
         The window is ``SESSION_EXPIRY_MARGIN_S``, but never more than a quarter of the
         session's lifetime, so a short-lived session is not replaced over and over."""
-        expires = _epoch(self.bridge.expires_at)
+        expires = self.bridge.expires_at
         if expires is None:
             return False
         now = time.time()

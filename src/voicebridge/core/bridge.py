@@ -3,8 +3,9 @@
 Adapters feed it what arrived and send what it queued:
 
 * :meth:`CallBridge.receive_acs` takes each ACS media-socket text message;
-* :meth:`CallBridge.receive_voicelive` takes each Voice Live server event (a mapping);
-* :meth:`CallBridge.voicelive_to_send` returns the guarded messages for Voice Live;
+* :meth:`CallBridge.receive_voicelive` takes each Voice Live server frame (its bytes);
+* :meth:`CallBridge.voicelive_to_send` returns the guarded messages for Voice Live,
+  as wire-ready text;
 * :meth:`CallBridge.acs_to_send` returns the ACS messages due at ``now`` — control
   messages (``StopAudio``) at once, agent audio as frames of exactly ``out_frame_ms``
   (20 ms by default) paced ``lead_ms`` ahead of real time;
@@ -42,7 +43,13 @@ from voicebridge.core.stats import Histogram
 from voicebridge.core.turns import ACTIVE, REQUESTED, Event, TurnTable
 from voicebridge.errors import GuardRejected, IllegalTransition, RemoteProtocolError
 
+__all__ = ["GREETING_MODES", "MAX_UNREADABLE_IN_A_ROW", "CallBridge", "Counters"]
+
 GREETING_MODES = ("llm", "text", "none")
+
+#: Voice Live frames in a row that are not JSON objects before the socket itself is
+#: taken for bad (:attr:`CallBridge.voicelive_unusable`).
+MAX_UNREADABLE_IN_A_ROW = 50
 
 
 def _out_samples(n_in: int, in_hz: int, out_hz: int) -> int:
@@ -161,7 +168,8 @@ class CallBridge:
         # so what a dropped socket swallowed can be told apart from a bridge bug.
         self.appended_per_session: list[int] = []
         self.agent_in_per_session: list[int] = []
-        self.expires_at: Any = None
+        self.expires_at: float | None = None  # epoch seconds
+        self._unreadable_run = 0  # frames in a row that were not JSON objects
         self._awaiting_update_since: float | None = None
         self._turn_waiting_since: float | None = None  # committed, no response yet
         self._nudged = False
@@ -174,7 +182,7 @@ class CallBridge:
         self.outbound_latency_ms = Histogram()
         self.records: deque[dict[str, Any]] = deque()
 
-        self._voicelive_out: list[dict[str, Any]] = []
+        self._voicelive_out: list[str] = []
         self._acs_control: list[str] = []
         self._frames: deque[_Frame] = deque()
         self._play_end = 0.0  # when ACS will have played everything we sent
@@ -292,12 +300,22 @@ class CallBridge:
 
     # ------------------------------------------------------------------ Voice Live -> ACS
 
-    def receive_voicelive(
-        self, event: Mapping[str, Any], now: float = 0.0
-    ) -> vl.ServerEvent | None:
-        """Take one Voice Live server event at time ``now``. Malformed events are
-        counted and recorded, never raised; returns the classified event."""
+    def receive_voicelive(self, frame: bytes | str, now: float = 0.0) -> vl.ServerEvent | None:
+        """Take one Voice Live server frame (the WebSocket message) at time ``now``.
+
+        A frame that is not a JSON object is counted as malformed and recorded but is no
+        event (and :attr:`voicelive_unusable` says when a run of them means the socket
+        is bad); a malformed event is counted and recorded too. Nothing is raised;
+        returns the classified event."""
         c = self.counters
+        try:
+            event = vl.loads(frame)
+        except RemoteProtocolError as exc:
+            self._unreadable_run += 1
+            c.voicelive_malformed += 1
+            self._record("voicelive_malformed", error=str(exc))
+            return None
+        self._unreadable_run = 0
         c.voicelive_events_in += 1
         self._last_event_at = now
         try:
@@ -361,7 +379,7 @@ class CallBridge:
             conversation_id_field=ev.conversation_id_field,
             agent=dict(ev.agent) if ev.agent else None,
             voice=ev.voice,
-            expires_at=str(ev.expires_at) if ev.expires_at is not None else None,
+            expires_at=ev.expires_at,
         )
         self.guard.new_session()
         self._send(vl.session_update(self.session_config))
@@ -557,14 +575,15 @@ class CallBridge:
         self.unsent(unsent)
         self._awaiting_update_since = None
         self._turn_waiting_since = None
+        self._unreadable_run = 0
         self._record("voicelive_lost", session_id=self.session_id)
 
-    def unsent(self, messages: list[dict[str, Any]]) -> None:
+    def unsent(self, messages: list[str]) -> None:
         """``messages`` (taken from :meth:`voicelive_to_send`) could not be sent: the
         caller audio among them goes back to the buffer, ahead of newer audio, and
         audio from now on is buffered too (in order) until the next session."""
         self.guard.new_session()
-        audio = [m["audio"] for m in messages if m.get("type") == "input_audio_buffer.append"]
+        audio = [b64 for b64 in map(vl.append_audio, messages) if b64 is not None]
         for b64 in reversed(audio):
             samples = len(binascii.a2b_base64(b64)) >> 1
             self.counters.voicelive_samples_appended -= samples
@@ -620,8 +639,8 @@ class CallBridge:
 
     # ------------------------------------------------------------------ outboxes
 
-    def voicelive_to_send(self) -> list[dict[str, Any]]:
-        """Messages for Voice Live, in order; the list is handed over (not copied)."""
+    def voicelive_to_send(self) -> list[str]:
+        """Wire text for Voice Live, in order; the list is handed over (not copied)."""
         out = self._voicelive_out
         self._voicelive_out = []
         return out
@@ -630,6 +649,12 @@ class CallBridge:
     def voicelive_pending(self) -> bool:
         """True when :meth:`voicelive_to_send` has something."""
         return bool(self._voicelive_out)
+
+    @property
+    def voicelive_unusable(self) -> bool:
+        """True once :data:`MAX_UNREADABLE_IN_A_ROW` frames in a row were not JSON
+        objects: the socket itself is bad, so the session should be replaced."""
+        return self._unreadable_run >= MAX_UNREADABLE_IN_A_ROW
 
     def acs_to_send(self, now: float, ahead: float = 0.0) -> list[str]:
         """ACS messages due at ``now``: control first, then paced audio frames — also

@@ -39,10 +39,20 @@ def delta(rid: str, samples: int, value: int = 2000) -> dict[str, Any]:
     }
 
 
+def vl_in(b: CallBridge, event: dict[str, Any], now: float = 0.0) -> None:
+    """Feed ``event`` as the frame a Voice Live socket delivers."""
+    b.receive_voicelive(json.dumps(event).encode(), now)
+
+
+def sent(b: CallBridge) -> list[dict[str, Any]]:
+    """What the bridge queued for Voice Live, parsed back from its wire text."""
+    return [json.loads(text) for text in b.voicelive_to_send()]
+
+
 def start_session(b: CallBridge) -> list[dict[str, Any]]:
-    b.receive_voicelive({"type": "session.created", "session": {"id": "s1"}})
-    b.receive_voicelive({"type": "session.updated", "session": {"id": "s1"}})
-    return b.voicelive_to_send()
+    vl_in(b, {"type": "session.created", "session": {"id": "s1"}})
+    vl_in(b, {"type": "session.updated", "session": {"id": "s1"}})
+    return sent(b)
 
 
 def test_session_update_goes_first_and_buffered_caller_audio_follows() -> None:
@@ -50,20 +60,20 @@ def test_session_update_goes_first_and_buffered_caller_audio_follows() -> None:
     b.receive_acs(acs.audio_metadata_message(sample_rate=16000))
     for _ in range(5):
         b.receive_acs(caller_frame())
-    assert b.voicelive_to_send() == []  # nothing may precede session.update
-    sent = start_session(b)
-    types = [m["type"] for m in sent]
+    assert sent(b) == []  # nothing may precede session.update
+    out = start_session(b)
+    types = [m["type"] for m in out]
     assert types[0] == "session.update"
     assert types[1:6] == ["input_audio_buffer.append"] * 5
     assert types[6:] == ["response.create"]  # the greeting, once
-    b.receive_voicelive({"type": "session.updated", "session": {"id": "s1"}})
-    assert b.voicelive_to_send() == []
+    vl_in(b, {"type": "session.updated", "session": {"id": "s1"}})
+    assert sent(b) == []
 
 
 def test_text_greeting_mode() -> None:
     b = make(greeting="text", greeting_text="Hi there")
-    sent = start_session(b)
-    assert sent[-1] == vl.greeting_pre_generated("Hi there")
+    out = start_session(b)
+    assert out[-1] == vl.greeting_pre_generated("Hi there")
 
 
 def test_passthrough_forwards_the_callers_base64_untouched() -> None:
@@ -71,14 +81,14 @@ def test_passthrough_forwards_the_callers_base64_untouched() -> None:
     start_session(b)
     frame = caller_frame()
     b.receive_acs(frame)
-    assert b.voicelive_to_send() == [vl.input_audio_append(json.loads(frame)["audioData"]["data"])]
+    assert b.voicelive_to_send() == [vl.append_json(json.loads(frame)["audioData"]["data"])]
 
 
 def test_silent_frames_without_data_are_forwarded_as_zeros() -> None:
     b = make(vl_hz=16000)
     start_session(b)
     b.receive_acs(acs.audio_data_message(None, silent=True))
-    (msg,) = b.voicelive_to_send()
+    (msg,) = sent(b)
     assert base64.b64decode(msg["audio"]) == bytes(640)
     assert b.counters.acs_silent_frames == 1 and b.counters.caller_samples_in == 320
 
@@ -86,8 +96,8 @@ def test_silent_frames_without_data_are_forwarded_as_zeros() -> None:
 def test_agent_audio_is_paced_in_exact_frames() -> None:
     b = make(lead_ms=100)
     start_session(b)
-    b.receive_voicelive({"type": "response.created", "response": {"id": "r1"}})
-    b.receive_voicelive(delta("r1", 24000), now=10.0)  # 1 s of audio
+    vl_in(b, {"type": "response.created", "response": {"id": "r1"}})
+    vl_in(b, delta("r1", 24000), now=10.0)  # 1 s of audio
     first = b.acs_to_send(10.0)
     assert len(first) == 5  # 100 ms lead = 5 frames at once
     assert all(len(base64.b64decode(json.loads(m)["AudioData"]["Data"])) == 640 for m in first)
@@ -100,8 +110,8 @@ def test_agent_audio_is_paced_in_exact_frames() -> None:
 def test_longer_outbound_frames_are_paced_by_their_length() -> None:
     b = make(lead_ms=160, out_frame_ms=40)
     start_session(b)
-    b.receive_voicelive({"type": "response.created", "response": {"id": "r1"}})
-    b.receive_voicelive(delta("r1", 24000 + 240), now=10.0)  # 1.01 s of audio
+    vl_in(b, {"type": "response.created", "response": {"id": "r1"}})
+    vl_in(b, delta("r1", 24000 + 240), now=10.0)  # 1.01 s of audio
     first = b.acs_to_send(10.0)
     assert len(first) == 4  # 160 ms lead = four 40 ms frames
     assert all(len(base64.b64decode(json.loads(m)["AudioData"]["Data"])) == 1280 for m in first)
@@ -109,10 +119,8 @@ def test_longer_outbound_frames_are_paced_by_their_length() -> None:
     assert len(b.acs_to_send(10.0, ahead=0.04)) == 1
     assert b.next_acs_due() == pytest.approx(10.04)
     assert len(b.acs_to_send(10.08, ahead=0.04)) == 2  # one late, one within the batch
-    b.receive_voicelive({"type": "response.audio.done", "response_id": "r1"}, now=10.1)
-    b.receive_voicelive(
-        {"type": "response.done", "response": {"id": "r1", "status": "completed"}}, now=10.1
-    )
+    vl_in(b, {"type": "response.audio.done", "response_id": "r1"}, now=10.1)
+    vl_in(b, {"type": "response.done", "response": {"id": "r1", "status": "completed"}}, now=10.1)
     rest = b.acs_to_send(20.0, ahead=2.0)
     total = b._downlink.output_for(24000 + 240)  # ACS-rate samples of the response
     frames = -(-total // 640)
@@ -132,21 +140,22 @@ def test_outbound_frame_length_is_a_multiple_of_20_ms_up_to_100(bad: int) -> Non
 def test_barge_in_stops_audio_drops_queue_and_late_deltas() -> None:
     b = make(lead_ms=100)
     start_session(b)
-    b.receive_voicelive({"type": "response.created", "response": {"id": "r1"}})
-    b.receive_voicelive(delta("r1", 48000), now=0.0)
+    vl_in(b, {"type": "response.created", "response": {"id": "r1"}})
+    vl_in(b, delta("r1", 48000), now=0.0)
     b.acs_to_send(0.0)
-    b.receive_voicelive(
+    vl_in(
+        b,
         {"type": "input_audio_buffer.speech_started", "audio_start_ms": 5, "item_id": "u1"},
         now=0.05,
     )
     out = b.acs_to_send(0.05)
     assert out == [acs.stop_audio()]
     assert b.frames_queued == 0
-    b.receive_voicelive(delta("r1", 4800), now=0.06)  # late delta of the interrupted response
+    vl_in(b, delta("r1", 4800), now=0.06)  # late delta of the interrupted response
     assert b.acs_to_send(0.1) == [] and b.counters.late_deltas_dropped == 1
-    b.receive_voicelive({"type": "response.done", "response": {"id": "r1", "status": "cancelled"}})
+    vl_in(b, {"type": "response.done", "response": {"id": "r1", "status": "cancelled"}})
     # interrupt_response is on: the service cancels, we do not race it
-    assert all(m["type"] != "response.cancel" for m in b.voicelive_to_send())
+    assert all(m["type"] != "response.cancel" for m in sent(b))
     b.finish()
     r = b.report()
     assert r["outbound"]["conserved"], r["outbound"]
@@ -158,34 +167,51 @@ def test_barge_in_stops_audio_drops_queue_and_late_deltas() -> None:
 def test_barge_in_cancels_when_the_service_does_not() -> None:
     b = make(interrupt_response=False)
     start_session(b)
-    b.receive_voicelive({"type": "response.created", "response": {"id": "r1"}})
-    b.receive_voicelive(
-        {"type": "input_audio_buffer.speech_started", "audio_start_ms": 5, "item_id": "u"}
-    )
-    assert b.voicelive_to_send() == [vl.response_cancel()]
+    vl_in(b, {"type": "response.created", "response": {"id": "r1"}})
+    vl_in(b, {"type": "input_audio_buffer.speech_started", "audio_start_ms": 5, "item_id": "u"})
+    assert sent(b) == [vl.response_cancel()]
 
 
 def test_malformed_input_is_counted_not_raised() -> None:
     b = make()
     start_session(b)
     assert b.receive_acs("garbage") is None
-    assert b.receive_voicelive({"type": "response.audio.delta"}) is None
-    b.receive_voicelive({"type": "response.audio.delta", "response_id": "r", "delta": "!!!"})
-    assert b.counters.acs_malformed == 1 and b.counters.voicelive_malformed == 2
+    assert b.receive_voicelive(b'{"type": "response.audio.delta"}') is None
+    vl_in(b, {"type": "response.audio.delta", "response_id": "r", "delta": "!!!"})
+    assert b.receive_voicelive(b"[1, 2]") is None  # a frame that is no JSON object
+    assert b.counters.acs_malformed == 1 and b.counters.voicelive_malformed == 3
     assert [r["event"] for r in b.records if "malformed" in r["event"]] == [
         "acs_malformed",
         "voicelive_malformed",
         "voicelive_malformed",
+        "voicelive_malformed",
     ]
+
+
+def test_a_run_of_unreadable_frames_makes_the_session_unusable() -> None:
+    b = make()
+    start_session(b)
+    events_in = b.counters.voicelive_events_in
+    for _ in range(49):
+        b.receive_voicelive(b"\xff not json")
+    assert not b.voicelive_unusable
+    vl_in(b, {"type": "rate_limits.updated"})  # one readable frame ends the run
+    for i in range(50):
+        assert not b.voicelive_unusable, i
+        b.receive_voicelive("{")
+    assert b.voicelive_unusable
+    # unreadable frames are counted as malformed, not as events
+    assert b.counters.voicelive_malformed == 99
+    assert b.counters.voicelive_events_in == events_in + 1
+    b.voicelive_lost(1.0)  # the next session starts a new run
+    assert not b.voicelive_unusable
 
 
 def test_error_after_our_response_create_frees_the_turn_table() -> None:
     b = make()
     start_session(b)
     assert b.turns.state.value == "requested"
-    b.receive_voicelive(
-        {"type": "error", "error": {"code": "conversation_already_has_active_response"}}
-    )
+    vl_in(b, {"type": "error", "error": {"code": "conversation_already_has_active_response"}})
     assert b.turns.state.value == "idle"
     assert b.counters.voicelive_errors["conversation_already_has_active_response"] == 1
 
@@ -212,29 +238,31 @@ def test_every_sample_is_accounted_for(
     b = make(vl_hz=vl_hz, lead_ms=60, out_frame_ms=frame_ms)
     start_session(b)
     now, rid, n = 0.0, 0, 0
-    b.receive_voicelive({"type": "response.created", "response": {"id": "r0"}})
+    vl_in(b, {"type": "response.created", "response": {"id": "r0"}})
     for action, arg in script:
         if action == "caller":
             b.receive_acs(caller_frame(arg))
         elif action == "delta":
-            b.receive_voicelive(delta(f"r{rid}", arg), now=now)
+            vl_in(b, delta(f"r{rid}", arg), now=now)
         elif action == "done":
-            b.receive_voicelive({"type": "response.audio.done", "response_id": f"r{rid}"}, now=now)
-            b.receive_voicelive(
+            vl_in(b, {"type": "response.audio.done", "response_id": f"r{rid}"}, now=now)
+            vl_in(
+                b,
                 {"type": "response.done", "response": {"id": f"r{rid}", "status": "completed"}},
                 now=now,
             )
             rid += 1
-            b.receive_voicelive({"type": "response.created", "response": {"id": f"r{rid}"}})
+            vl_in(b, {"type": "response.created", "response": {"id": f"r{rid}"}})
         elif action == "barge":
-            b.receive_voicelive(
+            vl_in(
+                b,
                 {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "u"},
                 now=now,
             )
         else:
             now += arg / 1000
             b.acs_to_send(now)
-        n += len(b.voicelive_to_send())
+        n += len(sent(b))
     b.finish()
     while b.frames_queued:
         now += 1.0
@@ -247,31 +275,33 @@ def test_every_sample_is_accounted_for(
 def test_session_loss_keeps_caller_audio_in_order_and_replays_history() -> None:
     b = make(vl_hz=16000)
     start_session(b)
-    b.receive_voicelive(
+    vl_in(
+        b,
         {
             "type": "conversation.item.input_audio_transcription.completed",
             "item_id": "u",
             "transcript": "hi",
-        }
+        },
     )
-    b.receive_voicelive(
+    vl_in(
+        b,
         {
             "type": "response.audio_transcript.done",
             "response_id": "r",
             "item_id": "a",
             "transcript": "hello",
-        }
+        },
     )
     frames = [caller_frame(value=v) for v in (1, 2, 3, 4)]
     b.receive_acs(frames[0])
     b.receive_acs(frames[1])
-    sent = b.voicelive_to_send()
-    b.unsent(sent[1:])  # frame 2 never made it out
+    texts = b.voicelive_to_send()
+    b.unsent(texts[1:])  # frame 2 never made it out
     b.receive_acs(frames[2])  # arrives while the socket is dying: buffered after frame 2
     b.voicelive_lost(1.0)
     b.receive_acs(frames[3])
-    b.receive_voicelive({"type": "session.created", "session": {"id": "s2"}}, 2.0)
-    out = b.voicelive_to_send()
+    vl_in(b, {"type": "session.created", "session": {"id": "s2"}}, 2.0)
+    out = sent(b)
     assert [m["type"] for m in out] == [
         "session.update",
         "conversation.item.create",
@@ -291,17 +321,15 @@ def test_session_loss_keeps_caller_audio_in_order_and_replays_history() -> None:
 
 def test_timeouts_nudge_then_give_up() -> None:
     b = make(response_start_timeout_s=1.0, session_update_timeout_s=2.0)
-    b.receive_voicelive({"type": "session.created", "session": {"id": "s"}}, 0.0)
+    vl_in(b, {"type": "session.created", "session": {"id": "s"}}, 0.0)
     assert b.poll(1.0) is None
     assert b.poll(2.5) == "session_update_timeout"
-    b.receive_voicelive({"type": "session.updated", "session": {"id": "s"}}, 2.6)
-    b.voicelive_to_send()
-    b.receive_voicelive({"type": "response.created", "response": {"id": "g"}}, 2.7)
-    b.receive_voicelive(
-        {"type": "response.done", "response": {"id": "g", "status": "completed"}}, 3.0
-    )
-    b.receive_voicelive({"type": "input_audio_buffer.committed", "item_id": "u"}, 4.0)
+    vl_in(b, {"type": "session.updated", "session": {"id": "s"}}, 2.6)
+    sent(b)
+    vl_in(b, {"type": "response.created", "response": {"id": "g"}}, 2.7)
+    vl_in(b, {"type": "response.done", "response": {"id": "g", "status": "completed"}}, 3.0)
+    vl_in(b, {"type": "input_audio_buffer.committed", "item_id": "u"}, 4.0)
     assert b.poll(4.5) is None
     assert b.poll(5.1) is None  # nudged: one response.create of our own
-    assert b.voicelive_to_send() == [vl.response_create()]
+    assert sent(b) == [vl.response_create()]
     assert b.poll(6.2) == "response_timeout"
