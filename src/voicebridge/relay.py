@@ -49,7 +49,6 @@ from voicebridge.calls import Call
 from voicebridge.core.audio import Resampler
 from voicebridge.core.bridge import CallBridge
 from voicebridge.core.stats import Histogram
-from voicebridge.core.turns import IDLE
 from voicebridge.errors import UpstreamUnavailable
 from voicebridge.voicelive.session import SEND_ERRORS, OpenSession, open_session, session_config
 
@@ -398,7 +397,7 @@ class MediaRelay:
             self._expiry_seen, self._lifetime = expires, max(0.0, expires - now)
         left = expires - now
         margin = min(self.settings.session_expiry_margin_s, self._lifetime / 4)
-        quiet = self.bridge.turns.state is IDLE and self.bridge.frames_queued == 0
+        quiet = self.bridge.responses.is_idle and self.bridge.frames_queued == 0
         return left < margin and (quiet or left < min(5.0, margin / 2))
 
     # ------------------------------------------------------------------ lifecycle

@@ -39,8 +39,8 @@ from voicebridge.core import acs
 from voicebridge.core import voicelive as vl
 from voicebridge.core.audio import Framer, Resampler
 from voicebridge.core.guard import OutboundGuard
+from voicebridge.core.responses import ResponseState, Trigger
 from voicebridge.core.stats import Histogram
-from voicebridge.core.turns import ACTIVE, REQUESTED, Event, TurnTable
 from voicebridge.errors import GuardRejected, IllegalTransition, RemoteProtocolError
 
 __all__ = ["GREETING_MODES", "MAX_UNREADABLE_IN_A_ROW", "CallBridge", "Counters"]
@@ -110,7 +110,7 @@ class Counters:
 
 
 class CallBridge:
-    """The sans-I/O state of one call: codec, resamplers, framer, turns, guard."""
+    """The sans-I/O state of one call: codecs, resamplers, framer, responses, guard."""
 
     def __init__(
         self,
@@ -174,9 +174,9 @@ class CallBridge:
         self._turn_waiting_since: float | None = None  # committed, no response yet
         self._nudged = False
 
-        self.turns = TurnTable()
+        self.responses = ResponseState()
         self.guard = OutboundGuard(
-            self.turns, max_text_bytes=max_text_bytes, max_message_bytes=max_message_bytes
+            self.responses, max_text_bytes=max_text_bytes, max_message_bytes=max_message_bytes
         )
         self.counters = Counters()
         self.outbound_latency_ms = Histogram()
@@ -336,7 +336,7 @@ class CallBridge:
             case vl.AudioDone():
                 self._end_stream(ev.response_id, now)
             case vl.InputCommitted():
-                self.turns.user_turn()
+                self.responses.user_turn()
                 self._turn_waiting_since = now
                 self._nudged = False
             case vl.SessionCreated():
@@ -381,7 +381,7 @@ class CallBridge:
             voice=ev.voice,
             expires_at=ev.expires_at,
         )
-        self.guard.new_session()
+        self._new_session()
         self._send(vl.session_update(self.session_config))
         self._awaiting_update_since = now
         if self.sessions > 1 and self.replay_history and self.history:
@@ -417,9 +417,16 @@ class CallBridge:
         """Ask for a response (e.g. after a tool result); the guard may refuse."""
         return self._send(vl.response_create(instructions=instructions))
 
-    def _turn(self, event: Event, response_id: str | None = None) -> None:
+    def _new_session(self) -> None:
+        """A new (or no) Voice Live session: ``session.update`` must go first again and
+        no response is active; the turn count goes on."""
+        self.guard.new_session()
+        self.responses.reset()
+
+    def _respond(self, trigger: Trigger, response_id: str | None = None) -> None:
+        """Apply a server fact to the response state; an illegal one is an anomaly."""
         try:
-            self.turns.handle(event, response_id)
+            self.responses.handle(trigger, response_id)
         except IllegalTransition as exc:
             self.counters.turn_anomalies += 1
             self._record("turn_anomaly", error=str(exc))
@@ -427,13 +434,13 @@ class CallBridge:
     def _response_created(self, ev: vl.ResponseCreated) -> None:
         self._turn_waiting_since = None
         self.counters.responses_created += 1
-        self._turn(Event.CREATED, ev.response_id)
+        self._respond(Trigger.CREATED, ev.response_id)
         self._responses.setdefault(ev.response_id, _Response())
-        self._record("response_created", response_id=ev.response_id, turn=self.turns.turn)
+        self._record("response_created", response_id=ev.response_id, turn=self.responses.turn)
 
     def _response_done(self, ev: vl.ResponseDone, now: float) -> None:
         self.counters.responses_done[ev.status] += 1
-        self._turn(Event.DONE, ev.response_id)
+        self._respond(Trigger.DONE, ev.response_id)
         self._end_stream(ev.response_id, now)
         resp = self._responses.pop(ev.response_id, None)
         if resp is not None:
@@ -444,8 +451,8 @@ class CallBridge:
 
     def _error(self, ev: vl.Error, now: float) -> None:
         self.counters.voicelive_errors[ev.code] += 1
-        if self.turns.state is REQUESTED:
-            self._turn(Event.REJECTED)
+        if self.responses.allows(Trigger.REJECTED) is None:  # it answers our request
+            self._respond(Trigger.REJECTED)
         if ev.code == vl.ACTIVE_RESPONSE_ERROR and self._turn_waiting_since is not None:
             # Our response.create (cancel_previous=false) met a response the service has
             # already started for this turn: it is coming, so the turn is not unanswered.
@@ -545,12 +552,12 @@ class CallBridge:
                 resp.stream_open = False
                 resp.suppressed = True
             self._streaming = None
-        active = self.turns.active_response_id
+        active = self.responses.active_response_id
         if active is not None:
             self._responses.setdefault(active, _Response()).suppressed = True
         c.samples_dropped_by_barge_in += dropped
         self._record("barge_in", dropped_samples=dropped, response_id=active)
-        if self.cancel_on_barge_in and self.turns.state is ACTIVE:
+        if self.cancel_on_barge_in and self.responses.allows(Trigger.CANCEL) is None:
             self._send(vl.response_cancel())
 
     # ------------------------------------------------------------------ session loss, timeouts
@@ -568,7 +575,7 @@ class CallBridge:
         for resp in self._responses.values():
             self._finish(resp)
         self._responses.clear()
-        self.guard.new_session()  # session.update must go first again
+        self._new_session()  # session.update must go first again
         # Unsent messages belonged to the dead session; unsent caller audio goes back
         # into the buffer for the next one.
         unsent, self._voicelive_out = self._voicelive_out, []
@@ -582,7 +589,7 @@ class CallBridge:
         """``messages`` (taken from :meth:`voicelive_to_send`) could not be sent: the
         caller audio among them goes back to the buffer, ahead of newer audio, and
         audio from now on is buffered too (in order) until the next session."""
-        self.guard.new_session()
+        self._new_session()
         audio = [b64 for b64 in map(vl.append_audio, messages) if b64 is not None]
         for b64 in reversed(audio):
             samples = len(binascii.a2b_base64(b64)) >> 1
@@ -614,7 +621,7 @@ class CallBridge:
             and now - self._awaiting_update_since > self.session_update_timeout_s
         ):
             return "session_update_timeout"
-        if self.turns.state is ACTIVE and now - self._last_event_at > self.response_stall_timeout_s:
+        if self.responses.is_active and now - self._last_event_at > self.response_stall_timeout_s:
             return "response_stalled"
         waiting = self._turn_waiting_since
         if waiting is not None and now - waiting > self.response_start_timeout_s:
@@ -623,7 +630,7 @@ class CallBridge:
             self._nudged = True
             self._turn_waiting_since = now
             sent = self.request_response()
-            self._record("response_nudged", sent=sent, turn=self.turns.turn)
+            self._record("response_nudged", sent=sent, turn=self.responses.turn)
         return None
 
     # ------------------------------------------------------------------ prompts (apology, goodbye)

@@ -13,8 +13,9 @@ guard makes that impossible by construction (design.md §3):
    it are split at sample boundaries (never dropped); anything else is refused
    (``too_large``).
 4. At most one ``response.create`` per user turn, never while a response is
-   requested or active; ``response.cancel`` only while one is active (the
-   :class:`~voicebridge.core.turns.TurnTable` decides).
+   requested or active; ``response.cancel`` only while one is active: the guard
+   asks :meth:`ResponseState.allows <voicebridge.core.responses.ResponseState.allows>`
+   and, once the message passed every check, applies the trigger.
 
 A refused message raises :class:`~voicebridge.errors.GuardRejected`, is counted in
 ``blocked[reason]`` and is never sent. :meth:`OutboundGuard.check` returns the wire
@@ -30,7 +31,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from voicebridge.core.turns import Event, TurnTable
+from voicebridge.core.responses import ResponseState, Trigger
 from voicebridge.core.voicelive import (
     APPEND,
     ITEM_CREATE,
@@ -54,6 +55,9 @@ TRUNCATION_MARKER = " …[truncated]"
 
 DEFAULT_MAX_TEXT_BYTES = 8 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024
+
+#: The client events that are response triggers (checked against the response state).
+_TRIGGERS = {RESPONSE_CREATE: Trigger.REQUEST, RESPONSE_CANCEL: Trigger.CANCEL}
 
 # The wire text of an append around its audio (as json.dumps, and so the SDK, writes it).
 _APPEND_OVERHEAD = len(append_json(""))
@@ -105,14 +109,14 @@ class OutboundGuard:
 
     def __init__(
         self,
-        turns: TurnTable,
+        responses: ResponseState,
         *,
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if max_message_bytes < _APPEND_OVERHEAD + 8:
             raise ValueError("max_message_bytes is too small to carry any audio")
-        self.turns = turns
+        self.responses = responses
         self.max_text_bytes = max_text_bytes
         self.max_message_bytes = max_message_bytes
         self.session_configured = False
@@ -125,7 +129,6 @@ class OutboundGuard:
     def new_session(self) -> None:
         """A new connection: ``session.update`` must go first again."""
         self.session_configured = False
-        self.turns.reset()
 
     def _refuse(self, reason: str, detail: str = "") -> GuardRejected:
         self.blocked[reason] += 1
@@ -159,14 +162,11 @@ class OutboundGuard:
             return self.append(audio)
         if mtype != SESSION_UPDATE and not self.session_configured:
             raise self._refuse("before_session_update", mtype)
-        if mtype == RESPONSE_CREATE:
-            refusal = self.turns.request_refusal()
+        trigger = _TRIGGERS.get(mtype)
+        if trigger is not None:
+            refusal = self.responses.allows(trigger)
             if refusal:
-                raise self._refuse(refusal, f"turn {self.turns.turn}")
-        elif mtype == RESPONSE_CANCEL:
-            refusal = self.turns.cancel_refusal()
-            if refusal:
-                raise self._refuse(refusal)
+                raise self._refuse(refusal, f"turn {self.responses.turn}")
 
         text = json.dumps(self._fix_text(mtype, message))  # the one serialisation
         if len(text) > self.max_message_bytes:
@@ -174,10 +174,8 @@ class OutboundGuard:
 
         if mtype == SESSION_UPDATE:
             self.session_configured = True
-        elif mtype == RESPONSE_CREATE:
-            self.turns.handle(Event.REQUEST)
-        elif mtype == RESPONSE_CANCEL:
-            self.turns.handle(Event.CANCEL)
+        elif trigger is not None:
+            self.responses.handle(trigger)
         self.sent_by_type[mtype] += 1
         return [text]
 

@@ -35,7 +35,7 @@ from voicebridge.core import voicelive as vl
 from voicebridge.core.audio import Framer
 from voicebridge.core.bridge import CallBridge
 from voicebridge.core.guard import OutboundGuard
-from voicebridge.core.turns import TurnTable
+from voicebridge.core.responses import ResponseState
 
 ACS_HZ = 16000
 VL_HZ = 24000
@@ -134,7 +134,7 @@ def production_paths() -> Paths:
 def baseline_paths(make: Callable[[int, int], Any], *, stdlib: bool = False) -> Paths:
     """The same two paths with another resampler (and, for ``stdlib``, json/base64)."""
     up, down = make(ACS_HZ, VL_HZ), make(VL_HZ, ACS_HZ)
-    guard = OutboundGuard(TurnTable())
+    guard = OutboundGuard(ResponseState())
     guard.check(vl.session_update({}))
     framer = Framer(frame_bytes=ACS_HZ // 50 * 2)
 

@@ -210,9 +210,9 @@ def test_a_run_of_unreadable_frames_makes_the_session_unusable() -> None:
 def test_error_after_our_response_create_frees_the_turn_table() -> None:
     b = make()
     start_session(b)
-    assert b.turns.state.value == "requested"
+    assert b.responses.state.value == "requested"
     vl_in(b, {"type": "error", "error": {"code": "conversation_already_has_active_response"}})
-    assert b.turns.state.value == "idle"
+    assert b.responses.state.value == "idle"
     assert b.counters.voicelive_errors["conversation_already_has_active_response"] == 1
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from voicebridge.core import voicelive as vl
 from voicebridge.core.guard import TRUNCATION_MARKER, OutboundGuard, cap_text, to_text
-from voicebridge.core.turns import Event, TurnTable
+from voicebridge.core.responses import ResponseState, Trigger
 from voicebridge.errors import GuardRejected
 
 
@@ -22,13 +22,13 @@ def parsed(g: OutboundGuard, message: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def configured(**kw: int) -> OutboundGuard:
-    g = OutboundGuard(TurnTable(), **kw)
+    g = OutboundGuard(ResponseState(), **kw)
     g.check(vl.session_update({"instructions": "be nice"}))
     return g
 
 
 def test_session_update_must_be_first() -> None:
-    g = OutboundGuard(TurnTable())
+    g = OutboundGuard(ResponseState())
     for msg in (
         vl.input_audio_append("AAAA"),
         vl.response_create(),
@@ -44,7 +44,7 @@ def test_session_update_must_be_first() -> None:
 
 def test_the_wire_text_is_what_the_sdk_would_have_written() -> None:
     """One serialisation, json.dumps as in the SDK's send(dict): same bytes on the wire."""
-    g = OutboundGuard(TurnTable())
+    g = OutboundGuard(ResponseState())
     update = vl.session_update(vl.build_session_config(input_hz=24000, output_hz=24000, voice="x"))
     assert g.check(update) == [json.dumps(update)]
     assert g.check(vl.response_create()) == [json.dumps(vl.response_create())]
@@ -77,7 +77,7 @@ def test_to_text(value: object, expected: str) -> None:
 
 def test_text_fields_are_coerced_everywhere() -> None:
     g = configured()
-    g.turns.user_turn()
+    g.responses.user_turn()
     item = parsed(g, vl.message_item_create("user", {"order": 12}))[0]
     assert item["item"]["content"][0]["text"] == '{"order":12}'
     out = parsed(
@@ -94,7 +94,7 @@ def test_text_fields_are_coerced_everywhere() -> None:
 
 
 def test_session_instructions_coerced() -> None:
-    g = OutboundGuard(TurnTable())
+    g = OutboundGuard(ResponseState())
     msg = parsed(g, vl.session_update({"instructions": ["a", "b"]}))[0]
     assert msg["session"]["instructions"] == '["a","b"]'
 
@@ -133,13 +133,13 @@ def test_one_response_create_per_turn_and_never_while_active() -> None:
     assert g.check(vl.response_create())  # the greeting: turn 0
     with pytest.raises(GuardRejected, match="response_active"):
         g.check(vl.response_create())
-    g.turns.handle(Event.CREATED, "r1")
+    g.responses.handle(Trigger.CREATED, "r1")
     with pytest.raises(GuardRejected, match="response_active"):
         g.check(vl.response_create())
-    g.turns.handle(Event.DONE, "r1")
+    g.responses.handle(Trigger.DONE, "r1")
     with pytest.raises(GuardRejected, match="already_requested_this_turn"):
         g.check(vl.response_create())
-    g.turns.user_turn()
+    g.responses.user_turn()
     assert g.check(vl.response_create())
     assert g.blocked == {"response_active": 2, "already_requested_this_turn": 1}
     assert g.sent_by_type["response.create"] == 2
@@ -149,7 +149,7 @@ def test_cancel_only_while_active() -> None:
     g = configured()
     with pytest.raises(GuardRejected, match="no_active_response"):
         g.check(vl.response_cancel())
-    g.turns.handle(Event.CREATED, "r")
+    g.responses.handle(Trigger.CREATED, "r")
     assert g.check(vl.response_cancel()) == [json.dumps(vl.response_cancel())]
 
 
