@@ -27,7 +27,8 @@ What ends or repairs a call (docs/reliability.md):
 
 Tracing (:mod:`voicebridge.telemetry`, when on): spans for each Voice Live connect,
 each reconnect and each response (``response.created`` → ``response.done``), started
-and ended from the core's records — control events, never per audio frame.
+and ended from the core's typed events (:mod:`voicebridge.core.events`) — control
+events, never per audio frame.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ from voicebridge import observations
 from voicebridge.calls import Call
 from voicebridge.core.audio import Resampler
 from voicebridge.core.bridge import CallBridge
+from voicebridge.core.events import (
+    AcsMalformed,
+    BargeIn,
+    BridgeEvent,
+    GuardBlocked,
+    ResponseEnded,
+    ResponseStarted,
+    SessionReady,
+    SessionStarted,
+    VoiceLiveError,
+    VoiceLiveMalformed,
+    as_record,
+)
 from voicebridge.core.stats import Histogram
 from voicebridge.errors import UpstreamUnavailable
 from voicebridge.voicelive.session import SEND_ERRORS, OpenSession, open_session, session_config
@@ -205,66 +219,56 @@ class MediaRelay:
                     self.bridge.unsent(messages[i:])
                     return
 
-    def _drain_records(self) -> None:
-        records = self.bridge.records
-        while records:
-            record = records.popleft()
-            self.call.log.write_record(record)
-            event = record["event"]
-            if event in (
-                "acs_malformed",
-                "voicelive_malformed",
-                "voicelive_error",
-                "guard_blocked",
-            ):
-                log.warning("call %s: %s %s", self.call.label, event, _brief(record))
-            elif event == "session_created":
-                if record.get("conversation_id"):
-                    self.call.conversation_id = record["conversation_id"]
-                if self.settings.mode == "agent":
-                    observations.observe(
-                        "agent_conversation_id", field=record.get("conversation_id_field")
-                    )
-            elif event == "session_updated" and self._pending_reconnect is not None:
-                self._reconnected()
-            if self._tracing:
-                self._trace(record)
+    def _drain_events(self) -> None:
+        for event in self.bridge.events_received():
+            self._on_event(event)
 
-    def _trace(self, record: dict[str, Any]) -> None:
-        """Spans and span events from the core's records (tracing on only)."""
-        event = record["event"]
+    def _on_event(self, event: BridgeEvent) -> None:
+        """One core event: the conversation log, the few the relay acts on, tracing."""
+        self.call.log.write_event(event)
+        match event:
+            case AcsMalformed() | VoiceLiveMalformed() | VoiceLiveError() | GuardBlocked():
+                log.warning("call %s: %s %s", self.call.label, event.name, _brief(event))
+            case SessionStarted():
+                if event.conversation_id:
+                    self.call.conversation_id = event.conversation_id
+                if self.settings.mode == "agent":
+                    observations.observe("agent_conversation_id", field=event.conversation_id_field)
+            case SessionReady() if self._pending_reconnect is not None:
+                self._reconnected()
+        if self._tracing:
+            self._trace(event)
+
+    def _trace(self, event: BridgeEvent) -> None:
+        """Spans and span events from the core's events (tracing on only)."""
         call_span = self.call.span
-        if event == "response_created":
-            rid = record.get("response_id")
-            self._response_spans[rid] = self.telemetry.start(
-                "voicelive.response",
-                call_span,
-                **{"voicebridge.response_id": rid, "voicebridge.turn": record.get("turn")},
-            )
-        elif event == "response_done":
-            span = self._response_spans.pop(record.get("response_id"), None)
-            if span is not None:
-                status = record.get("status")
-                span.set_attribute("voicebridge.response.status", status)
-                span.set_attribute("voicebridge.response.reason", record.get("reason"))
-                if status == "failed":
-                    span.fail(f"response failed: {record.get('reason')}")
-                span.end()
-        elif event == "barge_in":
-            span = self._response_spans.get(record.get("response_id")) or call_span
-            if span is not None:
-                span.add_event("barge_in", dropped_samples=record.get("dropped_samples"))
-        elif event in ("voicelive_error", "guard_blocked") and call_span is not None:
+        match event:
+            case ResponseStarted(response_id=rid, turn=turn):
+                self._response_spans[rid] = self.telemetry.start(
+                    "voicelive.response",
+                    call_span,
+                    **{"voicebridge.response_id": rid, "voicebridge.turn": turn},
+                )
+            case ResponseEnded(response_id=rid, status=status, reason=reason):
+                span = self._response_spans.pop(rid, None)
+                if span is not None:
+                    span.set_attribute("voicebridge.response.status", status)
+                    span.set_attribute("voicebridge.response.reason", reason)
+                    if status == "failed":
+                        span.fail(f"response failed: {reason}")
+                    span.end()
+            case BargeIn(response_id=rid, dropped_samples=dropped):
+                span = self._response_spans.get(rid) or call_span
+                if span is not None:
+                    span.add_event("barge_in", dropped_samples=dropped)
             # codes and reasons only: error messages may quote conversation content
-            call_span.add_event(
-                event,
-                code=record.get("code"),
-                type=record.get("type"),
-                reason=record.get("reason"),
-            )
-        elif event == "session_created" and call_span is not None:
-            call_span.set_attribute("voicebridge.session_id", record.get("session_id"))
-            call_span.set_attribute("voicebridge.conversation_id", record.get("conversation_id"))
+            case VoiceLiveError(code=code, type=etype) if call_span is not None:
+                call_span.add_event(event.name, code=code, type=etype, reason=None)
+            case GuardBlocked(type=mtype, reason=reason) if call_span is not None:
+                call_span.add_event(event.name, code=None, type=mtype, reason=reason)
+            case SessionStarted() if call_span is not None:
+                call_span.set_attribute("voicebridge.session_id", event.session_id)
+                call_span.set_attribute("voicebridge.conversation_id", event.conversation_id)
 
     def _end_spans(self) -> None:
         """End the spans still open when the relay stops (responses cut by the call's end)."""
@@ -298,8 +302,8 @@ class MediaRelay:
             if bridge.voicelive_pending and self.session is not None:
                 await self._send_voicelive()
                 latency.add((perf() - t0) * 1000.0)
-            if bridge.records:
-                self._drain_records()
+            if bridge.events_pending:
+                self._drain_events()
 
     async def _voicelive_pump(self, session: OpenSession) -> str:
         conn = session.connection
@@ -317,16 +321,16 @@ class MediaRelay:
                 return "voicelive_closed"
             bridge.receive_voicelive(raw, self.now())
             if bridge.voicelive_unusable:  # a run of frames that are not JSON objects
-                if bridge.records:
-                    self._drain_records()
+                if bridge.events_pending:
+                    self._drain_events()
                 return "voicelive_closed"
             if bridge.voicelive_pending:
                 await self._send_voicelive()
             due = bridge.next_acs_due()
             if due is not None and due < self._pacer_wakes_at:  # sooner than planned
                 self._wake.set()
-            if bridge.records:
-                self._drain_records()
+            if bridge.events_pending:
+                self._drain_events()
 
     async def _pacer(self) -> None:
         """Sleep until the next frame is due (or a wake-up), then send what is due —
@@ -377,8 +381,8 @@ class MediaRelay:
             timeout = self.bridge.poll(self.now())
             if self.bridge.voicelive_pending:
                 await self._send_voicelive()
-            if self.bridge.records:
-                self._drain_records()
+            if self.bridge.events_pending:
+                self._drain_events()
             if timeout is not None:
                 return timeout
             if self._expiring():
@@ -578,7 +582,7 @@ class MediaRelay:
             await self.session.close()
             self.session = None
         bridge.voicelive_lost(self.now())
-        self._drain_records()
+        self._drain_events()
         deadline = lost_at + s.voicelive_reconnect_budget_s
         delay = min(0.2 * 2**attempt, 2.0)
         if retrying is not None:
@@ -707,8 +711,8 @@ class MediaRelay:
                     await self._send_voicelive()
             except Exception as exc:  # Voice Live may be gone already
                 log.info("call %s: final append not sent: %s", self.call.label, type(exc).__name__)
-        if bridge.records:
-            self._drain_records()
+        if bridge.events_pending:
+            self._drain_events()
         report = bridge.report()
         report["inbound_latency_ms"] = self.inbound_latency_ms.summary()
         if self._levels is not None and self._levels.sampled:  # a call shorter than the window
@@ -762,5 +766,5 @@ class MediaRelay:
         return outcome
 
 
-def _brief(record: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in record.items() if k != "event")[:300]
+def _brief(event: BridgeEvent) -> str:
+    return ", ".join(f"{k}={v}" for k, v in as_record(event).items() if k != "event")[:300]

@@ -10,7 +10,9 @@ Adapters feed it what arrived and send what it queued:
   messages (``StopAudio``) at once, agent audio as frames of exactly ``out_frame_ms``
   (20 ms by default) paced ``lead_ms`` ahead of real time;
   :meth:`CallBridge.next_acs_due` says when to ask again;
-* :attr:`CallBridge.records` collects what the conversation log should keep.
+* :meth:`CallBridge.events_received` hands over what happened, as typed events
+  (:mod:`voicebridge.core.events`): what the adapter acts on and the conversation
+  log keeps.
 
 Times are plain floats in seconds from any monotonic clock the adapter chooses; the
 core never reads a clock.
@@ -38,6 +40,31 @@ import pybase64
 from voicebridge.core import acs
 from voicebridge.core import voicelive as vl
 from voicebridge.core.audio import Framer, Resampler
+from voicebridge.core.events import (
+    AcsMalformed,
+    AcsMetadata,
+    AcsRateChanged,
+    AcsRateMismatch,
+    AcsSocketReplaced,
+    AgentTranscript,
+    AgentTruncated,
+    BargeIn,
+    BridgeEvent,
+    CallerSpeechStopped,
+    Dtmf,
+    GuardBlocked,
+    HistoryReplayed,
+    ResponseEnded,
+    ResponseNudged,
+    ResponseStarted,
+    SessionLost,
+    SessionReady,
+    SessionStarted,
+    TurnAnomaly,
+    UserTranscript,
+    VoiceLiveError,
+    VoiceLiveMalformed,
+)
 from voicebridge.core.guard import OutboundGuard
 from voicebridge.core.responses import ResponseState, Trigger
 from voicebridge.core.stats import Histogram
@@ -180,7 +207,7 @@ class CallBridge:
         )
         self.counters = Counters()
         self.outbound_latency_ms = Histogram()
-        self.records: deque[dict[str, Any]] = deque()
+        self._events: list[BridgeEvent] = []
 
         self._voicelive_out: list[str] = []
         self._acs_control: list[str] = []
@@ -217,38 +244,47 @@ class CallBridge:
         self._silence_pcm = bytes(self.frame_bytes)
         self._silence_b64 = binascii.b2a_base64(self._silence_pcm, newline=False).decode()
 
-    def _record(self, event: str, **fields: Any) -> None:
-        fields["event"] = event
-        self.records.append(fields)
+    def _emit(self, event: BridgeEvent) -> None:
+        self._events.append(event)
+
+    def events_received(self) -> list[BridgeEvent]:
+        """What happened since the last call, in order; the list is handed over."""
+        events = self._events
+        self._events = []
+        return events
+
+    @property
+    def events_pending(self) -> bool:
+        """True when :meth:`events_received` has something."""
+        return bool(self._events)
 
     # ------------------------------------------------------------------ ACS -> Voice Live
 
-    def receive_acs(self, text: str | bytes) -> acs.AcsEvent | None:
-        """Take one ACS media message. Malformed input is counted and recorded,
-        never raised; returns the parsed event (None if malformed)."""
+    def receive_acs(self, text: str | bytes) -> None:
+        """Take one ACS media message. Malformed input is counted and reported
+        (:class:`~voicebridge.core.events.AcsMalformed`), never raised."""
         c = self.counters
         c.acs_messages_in += 1
         try:
             event = acs.parse(text)
         except RemoteProtocolError as exc:
             c.acs_malformed += 1
-            self._record("acs_malformed", error=str(exc))
-            return None
+            self._emit(AcsMalformed(error=str(exc)))
+            return
         if type(event) is acs.AudioData:
             self._caller_audio(event)
         elif type(event) is acs.AudioMetadata:
-            self._record("acs_metadata", sample_rate=event.sample_rate, length=event.length)
+            self._emit(AcsMetadata(sample_rate=event.sample_rate, length=event.length))
             if event.sample_rate != self.acs_hz and c.acs_frames_in == 0:
-                self._record("acs_rate_changed", expected=self.acs_hz, got=event.sample_rate)
+                self._emit(AcsRateChanged(expected=self.acs_hz, got=event.sample_rate))
                 self._set_acs_rate(event.sample_rate)
             elif event.sample_rate != self.acs_hz:
-                self._record("acs_rate_mismatch", expected=self.acs_hz, got=event.sample_rate)
+                self._emit(AcsRateMismatch(expected=self.acs_hz, got=event.sample_rate))
         elif type(event) is acs.DtmfData:
             c.dtmf_tones += 1
-            self._record("dtmf", tone=event.data)
+            self._emit(Dtmf(tone=event.data))
         else:
             c.acs_unknown_kinds += 1
-        return event
 
     def _caller_audio(self, frame: acs.AudioData) -> None:
         c = self.counters
@@ -300,21 +336,20 @@ class CallBridge:
 
     # ------------------------------------------------------------------ Voice Live -> ACS
 
-    def receive_voicelive(self, frame: bytes | str, now: float = 0.0) -> vl.ServerEvent | None:
+    def receive_voicelive(self, frame: bytes | str, now: float = 0.0) -> None:
         """Take one Voice Live server frame (the WebSocket message) at time ``now``.
 
         A frame that is not a JSON object is counted as malformed and recorded but is no
         event (and :attr:`voicelive_unusable` says when a run of them means the socket
-        is bad); a malformed event is counted and recorded too. Nothing is raised;
-        returns the classified event."""
+        is bad); a malformed event is counted and reported too. Nothing is raised."""
         c = self.counters
         try:
             event = vl.loads(frame)
         except RemoteProtocolError as exc:
             self._unreadable_run += 1
             c.voicelive_malformed += 1
-            self._record("voicelive_malformed", error=str(exc))
-            return None
+            self._emit(VoiceLiveMalformed(error=str(exc)))
+            return
         self._unreadable_run = 0
         c.voicelive_events_in += 1
         self._last_event_at = now
@@ -322,8 +357,8 @@ class CallBridge:
             ev = vl.classify(event)
         except RemoteProtocolError as exc:
             c.voicelive_malformed += 1
-            self._record("voicelive_malformed", error=str(exc))
-            return None
+            self._emit(VoiceLiveMalformed(error=str(exc)))
+            return
         match ev:  # the audio delta first: it is most of the traffic
             case vl.AudioDelta():
                 self._agent_audio(ev, now)
@@ -345,24 +380,22 @@ class CallBridge:
                 self._session_updated(ev)
             case vl.TranscriptionCompleted():
                 self.history.append(("user", ev.transcript))
-                self._record("user_transcript", item_id=ev.item_id, text=ev.transcript)
+                self._emit(UserTranscript(item_id=ev.item_id, text=ev.transcript))
             case vl.TranscriptDone():
                 self.history.append(("assistant", ev.transcript))
-                self._record(
-                    "agent_transcript",
-                    response_id=ev.response_id,
-                    item_id=ev.item_id,
-                    text=ev.transcript,
+                self._emit(
+                    AgentTranscript(
+                        response_id=ev.response_id, item_id=ev.item_id, text=ev.transcript
+                    )
                 )
             case vl.SpeechStopped():
-                self._record("speech_stopped", audio_end_ms=ev.audio_end_ms)
+                self._emit(CallerSpeechStopped(audio_end_ms=ev.audio_end_ms))
             case vl.ItemTruncated():
-                self._record("truncated", item_id=ev.item_id, audio_end_ms=ev.audio_end_ms)
+                self._emit(AgentTruncated(item_id=ev.item_id, audio_end_ms=ev.audio_end_ms))
             case vl.Error():
                 self._error(ev, now)
             case vl.Other():
                 c.voicelive_other_types[ev.type] += 1
-        return ev
 
     def _session_created(self, ev: vl.SessionCreated, now: float) -> None:
         self.sessions += 1
@@ -372,14 +405,15 @@ class CallBridge:
         self.expires_at = ev.expires_at
         if ev.conversation_id:
             self.conversation_id = ev.conversation_id
-        self._record(
-            "session_created",
-            session_id=ev.session_id,
-            conversation_id=ev.conversation_id,
-            conversation_id_field=ev.conversation_id_field,
-            agent=dict(ev.agent) if ev.agent else None,
-            voice=ev.voice,
-            expires_at=ev.expires_at,
+        self._emit(
+            SessionStarted(
+                session_id=ev.session_id,
+                conversation_id=ev.conversation_id,
+                conversation_id_field=ev.conversation_id_field,
+                agent=dict(ev.agent) if ev.agent else None,
+                voice=ev.voice,
+                expires_at=ev.expires_at,
+            )
         )
         self._new_session()
         self._send(vl.session_update(self.session_config))
@@ -387,14 +421,14 @@ class CallBridge:
         if self.sessions > 1 and self.replay_history and self.history:
             for role, text in self.history:
                 self._send(vl.message_item_create(role, text))
-            self._record("history_replayed", items=len(self.history))
+            self._emit(HistoryReplayed(items=len(self.history)))
         self._release_buffered_caller()
 
     def _session_updated(self, ev: vl.SessionUpdated) -> None:
         self._awaiting_update_since = None
         if ev.expires_at is not None:
             self.expires_at = ev.expires_at
-        self._record("session_updated", session_id=ev.session_id, voice=ev.voice)
+        self._emit(SessionReady(session_id=ev.session_id, voice=ev.voice))
         if self._greeted or self.greeting == "none":
             return
         self._greeted = True
@@ -409,7 +443,10 @@ class CallBridge:
             self._voicelive_out.extend(self.guard.check(message))
         except GuardRejected as exc:
             self.counters.guard_rejections += 1
-            self._record("guard_blocked", type=message.get("type"), reason=exc.reason)
+            mtype = message.get("type")
+            self._emit(
+                GuardBlocked(type=mtype if isinstance(mtype, str) else None, reason=exc.reason)
+            )
             return False
         return True
 
@@ -429,14 +466,14 @@ class CallBridge:
             self.responses.handle(trigger, response_id)
         except IllegalTransition as exc:
             self.counters.turn_anomalies += 1
-            self._record("turn_anomaly", error=str(exc))
+            self._emit(TurnAnomaly(error=str(exc)))
 
     def _response_created(self, ev: vl.ResponseCreated) -> None:
         self._turn_waiting_since = None
         self.counters.responses_created += 1
         self._respond(Trigger.CREATED, ev.response_id)
         self._responses.setdefault(ev.response_id, _Response())
-        self._record("response_created", response_id=ev.response_id, turn=self.responses.turn)
+        self._emit(ResponseStarted(response_id=ev.response_id, turn=self.responses.turn))
 
     def _response_done(self, ev: vl.ResponseDone, now: float) -> None:
         self.counters.responses_done[ev.status] += 1
@@ -445,9 +482,7 @@ class CallBridge:
         resp = self._responses.pop(ev.response_id, None)
         if resp is not None:
             self._finish(resp)
-        self._record(
-            "response_done", response_id=ev.response_id, status=ev.status, reason=ev.reason
-        )
+        self._emit(ResponseEnded(response_id=ev.response_id, status=ev.status, reason=ev.reason))
 
     def _error(self, ev: vl.Error, now: float) -> None:
         self.counters.voicelive_errors[ev.code] += 1
@@ -460,13 +495,14 @@ class CallBridge:
             self._turn_waiting_since = (
                 now + self.response_stall_timeout_s - self.response_start_timeout_s
             )
-        self._record(
-            "voicelive_error",
-            type=ev.type,
-            code=ev.code,
-            message=ev.message,
-            param=ev.param,
-            event_id=ev.event_id,
+        self._emit(
+            VoiceLiveError(
+                type=ev.type,
+                code=ev.code,
+                message=ev.message,
+                param=ev.param,
+                event_id=ev.event_id,
+            )
         )
 
     def _agent_audio(self, ev: vl.AudioDelta, now: float) -> None:
@@ -474,7 +510,7 @@ class CallBridge:
             pcm = pybase64.b64decode(ev.delta, validate=True)  # 10-30x binascii strict
         except (binascii.Error, ValueError):
             self.counters.voicelive_malformed += 1
-            self._record("voicelive_malformed", error="response.audio.delta: invalid base64")
+            self._emit(VoiceLiveMalformed(error="response.audio.delta: invalid base64"))
             return
         n = len(pcm) >> 1
         self.counters.agent_samples_in += n
@@ -556,7 +592,7 @@ class CallBridge:
         if active is not None:
             self._responses.setdefault(active, _Response()).suppressed = True
         c.samples_dropped_by_barge_in += dropped
-        self._record("barge_in", dropped_samples=dropped, response_id=active)
+        self._emit(BargeIn(dropped_samples=dropped, response_id=active))
         if self.cancel_on_barge_in and self.responses.allows(Trigger.CANCEL) is None:
             self._send(vl.response_cancel())
 
@@ -583,7 +619,7 @@ class CallBridge:
         self._awaiting_update_since = None
         self._turn_waiting_since = None
         self._unreadable_run = 0
-        self._record("voicelive_lost", session_id=self.session_id)
+        self._emit(SessionLost(session_id=self.session_id))
 
     def unsent(self, messages: list[str]) -> None:
         """``messages`` (taken from :meth:`voicelive_to_send`) could not be sent: the
@@ -603,7 +639,7 @@ class CallBridge:
         """ACS opened a new media socket: what it queued on the old one is gone, so
         pacing restarts from now (nothing already sent is re-sent)."""
         self._play_end = now
-        self._record("acs_socket_replaced")
+        self._emit(AcsSocketReplaced())
 
     def poll(self, now: float) -> str | None:
         """Timers, sans-I/O: call every few hundred ms with the media clock.
@@ -630,7 +666,7 @@ class CallBridge:
             self._nudged = True
             self._turn_waiting_since = now
             sent = self.request_response()
-            self._record("response_nudged", sent=sent, turn=self.responses.turn)
+            self._emit(ResponseNudged(sent=sent, turn=self.responses.turn))
         return None
 
     # ------------------------------------------------------------------ prompts (apology, goodbye)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebridge.core import acs
+from voicebridge.core import acs, events
 from voicebridge.core import voicelive as vl
 from voicebridge.core.bridge import CallBridge
 
@@ -175,17 +175,21 @@ def test_barge_in_cancels_when_the_service_does_not() -> None:
 def test_malformed_input_is_counted_not_raised() -> None:
     b = make()
     start_session(b)
-    assert b.receive_acs("garbage") is None
-    assert b.receive_voicelive(b'{"type": "response.audio.delta"}') is None
+    b.events_received()
+    b.receive_acs("garbage")
+    b.receive_voicelive(b'{"type": "response.audio.delta"}')
     vl_in(b, {"type": "response.audio.delta", "response_id": "r", "delta": "!!!"})
-    assert b.receive_voicelive(b"[1, 2]") is None  # a frame that is no JSON object
+    b.receive_voicelive(b"[1, 2]")  # a frame that is no JSON object
     assert b.counters.acs_malformed == 1 and b.counters.voicelive_malformed == 3
-    assert [r["event"] for r in b.records if "malformed" in r["event"]] == [
-        "acs_malformed",
-        "voicelive_malformed",
-        "voicelive_malformed",
-        "voicelive_malformed",
+    malformed = b.events_received()
+    assert [type(e) for e in malformed] == [
+        events.AcsMalformed,
+        events.VoiceLiveMalformed,
+        events.VoiceLiveMalformed,
+        events.VoiceLiveMalformed,
     ]
+    assert [e.name for e in malformed] == ["acs_malformed"] + ["voicelive_malformed"] * 3
+    assert "invalid base64" in malformed[2].error and "unreadable" in malformed[3].error
 
 
 def test_a_run_of_unreadable_frames_makes_the_session_unusable() -> None:
@@ -333,3 +337,29 @@ def test_timeouts_nudge_then_give_up() -> None:
     assert b.poll(5.1) is None  # nudged: one response.create of our own
     assert sent(b) == [vl.response_create()]
     assert b.poll(6.2) == "response_timeout"
+
+
+def test_events_tell_the_adapter_what_happened_in_order() -> None:
+    b = make(vl_hz=16000)
+    assert not b.events_pending
+    vl_in(
+        b,
+        {
+            "type": "session.created",
+            "session": {"id": "s1", "conversation_id": "c1", "expires_at": 1700000000},
+        },
+    )
+    vl_in(b, {"type": "session.updated", "session": {"id": "s1", "voice": "alloy"}})
+    vl_in(b, {"type": "response.created", "response": {"id": "r1"}})
+    vl_in(b, {"type": "input_audio_buffer.speech_started", "audio_start_ms": 5, "item_id": "u"})
+    vl_in(b, {"type": "response.done", "response": {"id": "r1", "status": "cancelled"}})
+    assert b.events_pending
+    got = b.events_received()
+    assert got == [
+        events.SessionStarted("s1", "c1", "session.conversation_id", None, None, 1700000000.0),
+        events.SessionReady("s1", "alloy"),
+        events.ResponseStarted("r1", turn=0),
+        events.BargeIn(dropped_samples=0, response_id="r1"),
+        events.ResponseEnded("r1", status="cancelled", reason=None),
+    ]
+    assert not b.events_pending and b.events_received() == []
