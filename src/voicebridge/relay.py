@@ -47,8 +47,18 @@ from starlette.websockets import WebSocket
 
 from voicebridge import observations
 from voicebridge.calls import Call
+from voicebridge.config import Settings
 from voicebridge.core.audio import Resampler
-from voicebridge.core.bridge import CallBridge
+from voicebridge.core.bridge import (
+    CallBridge,
+    Greeting,
+    GuardLimits,
+    History,
+    PlayoutConfig,
+    Rates,
+    Timeouts,
+    UplinkConfig,
+)
 from voicebridge.core.events import (
     AcsMalformed,
     BargeIn,
@@ -86,6 +96,31 @@ RECONNECT_REASONS = frozenset(
 )
 
 
+def bridge_for(s: Settings) -> CallBridge:
+    """The core of one call, configured from the settings."""
+    return CallBridge(
+        session_config=session_config(s),
+        rates=Rates(
+            acs_hz=s.acs_audio_rate,
+            voicelive_in_hz=s.voicelive_audio_rate,
+            voicelive_out_hz=s.voicelive_audio_rate,
+        ),
+        uplink=UplinkConfig(max_buffered_ms=int(s.reconnect_buffer_s * 1000)),
+        playout=PlayoutConfig(lead_ms=s.pacing_lead_ms, frame_ms=s.acs_out_frame_ms),
+        greeting=Greeting(
+            mode=s.greeting_mode, text=s.greeting_text, instructions=s.greeting_instructions
+        ),
+        history=History(replay=s.mode == "model"),
+        timeouts=Timeouts(
+            session_update_s=s.session_update_timeout_s,
+            response_start_s=s.response_start_timeout_s,
+            response_stall_s=s.response_stall_timeout_s,
+            expiry_margin_s=s.session_expiry_margin_s,
+        ),
+        limits=GuardLimits(max_text_bytes=s.max_text_bytes, max_message_bytes=s.max_message_bytes),
+    )
+
+
 @cache
 def prompt_pcm(name: str, rate: int) -> bytes:
     """A shipped prompt (``assets/<name>.wav``) as PCM16 at ``rate``, resampled by the core."""
@@ -110,24 +145,7 @@ class MediaRelay:
         self.ws = websocket
         s = self.settings
         self.speed: float = s.media_clock_speed
-        self.bridge = CallBridge(
-            session_config=session_config(s),
-            acs_hz=s.acs_audio_rate,
-            voicelive_in_hz=s.voicelive_audio_rate,
-            voicelive_out_hz=s.voicelive_audio_rate,
-            greeting=s.greeting_mode,
-            greeting_text=s.greeting_text,
-            greeting_instructions=s.greeting_instructions,
-            lead_ms=s.pacing_lead_ms,
-            out_frame_ms=s.acs_out_frame_ms,
-            max_text_bytes=s.max_text_bytes,
-            max_message_bytes=s.max_message_bytes,
-            max_buffered_caller_ms=int(s.reconnect_buffer_s * 1000),
-            replay_history=s.mode == "model",
-            session_update_timeout_s=s.session_update_timeout_s,
-            response_start_timeout_s=s.response_start_timeout_s,
-            response_stall_timeout_s=s.response_stall_timeout_s,
-        )
+        self.bridge = bridge_for(s)
         self.session: OpenSession | None = None
         self.inbound_latency_ms = Histogram()
         self.reconnects: list[dict[str, Any]] = []
@@ -152,8 +170,6 @@ class MediaRelay:
             else observations.InboundLevels()
         )
         self._pacer_wakes_at = float("inf")  # media time the pacer will next look
-        self._expiry_seen: float | None = None
-        self._lifetime = 0.0
 
     def now(self) -> float:
         """The media clock (seconds); runs ``MEDIA_CLOCK_SPEED`` times real time."""
@@ -365,8 +381,9 @@ class MediaRelay:
     async def _timers(self) -> str:
         """Return the first reason the call must change course: a limit (ACS silent
         for ``MEDIA_IDLE_TIMEOUT_S`` — it streams 50 frames a second, silence
-        included — or the call longer than ``MAX_CALL_DURATION_S``), one of the core's
-        timeouts, or the session nearing ``expires_at``. Limits are in real time."""
+        included — or the call longer than ``MAX_CALL_DURATION_S``), or the core's
+        reason to replace the session (its timeouts, or ``expires_at`` near: the core
+        is given the wall clock for that). Limits are in real time."""
         s = self.settings
         tick = min(0.25, s.media_idle_timeout_s / 4)
         while True:
@@ -378,31 +395,13 @@ class MediaRelay:
                 return "max_duration"
             if self.session is None:
                 continue
-            timeout = self.bridge.poll(self.now())
+            timeout = self.bridge.poll(self.now(), time.time())
             if self.bridge.voicelive_pending:
                 await self._send_voicelive()
             if self.bridge.events_pending:
                 self._drain_events()
             if timeout is not None:
                 return timeout
-            if self._expiring():
-                return "session_expiring"
-
-    def _expiring(self) -> bool:
-        """Close to ``expires_at``: reconnect at a quiet moment, or regardless at the end.
-
-        The window is ``SESSION_EXPIRY_MARGIN_S``, but never more than a quarter of the
-        session's lifetime, so a short-lived session is not replaced over and over."""
-        expires = self.bridge.expires_at
-        if expires is None:
-            return False
-        now = time.time()
-        if self._expiry_seen != expires:  # a new session (or a new expiry): its lifetime
-            self._expiry_seen, self._lifetime = expires, max(0.0, expires - now)
-        left = expires - now
-        margin = min(self.settings.session_expiry_margin_s, self._lifetime / 4)
-        quiet = self.bridge.responses.is_idle and self.bridge.frames_queued == 0
-        return left < margin and (quiet or left < min(5.0, margin / 2))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -557,24 +556,7 @@ class MediaRelay:
         if retrying is not None:
             lost_at, attempt = retrying["lost_at"], retrying["attempts"]
             self._pending_reconnect = None
-        log.warning(
-            "call %s: Voice Live %s (close code %s): reconnecting",
-            call.label,
-            reason,
-            self.voicelive_close_code,
-        )
-        call.log.write("voicelive_reconnecting", reason=reason, code=self.voicelive_close_code)
-        if self._reconnect_span is not None:  # a new loss before the last gap closed
-            self._reconnect_span.set_attribute("voicebridge.reconnect.result", "lost_again")
-            self._reconnect_span.end()
-        self._reconnect_span = self.telemetry.start(
-            "voicelive.reconnect",
-            call.span,
-            **{
-                "voicebridge.reconnect.reason": reason,
-                "voicebridge.voicelive_close_code": self.voicelive_close_code,
-            },
-        )
+        self._reconnect_started(reason)
         old_conversation = bridge.conversation_id
         if "voicelive" in tasks:
             tasks.pop("voicelive").cancel()
@@ -629,6 +611,22 @@ class MediaRelay:
             self._reconnect_span = None
         return False
 
+    def _reconnect_started(self, reason: str) -> None:
+        """Log the loss and open the reconnect span (ending one left open)."""
+        call, code = self.call, self.voicelive_close_code
+        log.warning(
+            "call %s: Voice Live %s (close code %s): reconnecting", call.label, reason, code
+        )
+        call.log.write("voicelive_reconnecting", reason=reason, code=code)
+        if self._reconnect_span is not None:  # a new loss before the last gap closed
+            self._reconnect_span.set_attribute("voicebridge.reconnect.result", "lost_again")
+            self._reconnect_span.end()
+        self._reconnect_span = self.telemetry.start(
+            "voicelive.reconnect",
+            call.span,
+            **{"voicebridge.reconnect.reason": reason, "voicebridge.voicelive_close_code": code},
+        )
+
     def _reconnected(self) -> None:
         """The new session confirmed its configuration: the gap is over."""
         pending, self._pending_reconnect = self._pending_reconnect, None
@@ -679,7 +677,7 @@ class MediaRelay:
         while time.monotonic() < deadline:
             if acs_task is not None and acs_task.done():
                 break  # the caller is gone already
-            if bridge.frames_queued == 0 and self.now() >= bridge.playing_until:
+            if bridge.played_out(self.now()):
                 break
             await asyncio.sleep(0.02)
         await self.ctx.hang_up(self.call)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from voicebridge.core.responses import ResponseState, Trigger
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_TEXT_BYTES",
     "TRUNCATION_MARKER",
+    "GuardLimits",
     "OutboundGuard",
     "cap_text",
     "to_text",
@@ -55,6 +57,15 @@ TRUNCATION_MARKER = " …[truncated]"
 
 DEFAULT_MAX_TEXT_BYTES = 8 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GuardLimits:
+    """The guard's caps, as one piece of a bridge's configuration."""
+
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
 
 #: The client events that are response triggers (checked against the response state).
 _TRIGGERS = {RESPONSE_CREATE: Trigger.REQUEST, RESPONSE_CANCEL: Trigger.CANCEL}

@@ -33,7 +33,7 @@ import numpy as np
 from voicebridge.core import acs
 from voicebridge.core import voicelive as vl
 from voicebridge.core.audio import Framer
-from voicebridge.core.bridge import CallBridge
+from voicebridge.core.bridge import CallBridge, Rates
 from voicebridge.core.guard import OutboundGuard
 from voicebridge.core.responses import ResponseState
 
@@ -102,7 +102,8 @@ class _StdlibLinear:
 def _bridge(acs_hz: int = ACS_HZ, vl_hz: int = VL_HZ) -> CallBridge:
     cfg = vl.build_session_config(input_hz=vl_hz, output_hz=vl_hz, voice="alloy")
     bridge = CallBridge(
-        session_config=cfg, acs_hz=acs_hz, voicelive_in_hz=vl_hz, voicelive_out_hz=vl_hz
+        session_config=cfg,
+        rates=Rates(acs_hz=acs_hz, voicelive_in_hz=vl_hz, voicelive_out_hz=vl_hz),
     )
     bridge.receive_voicelive(b'{"type": "session.created", "session": {"id": "bench"}}')
     bridge.receive_voicelive(b'{"type": "session.updated", "session": {"id": "bench"}}')
