@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voicebridge.core.events import BridgeEvent, as_record
 from voicebridge.logs import CallIds
 from voicebridge.security import CallUrlSigner
 from voicebridge.stats import ServiceStats
@@ -48,6 +49,10 @@ class ConversationLog:
     def write(self, event: str, **fields: Any) -> None:
         fields = {"event": event, **fields}
         self.write_record(fields)
+
+    def write_event(self, event: BridgeEvent) -> None:
+        """One of the core's events, as ``{fields..., "event": name}``."""
+        self.write_record(as_record(event))
 
     def write_record(self, record: dict[str, Any]) -> None:
         line = {

@@ -27,14 +27,14 @@ What ends or repairs a call (docs/reliability.md):
 
 Tracing (:mod:`voicebridge.telemetry`, when on): spans for each Voice Live connect,
 each reconnect and each response (``response.created`` → ``response.done``), started
-and ended from the core's records — control events, never per audio frame.
+and ended from the core's typed events (:mod:`voicebridge.core.events`) — control
+events, never per audio frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 import wave
@@ -42,17 +42,37 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import orjson
 from azure.ai.voicelive.aio import ConnectionClosed
 from starlette.websockets import WebSocket
 
 from voicebridge import observations
 from voicebridge.calls import Call
+from voicebridge.config import Settings
 from voicebridge.core.audio import Resampler
-from voicebridge.core.bridge import CallBridge
+from voicebridge.core.bridge import (
+    CallBridge,
+    Greeting,
+    GuardLimits,
+    History,
+    PlayoutConfig,
+    Rates,
+    Timeouts,
+    UplinkConfig,
+)
+from voicebridge.core.events import (
+    AcsMalformed,
+    BargeIn,
+    BridgeEvent,
+    GuardBlocked,
+    ResponseEnded,
+    ResponseStarted,
+    SessionReady,
+    SessionStarted,
+    VoiceLiveError,
+    VoiceLiveMalformed,
+    as_record,
+)
 from voicebridge.core.stats import Histogram
-from voicebridge.core.turns import IDLE
-from voicebridge.core.voicelive import APPEND, append_json
 from voicebridge.errors import UpstreamUnavailable
 from voicebridge.voicelive.session import SEND_ERRORS, OpenSession, open_session, session_config
 
@@ -76,6 +96,31 @@ RECONNECT_REASONS = frozenset(
 )
 
 
+def bridge_for(s: Settings) -> CallBridge:
+    """The core of one call, configured from the settings."""
+    return CallBridge(
+        session_config=session_config(s),
+        rates=Rates(
+            acs_hz=s.acs_audio_rate,
+            voicelive_in_hz=s.voicelive_audio_rate,
+            voicelive_out_hz=s.voicelive_audio_rate,
+        ),
+        uplink=UplinkConfig(max_buffered_ms=int(s.reconnect_buffer_s * 1000)),
+        playout=PlayoutConfig(lead_ms=s.pacing_lead_ms, frame_ms=s.acs_out_frame_ms),
+        greeting=Greeting(
+            mode=s.greeting_mode, text=s.greeting_text, instructions=s.greeting_instructions
+        ),
+        history=History(replay=s.mode == "model"),
+        timeouts=Timeouts(
+            session_update_s=s.session_update_timeout_s,
+            response_start_s=s.response_start_timeout_s,
+            response_stall_s=s.response_stall_timeout_s,
+            expiry_margin_s=s.session_expiry_margin_s,
+        ),
+        limits=GuardLimits(max_text_bytes=s.max_text_bytes, max_message_bytes=s.max_message_bytes),
+    )
+
+
 @cache
 def prompt_pcm(name: str, rate: int) -> bytes:
     """A shipped prompt (``assets/<name>.wav``) as PCM16 at ``rate``, resampled by the core."""
@@ -90,15 +135,6 @@ def prompt_pcm(name: str, rate: int) -> bytes:
     return out
 
 
-def _epoch(value: Any) -> float | None:
-    """``expires_at`` as epoch seconds (the wire sends an int; the SDK a datetime)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, dt.datetime):
-        return value.timestamp()
-    return None
-
-
 class MediaRelay:
     """Runs one call's media until the call ends; see the module docstring."""
 
@@ -109,24 +145,7 @@ class MediaRelay:
         self.ws = websocket
         s = self.settings
         self.speed: float = s.media_clock_speed
-        self.bridge = CallBridge(
-            session_config=session_config(s),
-            acs_hz=s.acs_audio_rate,
-            voicelive_in_hz=s.voicelive_audio_rate,
-            voicelive_out_hz=s.voicelive_audio_rate,
-            greeting=s.greeting_mode,
-            greeting_text=s.greeting_text,
-            greeting_instructions=s.greeting_instructions,
-            lead_ms=s.pacing_lead_ms,
-            out_frame_ms=s.acs_out_frame_ms,
-            max_text_bytes=s.max_text_bytes,
-            max_message_bytes=s.max_message_bytes,
-            max_buffered_caller_ms=int(s.reconnect_buffer_s * 1000),
-            replay_history=s.mode == "model",
-            session_update_timeout_s=s.session_update_timeout_s,
-            response_start_timeout_s=s.response_start_timeout_s,
-            response_stall_timeout_s=s.response_stall_timeout_s,
-        )
+        self.bridge = bridge_for(s)
         self.session: OpenSession | None = None
         self.inbound_latency_ms = Histogram()
         self.reconnects: list[dict[str, Any]] = []
@@ -151,8 +170,6 @@ class MediaRelay:
             else observations.InboundLevels()
         )
         self._pacer_wakes_at = float("inf")  # media time the pacer will next look
-        self._expiry_seen: float | None = None
-        self._lifetime = 0.0
 
     def now(self) -> float:
         """The media clock (seconds); runs ``MEDIA_CLOCK_SPEED`` times real time."""
@@ -207,80 +224,67 @@ class MediaRelay:
         if session is None:
             return
         async with self._vl_lock:
-            messages = self.bridge.voicelive_to_send()
-            send, send_text = session.connection.send, session.send_text
-            for i, message in enumerate(messages):
+            messages = self.bridge.voicelive_to_send()  # wire text, appends included
+            send = session.send_text
+            for i, text in enumerate(messages):
                 try:
-                    if send_text is not None and message["type"] == APPEND:
-                        await send_text(append_json(message["audio"]))  # audio: no re-encoding
-                    else:
-                        await send(message)
+                    await send(text)
                 except SEND_ERRORS:
                     # The socket is going; the Voice Live pump sees it close and
                     # reconnects. Caller audio not sent waits for the next session.
                     self.bridge.unsent(messages[i:])
                     return
 
-    def _drain_records(self) -> None:
-        records = self.bridge.records
-        while records:
-            record = records.popleft()
-            self.call.log.write_record(record)
-            event = record["event"]
-            if event in (
-                "acs_malformed",
-                "voicelive_malformed",
-                "voicelive_error",
-                "guard_blocked",
-            ):
-                log.warning("call %s: %s %s", self.call.label, event, _brief(record))
-            elif event == "session_created":
-                if record.get("conversation_id"):
-                    self.call.conversation_id = record["conversation_id"]
-                if self.settings.mode == "agent":
-                    observations.observe(
-                        "agent_conversation_id", field=record.get("conversation_id_field")
-                    )
-            elif event == "session_updated" and self._pending_reconnect is not None:
-                self._reconnected()
-            if self._tracing:
-                self._trace(record)
+    def _drain_events(self) -> None:
+        for event in self.bridge.events_received():
+            self._on_event(event)
 
-    def _trace(self, record: dict[str, Any]) -> None:
-        """Spans and span events from the core's records (tracing on only)."""
-        event = record["event"]
+    def _on_event(self, event: BridgeEvent) -> None:
+        """One core event: the conversation log, the few the relay acts on, tracing."""
+        self.call.log.write_event(event)
+        match event:
+            case AcsMalformed() | VoiceLiveMalformed() | VoiceLiveError() | GuardBlocked():
+                log.warning("call %s: %s %s", self.call.label, event.name, _brief(event))
+            case SessionStarted():
+                if event.conversation_id:
+                    self.call.conversation_id = event.conversation_id
+                if self.settings.mode == "agent":
+                    observations.observe("agent_conversation_id", field=event.conversation_id_field)
+            case SessionReady() if self._pending_reconnect is not None:
+                self._reconnected()
+        if self._tracing:
+            self._trace(event)
+
+    def _trace(self, event: BridgeEvent) -> None:
+        """Spans and span events from the core's events (tracing on only)."""
         call_span = self.call.span
-        if event == "response_created":
-            rid = record.get("response_id")
-            self._response_spans[rid] = self.telemetry.start(
-                "voicelive.response",
-                call_span,
-                **{"voicebridge.response_id": rid, "voicebridge.turn": record.get("turn")},
-            )
-        elif event == "response_done":
-            span = self._response_spans.pop(record.get("response_id"), None)
-            if span is not None:
-                status = record.get("status")
-                span.set_attribute("voicebridge.response.status", status)
-                span.set_attribute("voicebridge.response.reason", record.get("reason"))
-                if status == "failed":
-                    span.fail(f"response failed: {record.get('reason')}")
-                span.end()
-        elif event == "barge_in":
-            span = self._response_spans.get(record.get("response_id")) or call_span
-            if span is not None:
-                span.add_event("barge_in", dropped_samples=record.get("dropped_samples"))
-        elif event in ("voicelive_error", "guard_blocked") and call_span is not None:
+        match event:
+            case ResponseStarted(response_id=rid, turn=turn):
+                self._response_spans[rid] = self.telemetry.start(
+                    "voicelive.response",
+                    call_span,
+                    **{"voicebridge.response_id": rid, "voicebridge.turn": turn},
+                )
+            case ResponseEnded(response_id=rid, status=status, reason=reason):
+                span = self._response_spans.pop(rid, None)
+                if span is not None:
+                    span.set_attribute("voicebridge.response.status", status)
+                    span.set_attribute("voicebridge.response.reason", reason)
+                    if status == "failed":
+                        span.fail(f"response failed: {reason}")
+                    span.end()
+            case BargeIn(response_id=rid, dropped_samples=dropped):
+                span = self._response_spans.get(rid) or call_span
+                if span is not None:
+                    span.add_event("barge_in", dropped_samples=dropped)
             # codes and reasons only: error messages may quote conversation content
-            call_span.add_event(
-                event,
-                code=record.get("code"),
-                type=record.get("type"),
-                reason=record.get("reason"),
-            )
-        elif event == "session_created" and call_span is not None:
-            call_span.set_attribute("voicebridge.session_id", record.get("session_id"))
-            call_span.set_attribute("voicebridge.conversation_id", record.get("conversation_id"))
+            case VoiceLiveError(code=code, type=etype) if call_span is not None:
+                call_span.add_event(event.name, code=code, type=etype, reason=None)
+            case GuardBlocked(type=mtype, reason=reason) if call_span is not None:
+                call_span.add_event(event.name, code=None, type=mtype, reason=reason)
+            case SessionStarted() if call_span is not None:
+                call_span.set_attribute("voicebridge.session_id", event.session_id)
+                call_span.set_attribute("voicebridge.conversation_id", event.conversation_id)
 
     def _end_spans(self) -> None:
         """End the spans still open when the relay stops (responses cut by the call's end)."""
@@ -314,48 +318,35 @@ class MediaRelay:
             if bridge.voicelive_pending and self.session is not None:
                 await self._send_voicelive()
                 latency.add((perf() - t0) * 1000.0)
-            if bridge.records:
-                self._drain_records()
+            if bridge.events_pending:
+                self._drain_events()
 
     async def _voicelive_pump(self, session: OpenSession) -> str:
         conn = session.connection
         bridge = self.bridge
-        unreadable = 0
         recv = conn.recv_bytes
-        loads = orjson.loads  # 3x json.loads on a 150 ms delta (measured)
         while True:
             # The SDK's recv() would also build a typed model of every event; the core
-            # reads plain mappings, so the raw frame is parsed once, here.
+            # parses the raw frame once itself.
             try:
                 raw = await recv()
                 if not raw:
                     raise ConnectionClosed(1006, "Empty WebSocket frame")
-                event = loads(raw)
-                if not isinstance(event, dict):
-                    raise TypeError(f"a JSON {type(event).__name__}, not an object")
             except ConnectionClosed as exc:
                 self.voicelive_close_code = exc.code
                 return "voicelive_closed"
-            except (ValueError, TypeError, UnicodeDecodeError) as exc:
-                # A frame that is not a JSON object: count it and read on; a run of
-                # them means the socket itself is bad.
-                unreadable += 1
-                bridge.counters.voicelive_malformed += 1
-                log.warning(
-                    "call %s: unreadable Voice Live frame: %s", self.call.label, type(exc).__name__
-                )
-                if unreadable >= 50:
-                    return "voicelive_closed"
-                continue
-            unreadable = 0
-            bridge.receive_voicelive(event, self.now())
+            bridge.receive_voicelive(raw, self.now())
+            if bridge.voicelive_unusable:  # a run of frames that are not JSON objects
+                if bridge.events_pending:
+                    self._drain_events()
+                return "voicelive_closed"
             if bridge.voicelive_pending:
                 await self._send_voicelive()
             due = bridge.next_acs_due()
             if due is not None and due < self._pacer_wakes_at:  # sooner than planned
                 self._wake.set()
-            if bridge.records:
-                self._drain_records()
+            if bridge.events_pending:
+                self._drain_events()
 
     async def _pacer(self) -> None:
         """Sleep until the next frame is due (or a wake-up), then send what is due —
@@ -390,8 +381,9 @@ class MediaRelay:
     async def _timers(self) -> str:
         """Return the first reason the call must change course: a limit (ACS silent
         for ``MEDIA_IDLE_TIMEOUT_S`` — it streams 50 frames a second, silence
-        included — or the call longer than ``MAX_CALL_DURATION_S``), one of the core's
-        timeouts, or the session nearing ``expires_at``. Limits are in real time."""
+        included — or the call longer than ``MAX_CALL_DURATION_S``), or the core's
+        reason to replace the session (its timeouts, or ``expires_at`` near: the core
+        is given the wall clock for that). Limits are in real time."""
         s = self.settings
         tick = min(0.25, s.media_idle_timeout_s / 4)
         while True:
@@ -403,31 +395,13 @@ class MediaRelay:
                 return "max_duration"
             if self.session is None:
                 continue
-            timeout = self.bridge.poll(self.now())
+            timeout = self.bridge.poll(self.now(), time.time())
             if self.bridge.voicelive_pending:
                 await self._send_voicelive()
-            if self.bridge.records:
-                self._drain_records()
+            if self.bridge.events_pending:
+                self._drain_events()
             if timeout is not None:
                 return timeout
-            if self._expiring():
-                return "session_expiring"
-
-    def _expiring(self) -> bool:
-        """Close to ``expires_at``: reconnect at a quiet moment, or regardless at the end.
-
-        The window is ``SESSION_EXPIRY_MARGIN_S``, but never more than a quarter of the
-        session's lifetime, so a short-lived session is not replaced over and over."""
-        expires = _epoch(self.bridge.expires_at)
-        if expires is None:
-            return False
-        now = time.time()
-        if self._expiry_seen != expires:  # a new session (or a new expiry): its lifetime
-            self._expiry_seen, self._lifetime = expires, max(0.0, expires - now)
-        left = expires - now
-        margin = min(self.settings.session_expiry_margin_s, self._lifetime / 4)
-        quiet = self.bridge.turns.state is IDLE and self.bridge.frames_queued == 0
-        return left < margin and (quiet or left < min(5.0, margin / 2))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -582,24 +556,7 @@ class MediaRelay:
         if retrying is not None:
             lost_at, attempt = retrying["lost_at"], retrying["attempts"]
             self._pending_reconnect = None
-        log.warning(
-            "call %s: Voice Live %s (close code %s): reconnecting",
-            call.label,
-            reason,
-            self.voicelive_close_code,
-        )
-        call.log.write("voicelive_reconnecting", reason=reason, code=self.voicelive_close_code)
-        if self._reconnect_span is not None:  # a new loss before the last gap closed
-            self._reconnect_span.set_attribute("voicebridge.reconnect.result", "lost_again")
-            self._reconnect_span.end()
-        self._reconnect_span = self.telemetry.start(
-            "voicelive.reconnect",
-            call.span,
-            **{
-                "voicebridge.reconnect.reason": reason,
-                "voicebridge.voicelive_close_code": self.voicelive_close_code,
-            },
-        )
+        self._reconnect_started(reason)
         old_conversation = bridge.conversation_id
         if "voicelive" in tasks:
             tasks.pop("voicelive").cancel()
@@ -607,7 +564,7 @@ class MediaRelay:
             await self.session.close()
             self.session = None
         bridge.voicelive_lost(self.now())
-        self._drain_records()
+        self._drain_events()
         deadline = lost_at + s.voicelive_reconnect_budget_s
         delay = min(0.2 * 2**attempt, 2.0)
         if retrying is not None:
@@ -653,6 +610,22 @@ class MediaRelay:
             self._reconnect_span.end()
             self._reconnect_span = None
         return False
+
+    def _reconnect_started(self, reason: str) -> None:
+        """Log the loss and open the reconnect span (ending one left open)."""
+        call, code = self.call, self.voicelive_close_code
+        log.warning(
+            "call %s: Voice Live %s (close code %s): reconnecting", call.label, reason, code
+        )
+        call.log.write("voicelive_reconnecting", reason=reason, code=code)
+        if self._reconnect_span is not None:  # a new loss before the last gap closed
+            self._reconnect_span.set_attribute("voicebridge.reconnect.result", "lost_again")
+            self._reconnect_span.end()
+        self._reconnect_span = self.telemetry.start(
+            "voicelive.reconnect",
+            call.span,
+            **{"voicebridge.reconnect.reason": reason, "voicebridge.voicelive_close_code": code},
+        )
 
     def _reconnected(self) -> None:
         """The new session confirmed its configuration: the gap is over."""
@@ -704,7 +677,7 @@ class MediaRelay:
         while time.monotonic() < deadline:
             if acs_task is not None and acs_task.done():
                 break  # the caller is gone already
-            if bridge.frames_queued == 0 and self.now() >= bridge.playing_until:
+            if bridge.played_out(self.now()):
                 break
             await asyncio.sleep(0.02)
         await self.ctx.hang_up(self.call)
@@ -736,8 +709,8 @@ class MediaRelay:
                     await self._send_voicelive()
             except Exception as exc:  # Voice Live may be gone already
                 log.info("call %s: final append not sent: %s", self.call.label, type(exc).__name__)
-        if bridge.records:
-            self._drain_records()
+        if bridge.events_pending:
+            self._drain_events()
         report = bridge.report()
         report["inbound_latency_ms"] = self.inbound_latency_ms.summary()
         if self._levels is not None and self._levels.sampled:  # a call shorter than the window
@@ -791,5 +764,5 @@ class MediaRelay:
         return outcome
 
 
-def _brief(record: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in record.items() if k != "event")[:300]
+def _brief(event: BridgeEvent) -> str:
+    return ", ".join(f"{k}={v}" for k, v in as_record(event).items() if k != "event")[:300]

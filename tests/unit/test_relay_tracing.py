@@ -1,7 +1,8 @@
-"""The relay's spans, driven by the core's records (a recording Telemetry, no OTel)."""
+"""The relay's spans, driven by the core's typed events (a recording Telemetry, no OTel)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -11,6 +12,16 @@ import pytest
 
 from voicebridge.calls import Call, ConversationLog
 from voicebridge.config import Settings
+from voicebridge.core.events import (
+    BargeIn,
+    BridgeEvent,
+    GuardBlocked,
+    ResponseEnded,
+    ResponseStarted,
+    SessionReady,
+    SessionStarted,
+    VoiceLiveError,
+)
 from voicebridge.relay import MediaRelay
 from voicebridge.stats import ServiceStats
 from voicebridge.telemetry import Telemetry
@@ -74,9 +85,9 @@ async def relay(tmp_path: Any) -> AsyncIterator[MediaRelay]:
     call.log.close()
 
 
-def feed(relay: MediaRelay, *records: dict[str, Any]) -> None:
-    relay.bridge.records.extend(records)
-    relay._drain_records()
+def feed(relay: MediaRelay, *events: BridgeEvent) -> None:
+    for event in events:
+        relay._on_event(event)
 
 
 async def test_one_span_per_response_with_its_barge_in(relay: MediaRelay) -> None:
@@ -84,20 +95,16 @@ async def test_one_span_per_response_with_its_barge_in(relay: MediaRelay) -> Non
     call_span = relay.call.span
     feed(
         relay,
-        {"event": "session_created", "session_id": "sess_1", "conversation_id": "conv_1"},
-        {"event": "response_created", "response_id": "r1", "turn": 0},
-        {"event": "response_done", "response_id": "r1", "status": "completed", "reason": None},
-        {"event": "response_created", "response_id": "r2", "turn": 1},
-        {"event": "barge_in", "dropped_samples": 480, "response_id": "r2"},
-        {
-            "event": "response_done",
-            "response_id": "r2",
-            "status": "cancelled",
-            "reason": "turn_detected",
-        },
-        {"event": "barge_in", "dropped_samples": 0, "response_id": None},
-        {"event": "voicelive_error", "type": "error", "code": "rate_limit", "message": "quote me"},
-        {"event": "response_created", "response_id": "r3", "turn": 2},
+        SessionStarted("sess_1", "conv_1", "session.conversation_id", None, None, None),
+        ResponseStarted("r1", turn=0),
+        ResponseEnded("r1", status="completed", reason=None),
+        ResponseStarted("r2", turn=1),
+        BargeIn(dropped_samples=480, response_id="r2"),
+        ResponseEnded("r2", status="cancelled", reason="turn_detected"),
+        BargeIn(dropped_samples=0, response_id=None),
+        VoiceLiveError("error", "rate_limit", "quote me", param=None, event_id=None),
+        GuardBlocked("response.create", "response_active"),
+        ResponseStarted("r3", turn=2),
     )
     r1, r2, r3 = [s for s in rec.spans if s.name == "voicelive.response"]
     assert r1.parent is call_span and r1.attributes["voicebridge.response_id"] == "r1"
@@ -108,7 +115,10 @@ async def test_one_span_per_response_with_its_barge_in(relay: MediaRelay) -> Non
     assert ("barge_in", {"dropped_samples": 0}) in call_span.events
     error = next(e for e in call_span.events if e[0] == "voicelive_error")
     assert error[1]["code"] == "rate_limit" and "quote me" not in str(error)  # no message text
+    blocked = next(e for e in call_span.events if e[0] == "guard_blocked")
+    assert blocked[1] == {"code": None, "type": "response.create", "reason": "response_active"}
     assert call_span.attributes["voicebridge.session_id"] == "sess_1"
+    assert relay.call.conversation_id == "conv_1"
     relay._end_spans()  # the call ended mid-response
     assert r3.ended == 1 and r3.attributes["voicebridge.response.status"] == "unfinished"
     assert call_span.ended == 0  # the call span is the registry's to end
@@ -124,7 +134,7 @@ async def test_a_reconnect_span_closes_when_the_new_session_is_confirmed(relay: 
         "lost_at": time.perf_counter() - 0.5,
         "old_conversation": None,
     }
-    feed(relay, {"event": "session_updated", "session_id": "sess_2", "voice": None})
+    feed(relay, SessionReady("sess_2", voice=None))
     (span,) = [s for s in rec.spans if s.name == "voicelive.reconnect"]
     assert span.ended == 1 and relay._reconnect_span is None
     assert span.attributes["voicebridge.reconnect.result"] == "reconnected"
@@ -136,5 +146,24 @@ async def test_a_reconnect_span_closes_when_the_new_session_is_confirmed(relay: 
 async def test_tracing_off_touches_nothing(relay: MediaRelay) -> None:
     relay._tracing = False
     before = len(relay.telemetry.spans)  # type: ignore[attr-defined]
-    feed(relay, {"event": "response_created", "response_id": "r1", "turn": 0})
+    feed(relay, ResponseStarted("r1", turn=0))
     assert len(relay.telemetry.spans) == before  # type: ignore[attr-defined]
+
+
+async def test_the_conversation_log_keeps_its_lines(relay: MediaRelay) -> None:
+    """Typed events are written as the log always read: fields, then "event": name."""
+    feed(
+        relay,
+        ResponseStarted("r1", turn=0),
+        BargeIn(dropped_samples=480, response_id="r1"),
+        GuardBlocked("response.create", "response_active"),
+    )
+    relay.call.log.close()
+    lines = [json.loads(line) for line in relay.call.log.path.read_text().splitlines()]
+    assert [list(line)[2:] for line in lines] == [
+        ["response_id", "turn", "event"],
+        ["dropped_samples", "response_id", "event"],
+        ["type", "reason", "event"],
+    ]
+    assert [line["event"] for line in lines] == ["response_created", "barge_in", "guard_blocked"]
+    assert lines[1]["dropped_samples"] == 480 and lines[2]["reason"] == "response_active"

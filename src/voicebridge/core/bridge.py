@@ -3,539 +3,231 @@
 Adapters feed it what arrived and send what it queued:
 
 * :meth:`CallBridge.receive_acs` takes each ACS media-socket text message;
-* :meth:`CallBridge.receive_voicelive` takes each Voice Live server event (a mapping);
-* :meth:`CallBridge.voicelive_to_send` returns the guarded messages for Voice Live;
+* :meth:`CallBridge.receive_voicelive` takes each Voice Live server frame (its bytes);
+* :meth:`CallBridge.voicelive_to_send` returns the guarded messages for Voice Live,
+  as wire-ready text;
 * :meth:`CallBridge.acs_to_send` returns the ACS messages due at ``now`` — control
-  messages (``StopAudio``) at once, agent audio as frames of exactly ``out_frame_ms``
+  messages (``StopAudio``) at once, agent audio as frames of exactly ``frame_ms``
   (20 ms by default) paced ``lead_ms`` ahead of real time;
   :meth:`CallBridge.next_acs_due` says when to ask again;
-* :attr:`CallBridge.records` collects what the conversation log should keep.
+* :meth:`CallBridge.events_received` hands over what happened, as typed events
+  (:mod:`voicebridge.core.events`): what the adapter acts on and the conversation
+  log keeps;
+* :meth:`CallBridge.poll` runs the timers and says when to replace the session.
 
-Times are plain floats in seconds from any monotonic clock the adapter chooses; the
-core never reads a clock.
+Times are plain floats in seconds from any monotonic clock the adapter chooses (and,
+for session expiry, epoch seconds); the core never reads a clock.
 
-Sample accounting (so a call can prove nothing was lost):
+The bridge is a facade over four parts, each readable and testable alone:
 
-* inbound: ``caller_samples_in`` (ACS rate, silent frames included) must equal
-  ``voicelive_samples_appended`` converted back at the end (:meth:`report`);
-* outbound: each response's audio, converted to the ACS rate, is either sent
-  (``agent_samples_sent``) or dropped on purpose by barge-in
-  (``samples_dropped_by_barge_in``); zero padding of a response's last frame is
-  counted apart (``padding_samples_sent``).
+* :class:`~voicebridge.core.uplink.Uplink` — caller audio: resampling, held while no
+  session is configured, requeued when unsent;
+* :class:`~voicebridge.core.playout.Playout` — agent audio: per-response books,
+  framing, pacing, barge-in, prompts;
+* :class:`~voicebridge.core.session.VoiceLiveSession` — the Voice Live sessions:
+  codec, guard and response state, greeting, history, timeouts, expiry;
+* :class:`~voicebridge.core.accounting.Accounting` — counters, the report and the
+  sample-conservation verdict.
 """
 
 from __future__ import annotations
 
-import binascii
-from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import pybase64
 
 from voicebridge.core import acs
 from voicebridge.core import voicelive as vl
-from voicebridge.core.audio import Framer, Resampler
-from voicebridge.core.guard import OutboundGuard
+from voicebridge.core.accounting import Accounting
+from voicebridge.core.events import (
+    AcsMalformed,
+    AcsMetadata,
+    AcsRateChanged,
+    AcsRateMismatch,
+    AgentTruncated,
+    BargeIn,
+    BridgeEvent,
+    CallerSpeechStopped,
+    Dtmf,
+)
+from voicebridge.core.guard import GuardLimits
+from voicebridge.core.playout import Playout, PlayoutConfig
+from voicebridge.core.responses import ResponseState
+from voicebridge.core.session import (
+    MAX_UNREADABLE_IN_A_ROW,
+    Greeting,
+    History,
+    Timeouts,
+    VoiceLiveSession,
+)
 from voicebridge.core.stats import Histogram
-from voicebridge.core.turns import ACTIVE, REQUESTED, Event, TurnTable
-from voicebridge.errors import GuardRejected, IllegalTransition, RemoteProtocolError
+from voicebridge.core.uplink import Uplink, UplinkConfig
+from voicebridge.errors import RemoteProtocolError
 
-GREETING_MODES = ("llm", "text", "none")
-
-
-def _out_samples(n_in: int, in_hz: int, out_hz: int) -> int:
-    """Samples a whole stream of ``n_in`` input samples resamples to (ceil)."""
-    return -(-n_in * out_hz // in_hz)
-
-
-@dataclass(slots=True)
-class _Response:
-    """Audio bookkeeping for one response (at the Voice Live output rate)."""
-
-    samples_in: int = 0  # every sample received for it, suppressed ones included
-    samples_fed: int = 0  # samples that went into the downlink resampler
-    suppressed: bool = False  # interrupted: later deltas are dropped
-    stream_open: bool = False  # the resampler holds part of it
-    finished: bool = False  # accounted in the totals
+__all__ = [
+    "CallBridge",
+    "Greeting",
+    "GuardLimits",
+    "History",
+    "PlayoutConfig",
+    "Rates",
+    "Timeouts",
+    "UplinkConfig",
+]
 
 
-@dataclass(slots=True)
-class _Frame:
-    text: str
-    agent_samples: int  # real agent samples (padding excluded); 0 for prompts
-    prompt_samples: int
-    stamp: float
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """The call's sample rates: ACS (pcm16KMono or 24K) and Voice Live in and out."""
 
-
-@dataclass
-class Counters:
-    """Everything the bridge counts. Plain ints so a report is a dict away."""
-
-    acs_messages_in: int = 0
-    acs_frames_in: int = 0
-    acs_silent_frames: int = 0
-    acs_malformed: int = 0
-    acs_unknown_kinds: int = 0
-    dtmf_tones: int = 0
-    caller_samples_in: int = 0
-    caller_samples_buffered_dropped: int = 0
-    voicelive_samples_appended: int = 0
-    voicelive_events_in: int = 0
-    voicelive_malformed: int = 0
-    voicelive_errors: Counter[str] = field(default_factory=Counter)
-    voicelive_other_types: Counter[str] = field(default_factory=Counter)
-    agent_samples_in: int = 0
-    agent_samples_expected: int = 0
-    agent_samples_sent: int = 0
-    padding_samples_sent: int = 0
-    prompt_samples_sent: int = 0
-    samples_dropped_by_barge_in: int = 0
-    late_deltas_dropped: int = 0
-    acs_frames_out: int = 0
-    stop_audio_sent: int = 0
-    barge_ins: int = 0
-    responses_created: int = 0
-    responses_done: Counter[str] = field(default_factory=Counter)
-    turn_anomalies: int = 0
-    guard_rejections: int = 0
+    acs_hz: int = 16000
+    voicelive_in_hz: int = 24000
+    voicelive_out_hz: int = 24000
 
 
 class CallBridge:
-    """The sans-I/O state of one call: codec, resamplers, framer, turns, guard."""
+    """The sans-I/O state of one call; see the module docstring."""
 
     def __init__(
         self,
         *,
         session_config: Mapping[str, Any],
-        acs_hz: int = 16000,
-        voicelive_in_hz: int = 24000,
-        voicelive_out_hz: int = 24000,
-        greeting: str = "llm",
-        greeting_text: str = "",
-        greeting_instructions: str | None = None,
-        lead_ms: float = 160.0,
-        out_frame_ms: int = 20,
+        rates: Rates | None = None,
+        uplink: UplinkConfig | None = None,
+        playout: PlayoutConfig | None = None,
+        greeting: Greeting | None = None,
+        history: History | None = None,
+        timeouts: Timeouts | None = None,
+        limits: GuardLimits | None = None,
         cancel_on_barge_in: bool | None = None,
-        max_text_bytes: int = 8 * 1024,
-        max_message_bytes: int = 128 * 1024,
-        max_buffered_caller_ms: int = 10_000,
-        replay_history: bool = True,
-        max_history_items: int = 40,
-        session_update_timeout_s: float = 5.0,
-        response_start_timeout_s: float = 4.0,
-        response_stall_timeout_s: float = 8.0,
     ) -> None:
-        if greeting not in GREETING_MODES:
-            raise ValueError(f"greeting must be one of {GREETING_MODES}, not {greeting!r}")
-        self.session_config = dict(session_config)
-        self.voicelive_in_hz = voicelive_in_hz
-        self.voicelive_out_hz = voicelive_out_hz
-        self.greeting = greeting
-        self.greeting_text = greeting_text
-        self.greeting_instructions = greeting_instructions
-        self.lead_s = lead_ms / 1000.0
-        if out_frame_ms % 20 or not 20 <= out_frame_ms <= 100:
-            raise ValueError(f"out_frame_ms must be 20, 40, 60, 80 or 100, not {out_frame_ms}")
-        self.out_frame_ms = out_frame_ms
-        self.out_frame_s = out_frame_ms / 1000.0
-        if cancel_on_barge_in is None:
-            # With interrupt_response the service cancels by itself; a second cancel
-            # from us would race it and come back as an error event (protocols §7).
-            td = self.session_config.get("turn_detection")
-            interrupts = isinstance(td, Mapping) and bool(td.get("interrupt_response", True))
-            cancel_on_barge_in = not interrupts
-        self.cancel_on_barge_in = cancel_on_barge_in
-        self.max_buffered_caller_ms = max_buffered_caller_ms
-        # Model mode: a new session knows nothing, so the conversation so far is
-        # replayed into it. Agent mode keeps it server-side (conversation id).
-        self.replay_history = replay_history
-        self.history: deque[tuple[str, str]] = deque(maxlen=max_history_items)
-        self.session_update_timeout_s = session_update_timeout_s
-        self.response_start_timeout_s = response_start_timeout_s
-        self.response_stall_timeout_s = response_stall_timeout_s
-        self._last_event_at = 0.0
-        self.sessions = 0
-        # Per Voice Live session: caller samples appended and agent samples received,
-        # so what a dropped socket swallowed can be told apart from a bridge bug.
-        self.appended_per_session: list[int] = []
-        self.agent_in_per_session: list[int] = []
-        self.expires_at: Any = None
-        self._awaiting_update_since: float | None = None
-        self._turn_waiting_since: float | None = None  # committed, no response yet
-        self._nudged = False
-
-        self.turns = TurnTable()
-        self.guard = OutboundGuard(
-            self.turns, max_text_bytes=max_text_bytes, max_message_bytes=max_message_bytes
+        """``session_config`` is the ``session`` object of the one ``session.update``;
+        ``cancel_on_barge_in`` None means: only when the session does not interrupt
+        responses by itself (``turn_detection.interrupt_response``)."""
+        rates = rates or Rates()
+        self.voicelive_in_hz = rates.voicelive_in_hz
+        self.voicelive_out_hz = rates.voicelive_out_hz
+        self._events: list[BridgeEvent] = []
+        self._voicelive_out: list[str] = []  # wire text, in order
+        emit = self._events.append
+        self._accounting = accounting = Accounting()
+        self._session = VoiceLiveSession(
+            session_config,
+            self._voicelive_out,
+            accounting,
+            emit,
+            greeting=greeting,
+            history=history,
+            timeouts=timeouts,
+            limits=limits,
+            cancel_on_barge_in=cancel_on_barge_in,
         )
-        self.counters = Counters()
-        self.outbound_latency_ms = Histogram()
-        self.records: deque[dict[str, Any]] = deque()
-
-        self._voicelive_out: list[dict[str, Any]] = []
-        self._acs_control: list[str] = []
-        self._frames: deque[_Frame] = deque()
-        self._play_end = 0.0  # when ACS will have played everything we sent
-        self._buffered_caller: deque[tuple[str, int]] = (
-            deque()
-        )  # (b64, samples) before session.update
-        self._buffered_samples = 0
-        self._responses: dict[str, _Response] = {}
-        self._streaming: str | None = None  # response whose audio is in the resampler
-        self._greeted = False
-        self.session_id: str | None = None
-        self.conversation_id: str | None = None
+        self._uplink = Uplink(
+            self._session.guard,
+            self._voicelive_out,
+            accounting,
+            acs_hz=rates.acs_hz,
+            voicelive_in_hz=rates.voicelive_in_hz,
+            config=uplink,
+        )
+        self._playout = Playout(
+            accounting,
+            emit,
+            acs_hz=rates.acs_hz,
+            voicelive_out_hz=rates.voicelive_out_hz,
+            config=playout,
+        )
         self.ended = False
-        self._set_acs_rate(acs_hz)
-
-    # ------------------------------------------------------------------ set-up
-
-    def _set_acs_rate(self, acs_hz: int) -> None:
-        self.acs_hz = acs_hz
-        self.frame_samples = acs_hz // 50  # inbound: ACS sends 20 ms frames
-        self.frame_bytes = self.frame_samples * 2
-        # Outbound frames may be longer (ACS queues whatever it is sent): fewer
-        # WebSocket messages per second of agent speech.
-        self.out_frame_samples = acs_hz * self.out_frame_ms // 1000
-        self._uplink = Resampler(in_hz=acs_hz, out_hz=self.voicelive_in_hz)
-        # Downlink as a pure delay: each frame's worth of agent audio fills an ACS frame
-        # at once, instead of the framer waiting on the samples compensation shifts.
-        self._downlink = Resampler(
-            in_hz=self.voicelive_out_hz, out_hz=acs_hz, compensate_delay=False
-        )
-        self._framer = Framer(frame_bytes=self.out_frame_samples * 2)
-        self._silence_pcm = bytes(self.frame_bytes)
-        self._silence_b64 = binascii.b2a_base64(self._silence_pcm, newline=False).decode()
-
-    def _record(self, event: str, **fields: Any) -> None:
-        fields["event"] = event
-        self.records.append(fields)
 
     # ------------------------------------------------------------------ ACS -> Voice Live
 
-    def receive_acs(self, text: str | bytes) -> acs.AcsEvent | None:
-        """Take one ACS media message. Malformed input is counted and recorded,
-        never raised; returns the parsed event (None if malformed)."""
-        c = self.counters
+    def receive_acs(self, text: str | bytes) -> None:
+        """Take one ACS media message. Malformed input is counted and reported
+        (:class:`~voicebridge.core.events.AcsMalformed`), never raised."""
+        c = self._accounting.counters
         c.acs_messages_in += 1
         try:
             event = acs.parse(text)
         except RemoteProtocolError as exc:
             c.acs_malformed += 1
-            self._record("acs_malformed", error=str(exc))
-            return None
+            self._events.append(AcsMalformed(error=str(exc)))
+            return
         if type(event) is acs.AudioData:
-            self._caller_audio(event)
+            self._uplink.caller_audio(event)
         elif type(event) is acs.AudioMetadata:
-            self._record("acs_metadata", sample_rate=event.sample_rate, length=event.length)
-            if event.sample_rate != self.acs_hz and c.acs_frames_in == 0:
-                self._record("acs_rate_changed", expected=self.acs_hz, got=event.sample_rate)
-                self._set_acs_rate(event.sample_rate)
-            elif event.sample_rate != self.acs_hz:
-                self._record("acs_rate_mismatch", expected=self.acs_hz, got=event.sample_rate)
+            self._events.append(AcsMetadata(sample_rate=event.sample_rate, length=event.length))
+            acs_hz = self.acs_hz
+            if event.sample_rate != acs_hz and c.acs_frames_in == 0:
+                self._events.append(AcsRateChanged(expected=acs_hz, got=event.sample_rate))
+                self._uplink.set_acs_rate(event.sample_rate)
+                self._playout.set_acs_rate(event.sample_rate)
+            elif event.sample_rate != acs_hz:
+                self._events.append(AcsRateMismatch(expected=acs_hz, got=event.sample_rate))
         elif type(event) is acs.DtmfData:
             c.dtmf_tones += 1
-            self._record("dtmf", tone=event.data)
+            self._events.append(Dtmf(tone=event.data))
         else:
             c.acs_unknown_kinds += 1
-        return event
-
-    def _caller_audio(self, frame: acs.AudioData) -> None:
-        c = self.counters
-        c.acs_frames_in += 1
-        pcm = frame.pcm
-        if not pcm:  # a silent frame without data: forward zeros, the VAD needs them
-            c.acs_silent_frames += 1
-            pcm = self._silence_pcm
-            b64 = self._silence_b64
-        else:
-            if frame.silent:
-                c.acs_silent_frames += 1
-            b64 = frame.data
-        c.caller_samples_in += len(pcm) >> 1
-        uplink = self._uplink
-        if not uplink.passthrough:
-            out = uplink.feed(pcm)
-            if not out:
-                return
-            b64 = pybase64.b64encode_as_string(out)
-            samples = len(out) >> 1
-        else:
-            samples = len(pcm) >> 1
-        self._append(b64, samples)
-
-    def _append(self, b64: str, samples: int) -> None:
-        if not self.guard.session_configured:
-            self._buffer_caller(b64, samples)
-            return
-        self._voicelive_out.extend(self.guard.append(b64))
-        self.counters.voicelive_samples_appended += samples
-        self.appended_per_session[-1] += samples
-
-    def _buffer_caller(self, b64: str, samples: int) -> None:
-        """Hold caller audio until ``session.update`` is out (bounded; oldest dropped)."""
-        self._buffered_caller.append((b64, samples))
-        self._buffered_samples += samples
-        limit = self.max_buffered_caller_ms * self.voicelive_in_hz // 1000
-        while self._buffered_samples > limit and self._buffered_caller:
-            _, n = self._buffered_caller.popleft()
-            self._buffered_samples -= n
-            self.counters.caller_samples_buffered_dropped += n
-
-    def _release_buffered_caller(self) -> None:
-        while self._buffered_caller:
-            b64, n = self._buffered_caller.popleft()
-            self._append(b64, n)
-        self._buffered_samples = 0
 
     # ------------------------------------------------------------------ Voice Live -> ACS
 
-    def receive_voicelive(
-        self, event: Mapping[str, Any], now: float = 0.0
-    ) -> vl.ServerEvent | None:
-        """Take one Voice Live server event at time ``now``. Malformed events are
-        counted and recorded, never raised; returns the classified event."""
-        c = self.counters
-        c.voicelive_events_in += 1
-        self._last_event_at = now
-        try:
-            ev = vl.classify(event)
-        except RemoteProtocolError as exc:
-            c.voicelive_malformed += 1
-            self._record("voicelive_malformed", error=str(exc))
-            return None
+    def receive_voicelive(self, frame: bytes | str, now: float = 0.0) -> None:
+        """Take one Voice Live server frame (the WebSocket message) at time ``now``.
+
+        A frame that is not a JSON object is counted as malformed and reported but is
+        no event (and :attr:`voicelive_unusable` says when a run of them means the
+        socket is bad); a malformed event is counted and reported too. Nothing is
+        raised."""
+        session = self._session
+        ev = session.read(frame, now)
         match ev:  # the audio delta first: it is most of the traffic
             case vl.AudioDelta():
-                self._agent_audio(ev, now)
+                self._playout.agent_audio(ev, now)
             case vl.SpeechStarted():
                 self.barge_in(now)
             case vl.ResponseCreated():
-                self._response_created(ev)
+                session.response_created(ev)
+                self._playout.response_created(ev.response_id)
             case vl.ResponseDone():
-                self._response_done(ev, now)
+                self._playout.response_done(ev.response_id, now)
+                session.response_done(ev)
             case vl.AudioDone():
-                self._end_stream(ev.response_id, now)
+                self._playout.end_stream(ev.response_id, now)
             case vl.InputCommitted():
-                self.turns.user_turn()
-                self._turn_waiting_since = now
-                self._nudged = False
+                session.input_committed(now)
             case vl.SessionCreated():
-                self._session_created(ev, now)
+                session.created(ev, now)
+                self._uplink.release()  # caller audio held meanwhile follows the update
             case vl.SessionUpdated():
-                self._session_updated(ev)
+                session.updated(ev)
             case vl.TranscriptionCompleted():
-                self.history.append(("user", ev.transcript))
-                self._record("user_transcript", item_id=ev.item_id, text=ev.transcript)
+                session.user_said(ev)
             case vl.TranscriptDone():
-                self.history.append(("assistant", ev.transcript))
-                self._record(
-                    "agent_transcript",
-                    response_id=ev.response_id,
-                    item_id=ev.item_id,
-                    text=ev.transcript,
-                )
+                session.agent_said(ev)
             case vl.SpeechStopped():
-                self._record("speech_stopped", audio_end_ms=ev.audio_end_ms)
+                self._events.append(CallerSpeechStopped(audio_end_ms=ev.audio_end_ms))
             case vl.ItemTruncated():
-                self._record("truncated", item_id=ev.item_id, audio_end_ms=ev.audio_end_ms)
+                self._events.append(
+                    AgentTruncated(item_id=ev.item_id, audio_end_ms=ev.audio_end_ms)
+                )
             case vl.Error():
-                self._error(ev, now)
+                session.error(ev, now)
             case vl.Other():
-                c.voicelive_other_types[ev.type] += 1
-        return ev
+                self._accounting.counters.voicelive_other_types[ev.type] += 1
 
-    def _session_created(self, ev: vl.SessionCreated, now: float) -> None:
-        self.sessions += 1
-        self.appended_per_session.append(0)
-        self.agent_in_per_session.append(0)
-        self.session_id = ev.session_id
-        self.expires_at = ev.expires_at
-        if ev.conversation_id:
-            self.conversation_id = ev.conversation_id
-        self._record(
-            "session_created",
-            session_id=ev.session_id,
-            conversation_id=ev.conversation_id,
-            conversation_id_field=ev.conversation_id_field,
-            agent=dict(ev.agent) if ev.agent else None,
-            voice=ev.voice,
-            expires_at=str(ev.expires_at) if ev.expires_at is not None else None,
-        )
-        self.guard.new_session()
-        self._send(vl.session_update(self.session_config))
-        self._awaiting_update_since = now
-        if self.sessions > 1 and self.replay_history and self.history:
-            for role, text in self.history:
-                self._send(vl.message_item_create(role, text))
-            self._record("history_replayed", items=len(self.history))
-        self._release_buffered_caller()
-
-    def _session_updated(self, ev: vl.SessionUpdated) -> None:
-        self._awaiting_update_since = None
-        if ev.expires_at is not None:
-            self.expires_at = ev.expires_at
-        self._record("session_updated", session_id=ev.session_id, voice=ev.voice)
-        if self._greeted or self.greeting == "none":
-            return
-        self._greeted = True
-        if self.greeting == "text":
-            self._send(vl.greeting_pre_generated(self.greeting_text))
-        else:
-            self._send(vl.response_create(instructions=self.greeting_instructions))
-
-    def _send(self, message: Mapping[str, Any]) -> bool:
-        """Queue ``message`` for Voice Live through the guard; False if refused."""
-        try:
-            self._voicelive_out.extend(self.guard.check(message))
-        except GuardRejected as exc:
-            self.counters.guard_rejections += 1
-            self._record("guard_blocked", type=message.get("type"), reason=exc.reason)
-            return False
-        return True
+    def barge_in(self, now: float) -> None:
+        """The caller spoke: stop playback now, drop queued and late agent audio, and
+        cancel the response if that is ours to do."""
+        active = self._session.responses.active_response_id
+        dropped = self._playout.interrupt(now, active)  # StopAudio goes out first
+        self._events.append(BargeIn(dropped_samples=dropped, response_id=active))
+        self._session.cancel_after_barge_in()
 
     def request_response(self, instructions: str | None = None) -> bool:
         """Ask for a response (e.g. after a tool result); the guard may refuse."""
-        return self._send(vl.response_create(instructions=instructions))
+        return self._session.request_response(instructions)
 
-    def _turn(self, event: Event, response_id: str | None = None) -> None:
-        try:
-            self.turns.handle(event, response_id)
-        except IllegalTransition as exc:
-            self.counters.turn_anomalies += 1
-            self._record("turn_anomaly", error=str(exc))
-
-    def _response_created(self, ev: vl.ResponseCreated) -> None:
-        self._turn_waiting_since = None
-        self.counters.responses_created += 1
-        self._turn(Event.CREATED, ev.response_id)
-        self._responses.setdefault(ev.response_id, _Response())
-        self._record("response_created", response_id=ev.response_id, turn=self.turns.turn)
-
-    def _response_done(self, ev: vl.ResponseDone, now: float) -> None:
-        self.counters.responses_done[ev.status] += 1
-        self._turn(Event.DONE, ev.response_id)
-        self._end_stream(ev.response_id, now)
-        resp = self._responses.pop(ev.response_id, None)
-        if resp is not None:
-            self._finish(resp)
-        self._record(
-            "response_done", response_id=ev.response_id, status=ev.status, reason=ev.reason
-        )
-
-    def _error(self, ev: vl.Error, now: float) -> None:
-        self.counters.voicelive_errors[ev.code] += 1
-        if self.turns.state is REQUESTED:
-            self._turn(Event.REJECTED)
-        if ev.code == vl.ACTIVE_RESPONSE_ERROR and self._turn_waiting_since is not None:
-            # Our response.create (cancel_previous=false) met a response the service has
-            # already started for this turn: it is coming, so the turn is not unanswered.
-            # Wait for it as long as for a stalled response before giving up on the session.
-            self._turn_waiting_since = (
-                now + self.response_stall_timeout_s - self.response_start_timeout_s
-            )
-        self._record(
-            "voicelive_error",
-            type=ev.type,
-            code=ev.code,
-            message=ev.message,
-            param=ev.param,
-            event_id=ev.event_id,
-        )
-
-    def _agent_audio(self, ev: vl.AudioDelta, now: float) -> None:
-        try:
-            pcm = pybase64.b64decode(ev.delta, validate=True)  # 10-30x binascii strict
-        except (binascii.Error, ValueError):
-            self.counters.voicelive_malformed += 1
-            self._record("voicelive_malformed", error="response.audio.delta: invalid base64")
-            return
-        n = len(pcm) >> 1
-        self.counters.agent_samples_in += n
-        if self.agent_in_per_session:
-            self.agent_in_per_session[-1] += n
-        rid = ev.response_id
-        resp = self._responses.get(rid)
-        if resp is None:  # audio before (or without) response.created
-            resp = self._responses[rid] = _Response()
-        resp.samples_in += n
-        if resp.suppressed:
-            self.counters.late_deltas_dropped += 1
-            return
-        if self._streaming is not None and self._streaming != rid:
-            self._end_stream(self._streaming, now)
-        self._streaming = rid
-        resp.stream_open = True
-        resp.samples_fed += n
-        downlink = self._downlink
-        out = pcm if downlink.passthrough else downlink.feed(pcm)
-        for frame in self._framer.push(out):
-            self._queue_frame(frame, now)
-
-    def _queue_frame(
-        self, pcm: bytes, now: float, *, padding: int = 0, prompt: bool = False
-    ) -> None:
-        b64 = pybase64.b64encode_as_string(pcm)
-        samples = (len(pcm) >> 1) - padding
-        self._frames.append(
-            _Frame(acs.audio_data(b64), 0 if prompt else samples, samples if prompt else 0, now)
-        )
-
-    def _end_stream(self, response_id: str, now: float) -> None:
-        """The response's audio is complete: flush resampler and framer into frames."""
-        if self._streaming != response_id:
-            return
-        self._streaming = None
-        resp = self._responses.get(response_id)
-        if resp is not None:
-            resp.stream_open = False
-        tail = b"" if self._downlink.passthrough else self._downlink.flush()
-        for frame in self._framer.push(tail):
-            self._queue_frame(frame, now)
-        pending = self._framer.pending_bytes
-        last = self._framer.flush()
-        if last is not None:
-            self._queue_frame(last, now, padding=(len(last) - pending) >> 1)
-
-    def _finish(self, resp: _Response) -> None:
-        """Add a finished response to the outbound totals (ACS-rate samples)."""
-        if resp.finished:
-            return
-        resp.finished = True
-        expected = self._downlink.output_for(resp.samples_in)
-        fed = self._downlink.output_for(resp.samples_fed)
-        self.counters.agent_samples_expected += expected
-        # Audio that arrived after the barge-in never entered the resampler.
-        self.counters.samples_dropped_by_barge_in += expected - fed
-
-    def barge_in(self, now: float) -> None:
-        """The caller spoke: stop playback now, drop queued and late agent audio."""
-        c = self.counters
-        c.barge_ins += 1
-        self._acs_control.append(acs.stop_audio())
-        c.stop_audio_sent += 1
-        dropped = sum(f.agent_samples for f in self._frames)
-        self._frames.clear()
-        self._play_end = now  # StopAudio flushes ACS's queue
-        if self._streaming is not None:
-            dropped += self._framer.clear() >> 1
-            if not self._downlink.passthrough:
-                dropped += self._downlink.clear()
-            resp = self._responses.get(self._streaming)
-            if resp is not None:
-                resp.stream_open = False
-                resp.suppressed = True
-            self._streaming = None
-        active = self.turns.active_response_id
-        if active is not None:
-            self._responses.setdefault(active, _Response()).suppressed = True
-        c.samples_dropped_by_barge_in += dropped
-        self._record("barge_in", dropped_samples=dropped, response_id=active)
-        if self.cancel_on_barge_in and self.turns.state is ACTIVE:
-            self._send(vl.response_cancel())
-
-    # ------------------------------------------------------------------ session loss, timeouts
+    # ------------------------------------------------------------------ session loss, timers
 
     def voicelive_lost(self, now: float) -> None:
         """The Voice Live session is gone (a reconnect follows).
@@ -545,86 +237,68 @@ class CallBridge:
         ``session.update`` is out, then sent — nothing said in the gap is lost unless
         the buffer overflows (``caller_samples_buffered_dropped``).
         """
-        if self._streaming is not None:
-            self._end_stream(self._streaming, now)
-        for resp in self._responses.values():
-            self._finish(resp)
-        self._responses.clear()
-        self.guard.new_session()  # session.update must go first again
+        self._playout.session_lost(now)
         # Unsent messages belonged to the dead session; unsent caller audio goes back
         # into the buffer for the next one.
-        unsent, self._voicelive_out = self._voicelive_out, []
-        self.unsent(unsent)
-        self._awaiting_update_since = None
-        self._turn_waiting_since = None
-        self._record("voicelive_lost", session_id=self.session_id)
+        self.unsent(self.voicelive_to_send())
+        self._session.lost()
 
-    def unsent(self, messages: list[dict[str, Any]]) -> None:
+    def unsent(self, messages: list[str]) -> None:
         """``messages`` (taken from :meth:`voicelive_to_send`) could not be sent: the
         caller audio among them goes back to the buffer, ahead of newer audio, and
         audio from now on is buffered too (in order) until the next session."""
-        self.guard.new_session()
-        audio = [m["audio"] for m in messages if m.get("type") == "input_audio_buffer.append"]
-        for b64 in reversed(audio):
-            samples = len(binascii.a2b_base64(b64)) >> 1
-            self.counters.voicelive_samples_appended -= samples
-            if self.appended_per_session:
-                self.appended_per_session[-1] -= samples
-            self._buffered_caller.appendleft((b64, samples))
-            self._buffered_samples += samples
+        self._session.new_session()
+        self._uplink.requeue(messages)
 
     def acs_socket_replaced(self, now: float) -> None:
         """ACS opened a new media socket: what it queued on the old one is gone, so
         pacing restarts from now (nothing already sent is re-sent)."""
-        self._play_end = now
-        self._record("acs_socket_replaced")
+        self._playout.socket_replaced(now)
 
-    def poll(self, now: float) -> str | None:
-        """Timers, sans-I/O: call every few hundred ms with the media clock.
+    def poll(self, now: float, wall_now: float | None = None) -> str | None:
+        """Timers, sans-I/O: call every few hundred ms with the media clock ``now``
+        (and the wall clock in epoch seconds, for ``expires_at``).
 
-        Returns ``"session_update_timeout"`` (no ``session.updated`` in time),
-        ``"response_timeout"`` (a committed turn got no response even after one
-        ``response.create`` of our own) or ``"response_stalled"`` (a response is active
-        but the service has sent nothing for ``response_stall_timeout_s``) when the
-        session should be replaced, else None.
-        A turn left unanswered for ``response_start_timeout_s`` is nudged once with a
-        ``response.create`` (the guard still allows one per turn).
+        Returns why the session should be replaced — ``"session_update_timeout"``,
+        ``"response_stalled"``, ``"response_timeout"`` (see
+        :meth:`VoiceLiveSession.poll <voicebridge.core.session.VoiceLiveSession.poll>`)
+        or ``"session_expiring"`` — else None.
         """
+        session = self._session
+        reason = session.poll(now)
         if (
-            self._awaiting_update_since is not None
-            and now - self._awaiting_update_since > self.session_update_timeout_s
+            reason is None
+            and wall_now is not None
+            and session.expiring(wall_now, playing=self._playout.frames_queued > 0)
         ):
-            return "session_update_timeout"
-        if self.turns.state is ACTIVE and now - self._last_event_at > self.response_stall_timeout_s:
-            return "response_stalled"
-        waiting = self._turn_waiting_since
-        if waiting is not None and now - waiting > self.response_start_timeout_s:
-            if self._nudged:
-                return "response_timeout"
-            self._nudged = True
-            self._turn_waiting_since = now
-            sent = self.request_response()
-            self._record("response_nudged", sent=sent, turn=self.turns.turn)
-        return None
+            return "session_expiring"
+        return reason
+
+    @property
+    def voicelive_unusable(self) -> bool:
+        """True once a run of frames that are not JSON objects says the socket itself
+        is bad: the session should be replaced."""
+        return self._session.unreadable_run >= MAX_UNREADABLE_IN_A_ROW
 
     # ------------------------------------------------------------------ prompts (apology, goodbye)
 
     def play_prompt(self, pcm: bytes, now: float) -> None:
         """Queue a prompt (PCM16 at the ACS rate) for paced playback to the caller."""
-        framer = Framer(frame_bytes=self.out_frame_samples * 2)
-        for frame in framer.push(pcm):
-            self._queue_frame(frame, now, prompt=True)
-        last = framer.flush()
-        if last is not None:
-            self._queue_frame(last, now, prompt=True)
+        self._playout.play_prompt(pcm, now)
+
+    def played_out(self, now: float) -> bool:
+        """Nothing is queued for ACS and it has played everything sent (an estimate)."""
+        playout = self._playout
+        return playout.frames_queued == 0 and now >= playout.playing_until
 
     # ------------------------------------------------------------------ outboxes
 
-    def voicelive_to_send(self) -> list[dict[str, Any]]:
-        """Messages for Voice Live, in order; the list is handed over (not copied)."""
+    def voicelive_to_send(self) -> list[str]:
+        """Wire text for Voice Live, in order; the caller owns the list."""
         out = self._voicelive_out
-        self._voicelive_out = []
-        return out
+        texts = out[:]
+        out.clear()  # the parts hold this list: it is emptied, never replaced
+        return texts
 
     @property
     def voicelive_pending(self) -> bool:
@@ -634,48 +308,58 @@ class CallBridge:
     def acs_to_send(self, now: float, ahead: float = 0.0) -> list[str]:
         """ACS messages due at ``now``: control first, then paced audio frames — also
         those due within ``ahead`` seconds (so a pacer can wake up less often)."""
-        out = self._acs_control
-        self._acs_control = []
-        frames = self._frames
-        if not frames:
-            return out
-        if self._play_end < now:  # ACS ran dry: playback restarts now
-            self._play_end = now
-        horizon = now + ahead + self.lead_s - 1e-6  # float sums of frame lengths must not add one
-        c = self.counters
-        latency = self.outbound_latency_ms
-        frame_s = self.out_frame_s
-        frame_samples = self.out_frame_samples
-        while frames and self._play_end < horizon:
-            frame = frames.popleft()
-            out.append(frame.text)
-            c.acs_frames_out += 1
-            c.agent_samples_sent += frame.agent_samples
-            c.prompt_samples_sent += frame.prompt_samples
-            if frame.agent_samples and frame.agent_samples < frame_samples:
-                c.padding_samples_sent += frame_samples - frame.agent_samples
-            due = self._play_end - self.lead_s
-            late = now - (frame.stamp if frame.stamp > due else due)
-            latency.add(late * 1000.0 if late > 0.0 else 0.0)  # sent early: no delay
-            self._play_end += frame_s
-        return out
+        return self._playout.acs_to_send(now, ahead)
 
     def next_acs_due(self) -> float | None:
-        """When :meth:`acs_to_send` next has something; None when nothing is queued."""
-        if self._acs_control:
-            return float("-inf")
-        if not self._frames:
-            return None
-        return self._play_end - self.lead_s
+        """When :meth:`acs_to_send` next has something (``-inf``: a control message
+        waits, send now); None when nothing is queued."""
+        return self._playout.next_acs_due()
+
+    def events_received(self) -> list[BridgeEvent]:
+        """What happened since the last call, in order; the caller owns the list."""
+        events = self._events
+        got = events[:]
+        events.clear()  # the parts append to this list: emptied, never replaced
+        return got
+
+    @property
+    def events_pending(self) -> bool:
+        """True when :meth:`events_received` has something."""
+        return bool(self._events)
+
+    # ------------------------------------------------------------------ read-only state
+
+    @property
+    def acs_hz(self) -> int:
+        return self._uplink.acs_hz
+
+    @property
+    def session_id(self) -> str | None:
+        return self._session.session_id
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The Voice Live conversation id (agent mode), kept across sessions."""
+        return self._session.conversation_id
+
+    @property
+    def responses(self) -> ResponseState:
+        """The response state (for inspection: only the session part changes it)."""
+        return self._session.responses
 
     @property
     def playing_until(self) -> float:
         """When ACS will have played all audio sent so far (an estimate, §4)."""
-        return self._play_end
+        return self._playout.playing_until
 
     @property
     def frames_queued(self) -> int:
-        return len(self._frames)
+        return self._playout.frames_queued
+
+    @property
+    def outbound_latency_ms(self) -> Histogram:
+        """How late each ACS frame was sent (media-clock ms)."""
+        return self._accounting.outbound_latency_ms
 
     # ------------------------------------------------------------------ end of call
 
@@ -688,54 +372,16 @@ class CallBridge:
         if self.ended:
             return
         self.ended = True
-        if not self._uplink.passthrough:
-            tail = self._uplink.flush()
-            if tail:
-                b64 = pybase64.b64encode_as_string(tail)
-                self._append(b64, len(tail) >> 1)
-        if self._streaming is not None:
-            self._end_stream(self._streaming, 0.0)
-        for resp in self._responses.values():
-            self._finish(resp)
+        self._uplink.flush()  # the caller's last samples
+        self._playout.finish(0.0)  # the clock is not ours to read: tail frames stamped 0
 
     def report(self) -> dict[str, Any]:
         """Counters and the conservation verdict (meaningful after :meth:`finish`)."""
-        c = self.counters
-        inbound_expected = _out_samples(c.caller_samples_in, self.acs_hz, self.voicelive_in_hz)
-        # Caller audio dropped while waiting for the session is a counted loss.
-        inbound_accounted = (
-            c.voicelive_samples_appended
-            + self._buffered_samples
-            + c.caller_samples_buffered_dropped
+        return self._accounting.report(
+            acs_hz=self.acs_hz,
+            voicelive_in_hz=self.voicelive_in_hz,
+            voicelive_out_hz=self.voicelive_out_hz,
+            buffered_samples=self._uplink.buffered_samples,
+            queued_samples=self._playout.queued_agent_samples,
+            guard=self._session.guard.counters(),
         )
-        queued = sum(f.agent_samples for f in self._frames)
-        outbound_accounted = c.agent_samples_sent + c.samples_dropped_by_barge_in + queued
-        return {
-            "acs_hz": self.acs_hz,
-            "sessions": {
-                "count": self.sessions,
-                "appended": list(self.appended_per_session),
-                "agent_in": list(self.agent_in_per_session),
-            },
-            "voicelive_in_hz": self.voicelive_in_hz,
-            "voicelive_out_hz": self.voicelive_out_hz,
-            "inbound": {
-                "caller_samples_in": c.caller_samples_in,
-                "voicelive_samples_appended": c.voicelive_samples_appended,
-                "expected_appended": inbound_expected,
-                "buffered_dropped": c.caller_samples_buffered_dropped,
-                "conserved": inbound_expected == inbound_accounted,
-            },
-            "outbound": {
-                "agent_samples_in": c.agent_samples_in,
-                "agent_samples_expected": c.agent_samples_expected,
-                "agent_samples_sent": c.agent_samples_sent,
-                "samples_dropped_by_barge_in": c.samples_dropped_by_barge_in,
-                "queued_unsent": queued,
-                "padding_samples_sent": c.padding_samples_sent,
-                "conserved": c.agent_samples_expected == outbound_accounted and queued == 0,
-            },
-            "counters": {k: (dict(v) if isinstance(v, Counter) else v) for k, v in vars(c).items()},
-            "guard": self.guard.counters(),
-            "outbound_latency_ms": self.outbound_latency_ms.summary(),
-        }

@@ -13,12 +13,15 @@ guard makes that impossible by construction (design.md §3):
    it are split at sample boundaries (never dropped); anything else is refused
    (``too_large``).
 4. At most one ``response.create`` per user turn, never while a response is
-   requested or active; ``response.cancel`` only while one is active (the
-   :class:`~voicebridge.core.turns.TurnTable` decides).
+   requested or active; ``response.cancel`` only while one is active: the guard
+   asks :meth:`ResponseState.allows <voicebridge.core.responses.ResponseState.allows>`
+   and, once the message passed every check, applies the trigger.
 
 A refused message raises :class:`~voicebridge.errors.GuardRejected`, is counted in
-``blocked[reason]`` and is never sent. :meth:`OutboundGuard.check` returns the
-messages to put on the wire, in order.
+``blocked[reason]`` and is never sent. :meth:`OutboundGuard.check` returns the wire
+text of the messages to send, in order: each message is serialised once, here, and
+the size cap measures that text (``json.dumps``, what the SDK's ``send`` would write).
+Audio appends skip the encoder (:func:`~voicebridge.core.voicelive.append_json`).
 """
 
 from __future__ import annotations
@@ -26,19 +29,49 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from voicebridge.core.turns import Event, TurnTable
-from voicebridge.core.voicelive import APPEND
+from voicebridge.core.responses import ResponseState, Trigger
+from voicebridge.core.voicelive import (
+    APPEND,
+    ITEM_CREATE,
+    RESPONSE_CANCEL,
+    RESPONSE_CREATE,
+    SESSION_UPDATE,
+    append_json,
+)
 from voicebridge.errors import GuardRejected
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_TEXT_BYTES",
+    "TRUNCATION_MARKER",
+    "GuardLimits",
+    "OutboundGuard",
+    "cap_text",
+    "to_text",
+]
 
 TRUNCATION_MARKER = " …[truncated]"
 
 DEFAULT_MAX_TEXT_BYTES = 8 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024
 
-# json.dumps({"type": "input_audio_buffer.append", "audio": ""}) as the SDK writes it.
-_APPEND_OVERHEAD = len(json.dumps({"type": APPEND, "audio": ""}))
+
+@dataclass(frozen=True, slots=True)
+class GuardLimits:
+    """The guard's caps, as one piece of a bridge's configuration."""
+
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+#: The client events that are response triggers (checked against the response state).
+_TRIGGERS = {RESPONSE_CREATE: Trigger.REQUEST, RESPONSE_CANCEL: Trigger.CANCEL}
+
+# The wire text of an append around its audio (as json.dumps, and so the SDK, writes it).
+_APPEND_OVERHEAD = len(append_json(""))
 
 
 def to_text(value: Any) -> tuple[str, bool]:
@@ -87,14 +120,14 @@ class OutboundGuard:
 
     def __init__(
         self,
-        turns: TurnTable,
+        responses: ResponseState,
         *,
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if max_message_bytes < _APPEND_OVERHEAD + 8:
             raise ValueError("max_message_bytes is too small to carry any audio")
-        self.turns = turns
+        self.responses = responses
         self.max_text_bytes = max_text_bytes
         self.max_message_bytes = max_message_bytes
         self.session_configured = False
@@ -107,29 +140,29 @@ class OutboundGuard:
     def new_session(self) -> None:
         """A new connection: ``session.update`` must go first again."""
         self.session_configured = False
-        self.turns.reset()
 
     def _refuse(self, reason: str, detail: str = "") -> GuardRejected:
         self.blocked[reason] += 1
         return GuardRejected(reason, detail)
 
-    def append(self, b64: str) -> list[dict[str, Any]]:
-        """Fast path for audio: ``input_audio_buffer.append`` message(s) for ``b64``."""
+    def append(self, b64: str) -> list[str]:
+        """Fast path for audio: the wire text of ``input_audio_buffer.append`` message(s)
+        for ``b64``."""
         if not self.session_configured:
             raise self._refuse("before_session_update", APPEND)
         limit = self.max_message_bytes - _APPEND_OVERHEAD
         if len(b64) <= limit:
             self.sent_by_type[APPEND] += 1
-            return [{"type": APPEND, "audio": b64}]
+            return [append_json(b64)]
         # 8 base64 chars = 6 bytes = 3 whole PCM16 samples: cut on that grid.
         step = limit - limit % 8
-        parts = [{"type": APPEND, "audio": b64[i : i + step]} for i in range(0, len(b64), step)]
+        parts = [append_json(b64[i : i + step]) for i in range(0, len(b64), step)]
         self.split += 1
         self.sent_by_type[APPEND] += len(parts)
         return parts
 
-    def check(self, message: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The wire form of ``message`` (possibly split), or raise ``GuardRejected``."""
+    def check(self, message: Mapping[str, Any]) -> list[str]:
+        """The wire text of ``message`` (possibly split), or raise ``GuardRejected``."""
         mtype = message.get("type")
         if not isinstance(mtype, str):
             raise self._refuse("no_type")
@@ -138,30 +171,24 @@ class OutboundGuard:
             if not isinstance(audio, str):
                 raise self._refuse("bad_audio", "audio must be base64 text")
             return self.append(audio)
-        if mtype != "session.update" and not self.session_configured:
+        if mtype != SESSION_UPDATE and not self.session_configured:
             raise self._refuse("before_session_update", mtype)
-        if mtype == "response.create":
-            refusal = self.turns.request_refusal()
+        trigger = _TRIGGERS.get(mtype)
+        if trigger is not None:
+            refusal = self.responses.allows(trigger)
             if refusal:
-                raise self._refuse(refusal, f"turn {self.turns.turn}")
-        elif mtype == "response.cancel":
-            refusal = self.turns.cancel_refusal()
-            if refusal:
-                raise self._refuse(refusal)
+                raise self._refuse(refusal, f"turn {self.responses.turn}")
 
-        fixed = self._fix_text(mtype, message)
-        size = len(json.dumps(fixed))
-        if size > self.max_message_bytes:
-            raise self._refuse("too_large", f"{mtype} is {size} bytes")
+        text = json.dumps(self._fix_text(mtype, message))  # the one serialisation
+        if len(text) > self.max_message_bytes:
+            raise self._refuse("too_large", f"{mtype} is {len(text)} bytes")
 
-        if mtype == "session.update":
+        if mtype == SESSION_UPDATE:
             self.session_configured = True
-        elif mtype == "response.create":
-            self.turns.handle(Event.REQUEST)
-        elif mtype == "response.cancel":
-            self.turns.handle(Event.CANCEL)
+        elif trigger is not None:
+            self.responses.handle(trigger)
         self.sent_by_type[mtype] += 1
-        return [fixed]
+        return [text]
 
     # ------------------------------------------------------------------ text fields
 
@@ -175,11 +202,11 @@ class OutboundGuard:
     def _fix_text(self, mtype: str, message: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of ``message`` whose text-bearing fields are capped plain strings."""
         out = dict(message)
-        if mtype == "session.update":
+        if mtype == SESSION_UPDATE:
             session = out.get("session")
             if isinstance(session, Mapping):
                 out["session"] = self._fix_fields(session, ("instructions",))
-        elif mtype == "response.create":
+        elif mtype == RESPONSE_CREATE:
             if "additional_instructions" in out:
                 out["additional_instructions"] = self._text(out["additional_instructions"])
             response = out.get("response")
@@ -194,7 +221,7 @@ class OutboundGuard:
                         self._fix_item(i) if isinstance(i, Mapping) else i for i in items
                     ]
                 out["response"] = response
-        elif mtype == "conversation.item.create":
+        elif mtype == ITEM_CREATE:
             item = out.get("item")
             if isinstance(item, Mapping):
                 out["item"] = self._fix_item(item)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from array import array
 
+__all__ = ["Histogram"]
+
 _MIN_MS = 0.001  # lower edge of the first bucket
 _GROWTH = 1.04  # each bucket is 4 % wider than the last: percentiles within ±2 %
 _LOG_GROWTH = math.log(_GROWTH)

@@ -15,6 +15,18 @@ from typing import Any
 
 from voicebridge.errors import WebhookError
 
+__all__ = [
+    "INCOMING_CALL",
+    "VALIDATION_EVENT",
+    "CallbackEvent",
+    "DeliveryEvent",
+    "Ignored",
+    "IncomingCall",
+    "SubscriptionValidation",
+    "parse_callbacks",
+    "parse_delivery",
+]
+
 VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 INCOMING_CALL = "Microsoft.Communication.IncomingCall"
 _CA_PREFIX = "Microsoft.Communication."

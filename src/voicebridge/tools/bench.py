@@ -1,9 +1,10 @@
 """``voicebridge bench``: per-frame CPU cost and added latency of the core's two paths.
 
 * **inbound** — one ACS ``AudioData`` text (20 ms at 16 kHz) through the production
-  :class:`~voicebridge.core.bridge.CallBridge` to the Voice Live append payload (24 kHz);
-* **outbound** — 24 kHz Voice Live audio (one 20 ms ``response.audio.delta``) through
-  the bridge to ACS 20 ms ``AudioData`` texts (16 kHz).
+  :class:`~voicebridge.core.bridge.CallBridge` to the wire text of the Voice Live
+  append (24 kHz);
+* **outbound** — 24 kHz Voice Live audio (one 20 ms ``response.audio.delta`` frame, as
+  the socket delivers it) through the bridge to ACS 20 ms ``AudioData`` texts (16 kHz).
 
 Side by side, in the same run and on the same signal, the same paths built on
 (a) ``soxr.ResampleStream`` (HQ) and (b) the standard library only (JSON, base64,
@@ -32,9 +33,9 @@ import numpy as np
 from voicebridge.core import acs
 from voicebridge.core import voicelive as vl
 from voicebridge.core.audio import Framer
-from voicebridge.core.bridge import CallBridge
+from voicebridge.core.bridge import CallBridge, Rates
 from voicebridge.core.guard import OutboundGuard
-from voicebridge.core.turns import TurnTable
+from voicebridge.core.responses import ResponseState
 
 ACS_HZ = 16000
 VL_HZ = 24000
@@ -101,44 +102,44 @@ class _StdlibLinear:
 def _bridge(acs_hz: int = ACS_HZ, vl_hz: int = VL_HZ) -> CallBridge:
     cfg = vl.build_session_config(input_hz=vl_hz, output_hz=vl_hz, voice="alloy")
     bridge = CallBridge(
-        session_config=cfg, acs_hz=acs_hz, voicelive_in_hz=vl_hz, voicelive_out_hz=vl_hz
+        session_config=cfg,
+        rates=Rates(acs_hz=acs_hz, voicelive_in_hz=vl_hz, voicelive_out_hz=vl_hz),
     )
-    bridge.receive_voicelive({"type": "session.created", "session": {"id": "bench"}})
-    bridge.receive_voicelive({"type": "session.updated", "session": {"id": "bench"}})
+    bridge.receive_voicelive(b'{"type": "session.created", "session": {"id": "bench"}}')
+    bridge.receive_voicelive(b'{"type": "session.updated", "session": {"id": "bench"}}')
     bridge.voicelive_to_send()
-    bridge.receive_voicelive({"type": "response.created", "response": {"id": "r"}})
+    bridge.receive_voicelive(b'{"type": "response.created", "response": {"id": "r"}}')
     return bridge
 
 
-def production_paths() -> tuple[
-    Callable[[str], list[dict[str, Any]]], Callable[[dict[str, Any]], list[str]]
-]:
-    """The real CallBridge: ACS text -> appends, and delta event -> ACS texts."""
+Paths = tuple[Callable[[str], list[str]], Callable[[bytes], list[str]]]
+
+
+def production_paths() -> Paths:
+    """The real CallBridge: ACS text -> append texts, and delta frame -> ACS texts."""
     up, down = _bridge(), _bridge()
     clock = [0.0]
 
-    def inbound(text: str) -> list[dict[str, Any]]:
+    def inbound(text: str) -> list[str]:
         up.receive_acs(text)
         return up.voicelive_to_send()
 
-    def outbound(event: dict[str, Any]) -> list[str]:
+    def outbound(frame: bytes) -> list[str]:
         clock[0] += 0.02
-        down.receive_voicelive(event, clock[0])
+        down.receive_voicelive(frame, clock[0])
         return down.acs_to_send(clock[0] + 3600.0)  # drain: pacing is not CPU
 
     return inbound, outbound
 
 
-def baseline_paths(
-    make: Callable[[int, int], Any], *, stdlib: bool = False
-) -> tuple[Callable[[str], list[dict[str, Any]]], Callable[[dict[str, Any]], list[str]]]:
+def baseline_paths(make: Callable[[int, int], Any], *, stdlib: bool = False) -> Paths:
     """The same two paths with another resampler (and, for ``stdlib``, json/base64)."""
     up, down = make(ACS_HZ, VL_HZ), make(VL_HZ, ACS_HZ)
-    guard = OutboundGuard(TurnTable())
+    guard = OutboundGuard(ResponseState())
     guard.check(vl.session_update({}))
     framer = Framer(frame_bytes=ACS_HZ // 50 * 2)
 
-    def inbound(text: str) -> list[dict[str, Any]]:
+    def inbound(text: str) -> list[str]:
         if stdlib:
             msg = json.loads(text)
             pcm = base64.b64decode(msg["audioData"]["data"])
@@ -149,7 +150,8 @@ def baseline_paths(
         out = up.feed(pcm)
         return guard.append(base64.b64encode(out).decode()) if out else []
 
-    def outbound(event: dict[str, Any]) -> list[str]:
+    def outbound(frame: bytes) -> list[str]:
+        event = json.loads(frame) if stdlib else vl.loads(frame)
         pcm = base64.b64decode(event["delta"])
         out = down.feed(pcm)
         return [
@@ -162,7 +164,7 @@ def baseline_paths(
 # --------------------------------------------------------------------------- measuring
 
 
-def _frames(seconds: float) -> tuple[list[str], list[dict[str, Any]], np.ndarray, np.ndarray]:
+def _frames(seconds: float) -> tuple[list[str], list[bytes], np.ndarray, np.ndarray]:
     caller = speechlike(seconds, ACS_HZ)
     agent = speechlike(seconds, VL_HZ, seed=11)
     acs_texts = [
@@ -170,12 +172,14 @@ def _frames(seconds: float) -> tuple[list[str], list[dict[str, Any]], np.ndarray
         for i in range(0, len(caller) - 319, 320)
     ]
     deltas = [
-        {
-            "type": "response.audio.delta",
-            "response_id": "r",
-            "item_id": "i",
-            "delta": base64.b64encode(agent[i : i + 480].tobytes()).decode(),
-        }
+        json.dumps(
+            {
+                "type": "response.audio.delta",
+                "response_id": "r",
+                "item_id": "i",
+                "delta": base64.b64encode(agent[i : i + 480].tobytes()).decode(),
+            }
+        ).encode()
         for i in range(0, len(agent) - 479, 480)
     ]
     return acs_texts, deltas, caller, agent
@@ -198,7 +202,7 @@ def _cost_us(fn: Callable[[Any], Any], items: list[Any], batch: int = 25) -> flo
 
 def _pcm_of(out: list[Any], key: str) -> bytes:
     if key == "inbound":
-        return b"".join(base64.b64decode(m["audio"]) for m in out)
+        return b"".join(base64.b64decode(vl.append_audio(m) or "") for m in out)
     return b"".join(acs.parse_outbound(t).pcm for t in out)  # type: ignore[union-attr]
 
 

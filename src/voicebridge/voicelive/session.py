@@ -9,10 +9,11 @@ SDK facts this module works around (protocols.md §6):
 * Compression stays off (it costs CPU on every 20 ms frame for incompressible audio).
 * ``send()`` serialises every event with ``json.dumps`` (and two ``isinstance``
   checks, one against ``typing.Mapping``): 5.9 us for a 20 ms append whose wire text
-  the core can build in 0.15 us. Appends therefore go as text through the SDK
-  connection's own aiohttp WebSocket (:attr:`OpenSession.send_text`); everything
-  else goes through ``send()``. If an SDK version stops exposing that socket,
-  ``send_text`` is None and appends take ``send()`` too (a unit test says so loudly).
+  the core can build in 0.15 us. The core hands out wire-ready text, so every message
+  goes as text through the SDK connection's own aiohttp WebSocket: one send path,
+  :attr:`OpenSession.send_text`. If an SDK version stops exposing that socket, the
+  text is parsed back and goes through ``send()``, which writes the same text, only
+  slower (a unit test says so loudly).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from azure.ai.voicelive.aio import ConnectionClosed, VoiceLiveConnection, connect
 from azure.ai.voicelive.aio import ConnectionError as VoiceLiveConnectionError
 from azure.core.credentials import AccessToken, AzureKeyCredential
@@ -179,6 +181,16 @@ def text_sender(connection: Any) -> Callable[[str], Awaitable[None]] | None:
     return None
 
 
+def sdk_sender(connection: Any) -> Callable[[str], Awaitable[None]]:
+    """The fallback when :func:`text_sender` finds no socket: the SDK's ``send()``,
+    given the message parsed back (it serialises it again, to the same text)."""
+
+    async def send(text: str) -> None:
+        await connection.send(orjson.loads(text))
+
+    return send
+
+
 @dataclass
 class OpenSession:
     """A connected Voice Live session; :meth:`close` ends it (idempotent)."""
@@ -189,10 +201,10 @@ class OpenSession:
     _closed: bool = False
 
     @functools.cached_property
-    def send_text(self) -> Callable[[str], Awaitable[None]] | None:
-        """Sends a message whose JSON text is already built (audio appends); None when
-        the SDK does not expose its socket (then use ``connection.send``)."""
-        return text_sender(self.connection)
+    def send_text(self) -> Callable[[str], Awaitable[None]]:
+        """Sends one message as its wire text (what ``CallBridge.voicelive_to_send``
+        returns): the only way the relay writes to Voice Live."""
+        return text_sender(self.connection) or sdk_sender(self.connection)
 
     async def close(self) -> None:
         if self._closed:

@@ -195,22 +195,31 @@ vl_events = st.one_of(
 )
 
 
-@given(st.lists(st.one_of(vl_events, acs_inputs.map(lambda t: {"__acs__": t})), max_size=25))
-def test_fuzz_callbridge_never_raises(script: list[dict[str, Any]]) -> None:
-    """Any interleaving of Voice Live events and ACS messages: handled, counted, and the
-    outboxes stay well-formed (dicts for Voice Live, strings for ACS)."""
+vl_frames = st.one_of(
+    vl_events.map(lambda e: json.dumps(e).encode()),
+    vl_events.map(json.dumps),
+    st.binary(max_size=40),  # frames that are no JSON object at all
+    json_values.map(json.dumps),
+)
+
+
+@given(st.lists(st.one_of(vl_frames, acs_inputs.map(lambda t: {"__acs__": t})), max_size=25))
+def test_fuzz_callbridge_never_raises(script: list[Any]) -> None:
+    """Any interleaving of Voice Live frames and ACS messages: handled, counted, and the
+    outboxes stay well-formed (JSON object texts for Voice Live, strings for ACS)."""
     cfg = vl.build_session_config(input_hz=24000, output_hz=24000, voice="alloy")
     bridge = CallBridge(session_config=cfg)
     now = 0.0
     for item in script:
         now += 0.01
-        if "__acs__" in item:
+        if isinstance(item, dict):
             bridge.receive_acs(item["__acs__"])
         else:
             bridge.receive_voicelive(item, now)
-        for message in bridge.voicelive_to_send():
+        for text in bridge.voicelive_to_send():
+            assert isinstance(text, str)
+            message = json.loads(text)
             assert isinstance(message, dict) and isinstance(message.get("type"), str)
-            json.dumps(message)
         for text in bridge.acs_to_send(now + 1.0):
             assert isinstance(acs.parse_outbound(text), acs.OutboundAudio | acs.OutboundStop)
     bridge.finish()

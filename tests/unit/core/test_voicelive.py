@@ -183,6 +183,30 @@ def test_append_json_is_exactly_what_json_dumps_writes(pcm: bytes) -> None:
     assert vl.append_json(b64) == json.dumps(vl.input_audio_append(b64))
 
 
+@given(st.binary(max_size=400))
+def test_append_audio_reads_back_what_append_json_wrote(pcm: bytes) -> None:
+    b64 = base64.b64encode(pcm).decode()
+    assert vl.append_audio(vl.append_json(b64)) == b64
+    assert vl.append_audio(json.dumps(vl.response_create())) is None
+
+
+def test_parse_reads_wire_frames() -> None:
+    frame = b'{"type": "session.updated", "session": {"id": "s", "expires_at": 1700000000}}'
+    assert vl.parse(frame) == vl.SessionUpdated("s", None, 1700000000.0)
+    assert vl.parse(frame.decode()) == vl.parse(frame)
+    created = vl.parse(b'{"type": "session.created", "session": {"expires_at": 12.5}}')
+    assert isinstance(created, vl.SessionCreated) and created.expires_at == 12.5
+    # expires_at that is no number is left out rather than guessed at
+    odd = vl.parse(b'{"type": "session.created", "session": {"expires_at": "soon"}}')
+    assert isinstance(odd, vl.SessionCreated) and odd.expires_at is None
+
+
+@pytest.mark.parametrize("frame", [b"", b"{", b"\xff\xfe", b"[1]", b'"text"', b"null", "{]"])
+def test_unreadable_frames_raise_the_event_error(frame: bytes | str) -> None:
+    with pytest.raises(VoiceLiveEventError, match="unreadable frame"):
+        vl.parse(frame)
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [

@@ -11,7 +11,13 @@ from azure.core.credentials import AzureKeyCredential
 from voicebridge.config import Settings
 from voicebridge.core.voicelive import append_json, input_audio_append, session_update
 from voicebridge.sim.emulator import VoiceLiveEmulator
-from voicebridge.voicelive.session import connect_kwargs, open_session, session_config, text_sender
+from voicebridge.voicelive.session import (
+    connect_kwargs,
+    open_session,
+    sdk_sender,
+    session_config,
+    text_sender,
+)
 
 KEY = "emulator-key"
 
@@ -29,17 +35,19 @@ def settings_for(emulator: VoiceLiveEmulator) -> Settings:
 
 
 async def test_appends_go_as_prebuilt_text_through_the_sdk_socket_and_arrive_whole() -> None:
-    """The installed SDK exposes its aiohttp socket, so appends skip its re-encoding
-    (if an SDK upgrade breaks this, appends still work through send(), but slower:
-    this test is the alarm). The emulator must receive every sample either way."""
+    """The installed SDK exposes its aiohttp socket, so messages skip its re-encoding
+    (if an SDK upgrade breaks this, they still go through send(), but slower: this
+    test is the alarm). The emulator must receive every sample either way."""
     emulator = VoiceLiveEmulator(api_key=KEY)
     await emulator.start("127.0.0.1", 0)
     try:
         s = settings_for(emulator)
         session = await open_session(s, AzureKeyCredential(KEY), call_id="t1")
         try:
-            assert session.send_text is not None, "SDK socket not found: appends lose the fast path"
             conn = session.connection
+            fast = text_sender(conn)
+            assert fast is not None, "SDK socket not found: appends lose the fast path"
+            assert session.send_text == fast
             assert json.loads(await conn.recv_bytes())["type"] == "session.created"
             await conn.send(session_update({"input_audio_sampling_rate": 24000}))
             assert json.loads(await conn.recv_bytes())["type"] == "session.updated"
@@ -47,13 +55,14 @@ async def test_appends_go_as_prebuilt_text_through_the_sdk_socket_and_arrive_who
             b64 = base64.b64encode(pcm).decode()
             await session.send_text(append_json(b64))
             await conn.send(input_audio_append(b64))  # the SDK path, for comparison
+            await sdk_sender(conn)(append_json(b64))  # the fallback without the socket
             for _ in range(100):
-                if emulator.sessions[0].input_samples >= 2 * 1920:
+                if emulator.sessions[0].input_samples >= 3 * 1920:
                     break
                 await asyncio.sleep(0.01)
             received = emulator.sessions[0]
-            assert received.input_samples == 2 * 1920
-            assert received.received_types["input_audio_buffer.append"] == 2
+            assert received.input_samples == 3 * 1920
+            assert received.received_types["input_audio_buffer.append"] == 3
         finally:
             await session.close()
     finally:
