@@ -212,6 +212,8 @@ class CallBridge:
                 )
             case vl.Error():
                 session.error(ev, now)
+            case vl.TranscriptDelta():
+                pass  # on purpose: response.audio_transcript.done carries the whole text
             case vl.Other():
                 self._accounting.counters.voicelive_other_types[ev.type] += 1
 

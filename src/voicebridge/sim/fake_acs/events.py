@@ -26,14 +26,15 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from voicebridge.config import ACS_JWT_ISSUER
 from voicebridge.sim.fake_acs.fastpath import FastPath
 from voicebridge.sim.fake_acs.media import FakeCall, now_utc, phone
 from voicebridge.sim.faults import FaultValue, check_faults
 
 log = logging.getLogger(__name__)
 
-#: ``iss`` of Call Automation tokens (protocols.md §5).
-ISSUER = "https://acscallautomation.communication.azure.com"
+#: ``iss`` of Call Automation tokens (protocols.md §5): the value the bridge expects.
+ISSUER = ACS_JWT_ISSUER
 #: Token lifetimes (protocols.md §5): 5 min for callbacks, 24 h for the media socket.
 CALLBACK_TOKEN_LIFETIME_S = 5 * 60
 MEDIA_TOKEN_LIFETIME_S = 24 * 3600
