@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from voicebridge import __version__, logs, telemetry
 from voicebridge.acs import client as acs_client
-from voicebridge.calls import Call, CallRegistry
+from voicebridge.calls import Call, CallOutcome, CallRegistry
 from voicebridge.config import Settings
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
@@ -86,7 +86,7 @@ class AppContext:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for call in list(self.registry.by_id.values()):  # never got media: close their logs
-            self.registry.end(call, "shutdown")
+            self.registry.end(call, CallOutcome.SHUTDOWN)
         if self.acs is not None:
             await self.acs.close()
         close = getattr(self.voicelive_credential, "close", None)
@@ -124,7 +124,7 @@ class AppContext:
             if call.relay is None:  # still ringing or answering: no media to speak on
                 with logs.call_context(call):
                     await self.hang_up(call)
-                    self.registry.end(call, "drained")
+                    self.registry.end(call, CallOutcome.DRAINED)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.empty.wait(), 20.0)
         log.warning("drained")

@@ -46,7 +46,7 @@ from azure.ai.voicelive.aio import ConnectionClosed
 from starlette.websockets import WebSocket
 
 from voicebridge import observations
-from voicebridge.calls import Call
+from voicebridge.calls import Call, CallOutcome
 from voicebridge.config import Settings
 from voicebridge.core.audio import Resampler
 from voicebridge.core.bridge import (
@@ -64,6 +64,7 @@ from voicebridge.core.events import (
     BargeIn,
     BridgeEvent,
     GuardBlocked,
+    ReplaceReason,
     ResponseEnded,
     ResponseStarted,
     SessionReady,
@@ -82,18 +83,6 @@ log = logging.getLogger(__name__)
 #: 40 ms of agent audio whatever the frame length (with 20 ms frames: -7 % bridge CPU at
 #: 100 calls; with 40 ms frames a longer batch measured no better, docs/performance.md).
 PACER_BATCH_S = 0.040
-
-
-#: Reasons to replace the Voice Live session (the rest end the call).
-RECONNECT_REASONS = frozenset(
-    {
-        "voicelive_closed",
-        "session_update_timeout",
-        "response_timeout",
-        "response_stalled",
-        "session_expiring",
-    }
-)
 
 
 def bridge_for(s: Settings) -> CallBridge:
@@ -297,7 +286,7 @@ class MediaRelay:
             self._reconnect_span.end()
             self._reconnect_span = None
 
-    async def _acs_pump(self) -> str:
+    async def _acs_pump(self) -> None:
         receive = self.ws.receive
         bridge = self.bridge
         latency = self.inbound_latency_ms
@@ -305,7 +294,7 @@ class MediaRelay:
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
-                return "acs_closed"
+                return
             t0 = perf()
             if t0 - self._last_acs_rx > self._max_acs_gap_s:
                 self._max_acs_gap_s = t0 - self._last_acs_rx
@@ -321,7 +310,7 @@ class MediaRelay:
             if bridge.events_pending:
                 self._drain_events()
 
-    async def _voicelive_pump(self, session: OpenSession) -> str:
+    async def _voicelive_pump(self, session: OpenSession) -> ReplaceReason:
         conn = session.connection
         bridge = self.bridge
         recv = conn.recv_bytes
@@ -334,12 +323,12 @@ class MediaRelay:
                     raise ConnectionClosed(1006, "Empty WebSocket frame")
             except ConnectionClosed as exc:
                 self.voicelive_close_code = exc.code
-                return "voicelive_closed"
+                return ReplaceReason.VOICELIVE_CLOSED
             bridge.receive_voicelive(raw, self.now())
             if bridge.voicelive_unusable:  # a run of frames that are not JSON objects
                 if bridge.events_pending:
                     self._drain_events()
-                return "voicelive_closed"
+                return ReplaceReason.VOICELIVE_CLOSED
             if bridge.voicelive_pending:
                 await self._send_voicelive()
             due = bridge.next_acs_due()
@@ -378,7 +367,7 @@ class MediaRelay:
             for text in bridge.acs_to_send(now, ahead=PACER_BATCH_S):
                 await send(text)
 
-    async def _timers(self) -> str:
+    async def _timers(self) -> CallOutcome | ReplaceReason:
         """Return the first reason the call must change course: a limit (ACS silent
         for ``MEDIA_IDLE_TIMEOUT_S`` — it streams 50 frames a second, silence
         included — or the call longer than ``MAX_CALL_DURATION_S``), or the core's
@@ -390,9 +379,9 @@ class MediaRelay:
             await asyncio.sleep(tick)
             now = time.perf_counter()
             if now - self._last_acs_rx > s.media_idle_timeout_s:
-                return "media_idle_timeout"
+                return CallOutcome.MEDIA_IDLE_TIMEOUT
             if now - self._started > s.max_call_duration_s:
-                return "max_duration"
+                return CallOutcome.MAX_DURATION
             if self.session is None:
                 continue
             timeout = self.bridge.poll(self.now(), time.time())
@@ -405,7 +394,7 @@ class MediaRelay:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> str:
+    async def run(self) -> CallOutcome:
         """Relay until the call ends; return the outcome."""
         call = self.call
         tasks: dict[str, asyncio.Task[Any]] = {}
@@ -428,7 +417,7 @@ class MediaRelay:
                 log.error("call %s: %s", call.label, exc)
                 call.log.write("voicelive_unavailable", error=str(exc))
                 await self._say_and_hang_up(tasks, "apology")
-                return await self._finish("apology_hangup")
+                return await self._finish(CallOutcome.APOLOGY_HANGUP)
             if self.session is None:  # the call ended while we were connecting
                 return await self._end_by(tasks)
             while True:
@@ -436,7 +425,7 @@ class MediaRelay:
                     set(tasks.values()), return_when=asyncio.FIRST_COMPLETED
                 )
                 if tasks["hangup"] in done:
-                    return await self._finish(call.outcome or "caller_hung_up")
+                    return await self._finish(call.outcome or CallOutcome.CALLER_HUNG_UP)
                 if tasks["newsock"] in done:
                     await self._swap_socket(tasks)
                     continue
@@ -447,23 +436,23 @@ class MediaRelay:
                 if tasks["drain"] in done:
                     log.info("call %s: drain grace over: goodbye", call.label)
                     await self._say_and_hang_up(tasks, "goodbye")
-                    return await self._finish("drained")
+                    return await self._finish(CallOutcome.DRAINED)
                 if tasks["pacer"] in done:
                     tasks["pacer"].result()  # re-raise whatever stopped the pacer
-                    return await self._finish("error")
-                reason = None
+                    return await self._finish(CallOutcome.ERROR)
+                reason: CallOutcome | ReplaceReason | None = None
                 if "voicelive" in tasks and tasks["voicelive"] in done:
                     reason = tasks.pop("voicelive").result()
                 elif tasks["timers"] in done:
                     reason = tasks["timers"].result()
                     tasks["timers"] = asyncio.create_task(self._timers(), name="timers")
-                if reason == "media_idle_timeout" and await self._call_still_connected():
+                if reason is CallOutcome.MEDIA_IDLE_TIMEOUT and await self._call_still_connected():
                     continue  # silence or hold, not a dead call: keep it
-                if reason in ("media_idle_timeout", "max_duration"):
+                if isinstance(reason, CallOutcome):
                     return await self._limit_reached(tasks, reason)
-                if reason in RECONNECT_REASONS and not await self._reconnect(tasks, reason):
+                if isinstance(reason, ReplaceReason) and not await self._reconnect(tasks, reason):
                     await self._say_and_hang_up(tasks, "apology")
-                    return await self._finish("apology_hangup")
+                    return await self._finish(CallOutcome.APOLOGY_HANGUP)
         finally:
             for task in tasks.values():
                 task.cancel()
@@ -518,18 +507,20 @@ class MediaRelay:
         self.call.log.write("voicelive_connected", connect_ms=round(session.connect_ms, 1))
         return session
 
-    async def _end_by(self, tasks: dict[str, asyncio.Task[Any]], *, lost: bool = False) -> str:
+    async def _end_by(
+        self, tasks: dict[str, asyncio.Task[Any]], *, lost: bool = False
+    ) -> CallOutcome:
         """The call ended before or outside the main loop: find out how."""
         if tasks["timers"].done():
             return await self._limit_reached(tasks, tasks["timers"].result())
         if tasks["drain"].done():
             await self._say_and_hang_up(tasks, "goodbye")
-            return await self._finish("drained")
+            return await self._finish(CallOutcome.DRAINED)
         if lost and not self.call.disconnected.is_set():
             log.warning("call %s: media socket lost and not reopened: hanging up", self.call.label)
             await self.ctx.hang_up(self.call)
-            return await self._finish("media_lost")
-        return await self._finish(self.call.outcome or "caller_hung_up")
+            return await self._finish(CallOutcome.MEDIA_LOST)
+        return await self._finish(self.call.outcome or CallOutcome.CALLER_HUNG_UP)
 
     async def _await_acs_reconnect(self, tasks: dict[str, asyncio.Task[Any]]) -> bool:
         """The ACS socket closed: True if a new one came within the grace period."""
@@ -544,7 +535,7 @@ class MediaRelay:
             return True
         return False
 
-    async def _reconnect(self, tasks: dict[str, asyncio.Task[Any]], reason: str) -> bool:
+    async def _reconnect(self, tasks: dict[str, asyncio.Task[Any]], reason: ReplaceReason) -> bool:
         """Replace the Voice Live session within the budget; False if it cannot be done."""
         call, bridge, s = self.call, self.bridge, self.settings
         lost_at = time.perf_counter()
@@ -611,7 +602,7 @@ class MediaRelay:
             self._reconnect_span = None
         return False
 
-    def _reconnect_started(self, reason: str) -> None:
+    def _reconnect_started(self, reason: ReplaceReason) -> None:
         """Log the loss and open the reconnect span (ending one left open)."""
         call, code = self.call, self.voicelive_close_code
         log.warning(
@@ -658,10 +649,12 @@ class MediaRelay:
         log.info("call %s: Voice Live reconnected after %.0f ms", self.call.label, entry["gap_ms"])
         self.call.log.write("voicelive_reconnected", **entry)
 
-    async def _limit_reached(self, tasks: dict[str, asyncio.Task[Any]], outcome: str) -> str:
+    async def _limit_reached(
+        self, tasks: dict[str, asyncio.Task[Any]], outcome: CallOutcome
+    ) -> CallOutcome:
         log.warning("call %s: %s, ending the call", self.call.label, outcome)
         self.call.log.write("limit_reached", limit=outcome)
-        if outcome == "max_duration":  # the caller is there: say goodbye first
+        if outcome is CallOutcome.MAX_DURATION:  # the caller is there: say goodbye first
             await self._say_and_hang_up(tasks, "goodbye")
         else:
             await self.ctx.hang_up(self.call)
@@ -700,7 +693,7 @@ class MediaRelay:
             return True
         return False
 
-    async def _finish(self, outcome: str) -> str:
+    async def _finish(self, outcome: CallOutcome) -> CallOutcome:
         bridge = self.bridge
         bridge.finish()  # flushes the uplink resampler: the caller's last samples
         if self.session is not None and bridge.voicelive_pending:

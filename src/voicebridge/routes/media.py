@@ -16,7 +16,7 @@ from fastapi import APIRouter, WebSocket
 
 from voicebridge import logs
 from voicebridge.app import AppContext
-from voicebridge.calls import Call
+from voicebridge.calls import Call, CallOutcome
 from voicebridge.deps import POLICY_VIOLATION, AcsCallDep, CtxDep
 from voicebridge.errors import close_code
 from voicebridge.relay import MediaRelay
@@ -52,7 +52,7 @@ async def _media(ctx: AppContext, websocket: WebSocket, call: Call) -> None:
     await websocket.accept()
     relay = call.relay = MediaRelay(ctx, call, websocket)
     call.media_task = asyncio.current_task()
-    outcome = "error"
+    outcome = CallOutcome.ERROR
     code = 1000
     try:
         outcome = await relay.run()
