@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from voicebridge import __version__, logs, telemetry
 from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call, CallOutcome, CallRegistry
+from voicebridge.clock import Clock, RealClock
 from voicebridge.config import Settings
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 class AppContext:
     """What every route needs: settings, clients, the registry, background tasks."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        self.clock: Clock = clock or _settings_clock(settings)
         self.stats = ServiceStats()
         # Off (a no-op) unless APPLICATIONINSIGHTS_CONNECTION_STRING is set.
         self.telemetry = telemetry.setup(settings)
@@ -140,6 +142,14 @@ class AppContext:
         call.we_hung_up = True  # the CallDisconnected that follows is our own doing
         if call.call_connection_id and self.acs is not None:
             await acs_client.hang_up(self.acs, call.call_connection_id)
+
+
+def _settings_clock(settings: Settings) -> Clock:
+    if settings.media_clock_speed == 1.0:
+        return RealClock()
+    from voicebridge.sim.clock import ScaledClock
+
+    return ScaledClock(settings.media_clock_speed)
 
 
 async def _prefetch(keys: JwksCache, name: str) -> None:
