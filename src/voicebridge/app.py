@@ -38,7 +38,8 @@ class AppContext:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.clock: Clock = clock or _settings_clock(settings)
+        # The relay's one clock: real time, unless the simulator injects a faster one.
+        self.clock: Clock = clock or RealClock()
         self.stats = ServiceStats()
         # Off (a no-op) unless APPLICATIONINSIGHTS_CONNECTION_STRING is set.
         self.telemetry = telemetry.setup(settings)
@@ -144,14 +145,6 @@ class AppContext:
             await acs_client.hang_up(self.acs, call.call_connection_id)
 
 
-def _settings_clock(settings: Settings) -> Clock:
-    if settings.media_clock_speed == 1.0:
-        return RealClock()
-    from voicebridge.sim.clock import ScaledClock
-
-    return ScaledClock(settings.media_clock_speed)
-
-
 async def _prefetch(keys: JwksCache, name: str) -> None:
     try:
         await keys.refresh()
@@ -214,13 +207,14 @@ def create_app_from_env() -> FastAPI:
     return create_app(settings)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The bridge service for ``settings``."""
+def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    """The bridge service for ``settings``. ``clock``: the relay's clock (default real
+    time; the simulator passes ``voicebridge.sim.clock.ScaledClock(speed)``)."""
     from voicebridge import deps
     from voicebridge.routes import calls, debug, health, media, metrics
 
     logs.install_record_factory()  # call ids on every record, whoever set up logging
-    ctx = AppContext(settings)
+    ctx = AppContext(settings, clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
