@@ -458,7 +458,7 @@ var agentOwnsSession = !empty(agentName) && !agentSessionOverrides
 
 // Plain settings. Entries whose value is '' are dropped (= not set).
 // Deliberately not set in Azure (dev/test only, see tests/infra/test_bicep.py):
-// VOICELIVE_BEARER_TOKEN, MEDIA_CLOCK_SPEED, HOST, PORT.
+// VOICELIVE_BEARER_TOKEN, HOST, PORT.
 var plainEnv = [
   // Voice Live
   {

@@ -18,7 +18,8 @@ from fastapi import FastAPI
 
 from voicebridge import __version__, logs, telemetry
 from voicebridge.acs import client as acs_client
-from voicebridge.calls import Call, CallRegistry
+from voicebridge.calls import Call, CallOutcome, CallRegistry
+from voicebridge.clock import Clock, RealClock
 from voicebridge.config import Settings
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
@@ -35,8 +36,10 @@ log = logging.getLogger(__name__)
 class AppContext:
     """What every route needs: settings, clients, the registry, background tasks."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        # The relay's one clock: real time, unless the simulator injects a faster one.
+        self.clock: Clock = clock or RealClock()
         self.stats = ServiceStats()
         # Off (a no-op) unless APPLICATIONINSIGHTS_CONNECTION_STRING is set.
         self.telemetry = telemetry.setup(settings)
@@ -86,7 +89,7 @@ class AppContext:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for call in list(self.registry.by_id.values()):  # never got media: close their logs
-            self.registry.end(call, "shutdown")
+            self.registry.end(call, CallOutcome.SHUTDOWN)
         if self.acs is not None:
             await self.acs.close()
         close = getattr(self.voicelive_credential, "close", None)
@@ -124,7 +127,7 @@ class AppContext:
             if call.relay is None:  # still ringing or answering: no media to speak on
                 with logs.call_context(call):
                     await self.hang_up(call)
-                    self.registry.end(call, "drained")
+                    self.registry.end(call, CallOutcome.DRAINED)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.empty.wait(), 20.0)
         log.warning("drained")
@@ -204,13 +207,14 @@ def create_app_from_env() -> FastAPI:
     return create_app(settings)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The bridge service for ``settings``."""
+def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    """The bridge service for ``settings``. ``clock``: the relay's clock (default real
+    time; the simulator passes ``voicebridge.sim.clock.ScaledClock(speed)``)."""
     from voicebridge import deps
     from voicebridge.routes import calls, debug, health, media, metrics
 
     logs.install_record_factory()  # call ids on every record, whoever set up logging
-    ctx = AppContext(settings)
+    ctx = AppContext(settings, clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,48 @@ log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
-#: Outcomes that mark the call's trace span as failed (the rest are normal endings).
-FAILED_OUTCOMES = frozenset(
-    {"error", "answer_failed", "media_failed", "media_lost", "apology_hangup"}
+
+class CallOutcome(StrEnum):
+    """Why a call ended: the ``outcome`` of logs, reports, ``calls_by_outcome`` and the
+    call span (the values are those strings). The first one recorded wins
+    (:meth:`CallRegistry.end`)."""
+
+    #: ACS said ``CallDisconnected`` and we did not hang up: the normal end.
+    CALLER_HUNG_UP = "caller_hung_up"
+    #: Voice Live could not be reached (or reconnected within the budget): apology, hang-up.
+    APOLOGY_HANGUP = "apology_hangup"
+    #: No media for ``MEDIA_IDLE_TIMEOUT_S`` and Call Automation no longer knows the call.
+    MEDIA_IDLE_TIMEOUT = "media_idle_timeout"
+    #: ``MAX_CALL_DURATION_S`` reached: goodbye, hang-up.
+    MAX_DURATION = "max_duration"
+    #: The media socket closed without ``CallDisconnected`` and was not reopened.
+    MEDIA_LOST = "media_lost"
+    #: The drain grace (SIGTERM) ran out: goodbye, hang-up.
+    DRAINED = "drained"
+    #: The relay failed with an exception.
+    ERROR = "error"
+    #: ``AnswerFailed``, or answering raised.
+    ANSWER_FAILED = "answer_failed"
+    #: ``MediaStreamingFailed``.
+    MEDIA_FAILED = "media_failed"
+    #: The process stopped under a call that had no media yet.
+    SHUTDOWN = "shutdown"
+
+    @property
+    def failed(self) -> bool:
+        """True for outcomes that mark the call's trace span as failed (the rest are
+        normal endings)."""
+        return self in _FAILED
+
+
+_FAILED = frozenset(
+    {
+        CallOutcome.ERROR,
+        CallOutcome.ANSWER_FAILED,
+        CallOutcome.MEDIA_FAILED,
+        CallOutcome.MEDIA_LOST,
+        CallOutcome.APOLOGY_HANGUP,
+    }
 )
 
 
@@ -94,7 +134,7 @@ class Call:
     drain_now: asyncio.Event = field(default_factory=asyncio.Event)  # drain grace is over
     relay: MediaRelay | None = None  # while media flows
     we_hung_up: bool = False  # the bridge ended the call (apology, goodbye, limit)
-    outcome: str | None = None
+    outcome: CallOutcome | None = None
     report: dict[str, Any] | None = None
     conversation_id: str | None = None
     span: Span | None = None  # the call's trace span, ended with the call
@@ -161,7 +201,7 @@ class CallRegistry:
         """The live call ``call_id``, or the ids of a recently ended one (for logs)."""
         return self.by_id.get(call_id) or self._ended.get(call_id)
 
-    def end(self, call: Call, outcome: str) -> None:
+    def end(self, call: Call, outcome: CallOutcome) -> None:
         """Mark ``call`` finished (idempotent): first outcome wins."""
         if call.ended.is_set():
             return
@@ -188,7 +228,7 @@ class CallRegistry:
         if call.span is not None:
             call.span.set_attribute("voicebridge.outcome", call.outcome)
             call.span.set_attribute("voicebridge.call_connection_id", call.call_connection_id)
-            if call.outcome in FAILED_OUTCOMES:
+            if call.outcome.failed:
                 call.span.fail(call.outcome)
             call.span.end()
 

@@ -173,9 +173,6 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=128 * 1024, ge=4096, validation_alias=AliasChoices("MAX_MESSAGE_BYTES")
     )
-    media_clock_speed: float = Field(
-        default=1.0, gt=0, le=100, validation_alias=AliasChoices("MEDIA_CLOCK_SPEED")
-    )
 
     # ---- ACS
     acs_connection_string: SecretStr | None = Field(

@@ -17,6 +17,7 @@ from voicebridge.errors import ConfigError
 
 if TYPE_CHECKING:
     from voicebridge.app import AppContext
+    from voicebridge.clock import Clock
     from voicebridge.config import Settings
 
 
@@ -97,7 +98,8 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, clock: Clock | None = None) -> int:
+    """``voicebridge serve`` (``clock``: only ``python -m voicebridge.sim.serve`` passes one)."""
     from voicebridge import logs
     from voicebridge.app import create_app
     from voicebridge.config import load_settings
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"voicebridge: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    app = create_app(settings, clock=clock)
     config = uvicorn.Config(
         app,
         host=args.host or settings.host,

@@ -93,16 +93,11 @@ class ServiceStats:
         self.calls_not_conserved = 0
 
     def call_finished(
-        self,
-        report: dict[str, Any],
-        inbound_ms: Histogram,
-        outbound_ms: Histogram,
-        *,
-        outbound_scale: float = 1.0,
+        self, report: dict[str, Any], inbound_ms: Histogram, outbound_ms: Histogram
     ) -> None:
-        """Add one finished call's relay report."""
+        """Add one finished call's relay report (latencies in real ms)."""
         self.inbound_ms.merge(inbound_ms)
-        self.outbound_ms.merge_scaled(outbound_ms, outbound_scale)
+        self.outbound_ms.merge(outbound_ms)
         counters = report.get("counters", {})
         for name in SUMMED:
             self.counters[name] += int(counters.get(name, 0))

@@ -104,13 +104,15 @@ async def test_metrics_and_json_logs_of_a_simulated_call(
         "voicelive_endpoint": emulator.endpoint,
         "voicelive_api_key": EMULATOR_KEY,
         "voicelive_model": "gpt-realtime",
-        "media_clock_speed": SPEED,
         "log_dir": str(tmp_path),
         "call_url_secret": url_secret,
         **fake_acs_settings(acs),
     }
     try:
-        async with running_bridge(overrides) as (app, base), httpx.AsyncClient() as http:
+        async with (
+            running_bridge(overrides, speed=SPEED) as (app, base),
+            httpx.AsyncClient() as http,
+        ):
             before = parse((await http.get(f"{base}/metrics")).text)
             assert value(before, "voicebridge_active_calls") == 0
             call = await acs.place_call(

@@ -35,7 +35,6 @@ from voicebridge.config import Settings
 # Settings that are deliberately NOT set in Azure. Keep this list short and justified.
 NOT_IN_AZURE = {
     "VOICELIVE_BEARER_TOKEN",  # a pre-fetched dev token; Azure uses the managed identity
-    "MEDIA_CLOCK_SPEED",  # the offline simulator's clock; 1.0 (real time) in production
     "HOST",  # read by `voicebridge serve` only; the image's uvicorn CMD binds 0.0.0.0
     "PORT",  # likewise: the CMD listens on 8000 = ingress targetPort
     "DEBUG_ENDPOINTS",  # /debug/stats (object census, heap trim): load tests only; never on

@@ -49,6 +49,7 @@ from voicebridge.core.events import (
     BridgeEvent,
     CallerSpeechStopped,
     Dtmf,
+    ReplaceReason,
 )
 from voicebridge.core.guard import GuardLimits
 from voicebridge.core.playout import Playout, PlayoutConfig
@@ -257,14 +258,14 @@ class CallBridge:
         pacing restarts from now (nothing already sent is re-sent)."""
         self._playout.socket_replaced(now)
 
-    def poll(self, now: float, wall_now: float | None = None) -> str | None:
+    def poll(self, now: float, wall_now: float | None = None) -> ReplaceReason | None:
         """Timers, sans-I/O: call every few hundred ms with the media clock ``now``
         (and the wall clock in epoch seconds, for ``expires_at``).
 
-        Returns why the session should be replaced — ``"session_update_timeout"``,
-        ``"response_stalled"``, ``"response_timeout"`` (see
+        Returns why the session should be replaced (a :class:`ReplaceReason`) —
+        ``SESSION_UPDATE_TIMEOUT``, ``RESPONSE_STALLED``, ``RESPONSE_TIMEOUT`` (see
         :meth:`VoiceLiveSession.poll <voicebridge.core.session.VoiceLiveSession.poll>`)
-        or ``"session_expiring"`` — else None.
+        or ``SESSION_EXPIRING`` — else None.
         """
         session = self._session
         reason = session.poll(now)
@@ -273,7 +274,7 @@ class CallBridge:
             and wall_now is not None
             and session.expiring(wall_now, playing=self._playout.frames_queued > 0)
         ):
-            return "session_expiring"
+            return ReplaceReason.SESSION_EXPIRING
         return reason
 
     @property

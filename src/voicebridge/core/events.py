@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any, ClassVar
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Dtmf",
     "GuardBlocked",
     "HistoryReplayed",
+    "ReplaceReason",
     "ResponseEnded",
     "ResponseNudged",
     "ResponseStarted",
@@ -41,6 +43,27 @@ __all__ = [
     "VoiceLiveMalformed",
     "as_record",
 ]
+
+
+class ReplaceReason(StrEnum):
+    """Why the Voice Live session is replaced (the call goes on, with a new session).
+
+    The values are the strings logs, reports and spans have always carried
+    (``voicelive_reconnecting`` lines, ``reconnects[].reason``).
+    """
+
+    #: The adapter's: the socket closed, or a run of frames that are not JSON objects.
+    VOICELIVE_CLOSED = "voicelive_closed"
+    #: The core's (:meth:`VoiceLiveSession.poll <voicebridge.core.session.VoiceLiveSession.poll>`):
+    #: no ``session.updated`` in time.
+    SESSION_UPDATE_TIMEOUT = "session_update_timeout"
+    #: The core's: a committed turn got no response, even after one nudge.
+    RESPONSE_TIMEOUT = "response_timeout"
+    #: The core's: a response is active but the service went quiet.
+    RESPONSE_STALLED = "response_stalled"
+    #: The core's: ``expires_at`` is near (replaced at a quiet moment if there is one).
+    SESSION_EXPIRING = "session_expiring"
+
 
 # --------------------------------------------------------------------------- ACS side
 

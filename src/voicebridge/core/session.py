@@ -33,6 +33,7 @@ from voicebridge.core.events import (
     BridgeEvent,
     GuardBlocked,
     HistoryReplayed,
+    ReplaceReason,
     ResponseEnded,
     ResponseNudged,
     ResponseStarted,
@@ -314,12 +315,12 @@ class VoiceLiveSession:
 
     # ------------------------------------------------------------------ timers
 
-    def poll(self, now: float) -> str | None:
+    def poll(self, now: float) -> ReplaceReason | None:
         """The reason to replace the session at media time ``now``, or None.
 
-        ``"session_update_timeout"``: no ``session.updated`` in time;
-        ``"response_stalled"``: a response is active but the service has sent nothing
-        for ``response_stall_s``; ``"response_timeout"``: a committed turn got no
+        ``SESSION_UPDATE_TIMEOUT``: no ``session.updated`` in time;
+        ``RESPONSE_STALLED``: a response is active but the service has sent nothing
+        for ``response_stall_s``; ``RESPONSE_TIMEOUT``: a committed turn got no
         response even after one ``response.create`` of our own. A turn left unanswered
         for ``response_start_s`` is nudged once (the guard still allows one per turn).
         """
@@ -328,13 +329,13 @@ class VoiceLiveSession:
             self._awaiting_update_since is not None
             and now - self._awaiting_update_since > t.session_update_s
         ):
-            return "session_update_timeout"
+            return ReplaceReason.SESSION_UPDATE_TIMEOUT
         if self.responses.is_active and now - self._last_event_at > t.response_stall_s:
-            return "response_stalled"
+            return ReplaceReason.RESPONSE_STALLED
         waiting = self._turn_waiting_since
         if waiting is not None and now - waiting > t.response_start_s:
             if self._nudged:
-                return "response_timeout"
+                return ReplaceReason.RESPONSE_TIMEOUT
             self._nudged = True
             self._turn_waiting_since = now
             sent = self.request_response()

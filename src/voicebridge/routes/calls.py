@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from voicebridge import logs, observations
 from voicebridge.acs import client as acs_client
 from voicebridge.app import AppContext
-from voicebridge.calls import Call
+from voicebridge.calls import Call, CallOutcome
 from voicebridge.core import webhooks
 from voicebridge.deps import AcsCallDep, CtxDep
 from voicebridge.errors import WebhookError
@@ -193,7 +193,7 @@ async def _answer(ctx: AppContext, call: Call, incoming_call_context: str) -> No
             )
             call.log.write("answer_failed", error=type(exc).__name__, status=status)
             span.fail(f"{type(exc).__name__} {status or ''}".strip())
-            ctx.registry.end(call, "answer_failed")
+            ctx.registry.end(call, CallOutcome.ANSWER_FAILED)
             return
         span.set_attribute("voicebridge.call_connection_id", call.call_connection_id)
     log.info("answered call %s (correlation %s)", call.call_connection_id, call.correlation_id)
@@ -266,10 +266,10 @@ async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) 
         )
         if etype == "MediaStreamingFailed":
             await ctx.hang_up(call)
-            _end(ctx, call, "media_failed")
+            _end(ctx, call, CallOutcome.MEDIA_FAILED)
     elif etype == "AnswerFailed":
         log.error("call %s: answer failed: %s", call.label, event.message)
-        _end(ctx, call, "answer_failed")
+        _end(ctx, call, CallOutcome.ANSWER_FAILED)
     elif etype == "CallDisconnected":
         log.info("call %s disconnected", call.label)
         if call.we_hung_up and call.relay is not None:
@@ -277,12 +277,12 @@ async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) 
             # the outcome (drained, apology_hangup, ...); only let it know.
             call.disconnected.set()
         else:
-            _end(ctx, call, "caller_hung_up")
+            _end(ctx, call, CallOutcome.CALLER_HUNG_UP)
     else:
         log.info("call %s: %s", call.label, etype)
 
 
-def _end(ctx: AppContext, call: Call, outcome: str) -> None:
+def _end(ctx: AppContext, call: Call, outcome: CallOutcome) -> None:
     """End ``call``: a running media relay winds down and records the outcome itself."""
     call.outcome = call.outcome or outcome
     call.disconnected.set()

@@ -10,16 +10,18 @@ carries on with it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from fastapi import APIRouter, WebSocket
 
 from voicebridge import logs
 from voicebridge.app import AppContext
-from voicebridge.calls import Call
+from voicebridge.calls import Call, CallOutcome
 from voicebridge.deps import POLICY_VIOLATION, AcsCallDep, CtxDep
 from voicebridge.errors import close_code
-from voicebridge.relay import MediaRelay
+from voicebridge.relay import CallServices, MediaRelay
+from voicebridge.voicelive.session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,9 @@ async def _media(ctx: AppContext, websocket: WebSocket, call: Call) -> None:
     if not call.call_connection_id:
         call.call_connection_id = websocket.headers.get("x-ms-call-connection-id") or None
     await websocket.accept()
-    relay = call.relay = MediaRelay(ctx, call, websocket)
+    relay = call.relay = MediaRelay(services(ctx), call, websocket)
     call.media_task = asyncio.current_task()
-    outcome = "error"
+    outcome = CallOutcome.ERROR
     code = 1000
     try:
         outcome = await relay.run()
@@ -67,3 +69,17 @@ async def _media(ctx: AppContext, websocket: WebSocket, call: Call) -> None:
         except Exception as exc:  # already closed by the peer
             log.debug("media close: %s", type(exc).__name__)
         call.relay = None  # the relay (and its CallBridge) can go now
+
+
+def services(ctx: AppContext) -> CallServices:
+    """What a relay may use of the app: settings, stats, telemetry, the clock, and the
+    calls out (Voice Live connect with the app's credential, hang-up, call state)."""
+    return CallServices(
+        settings=ctx.settings,
+        stats=ctx.stats,
+        telemetry=ctx.telemetry,
+        clock=ctx.clock,
+        open_session=functools.partial(open_session, ctx.settings, ctx.voicelive_credential),
+        hang_up=ctx.hang_up,
+        call_state=ctx.call_state,
+    )

@@ -38,6 +38,7 @@ import uvicorn
 from voicebridge.app import create_app
 from voicebridge.config import Settings
 from voicebridge.server import uvicorn_options
+from voicebridge.sim.clock import ScaledClock
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall
 from voicebridge.sim.faults import FAULT_HELP, parse_faults
@@ -145,7 +146,9 @@ def fake_acs_settings(acs: FakeAcs) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(overrides: dict[str, Any]) -> AsyncIterator[tuple[Any, str]]:
+async def running_bridge(
+    overrides: dict[str, Any], *, speed: float = 1.0
+) -> AsyncIterator[tuple[Any, str]]:
     """The bridge app on uvicorn on a free loopback port: yields ``(app, base_url)``.
 
     ``overrides`` are :class:`Settings` fields; ``public_base_url`` is filled in with
@@ -155,7 +158,7 @@ async def running_bridge(overrides: dict[str, Any]) -> AsyncIterator[tuple[Any, 
     base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     fields = {"public_base_url": base_url} | overrides
     settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
-    app = create_app(settings)
+    app = create_app(settings, clock=ScaledClock(speed) if speed != 1.0 else None)
     options = uvicorn_options(settings) | {"timeout_graceful_shutdown": 5}
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **options))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="bridge")
@@ -198,14 +201,13 @@ async def run_call(options: SimOptions) -> SimResult:
         **fake_acs_settings(acs),
         "acs_audio_rate": options.acs_rate,
         "voicelive_audio_rate": options.voicelive_rate,
-        "media_clock_speed": speed,
         "log_dir": str(log_dir),
     }
     if emulator is not None:
         overrides |= {"voicelive_api_key": EMULATOR_KEY, "voicelive_model": "gpt-realtime"}
     overrides |= options.settings
     try:
-        async with running_bridge(overrides) as (app, base_url):
+        async with running_bridge(overrides, speed=speed) as (app, base_url):
             audio_s = len(caller_pcm) / options.acs_rate
             where = "off" if emulator is None else emulator.endpoint
             say(

@@ -195,7 +195,6 @@ def bridge_env(
         "PORT": str(port),
         "LOG_DIR": str(log_dir),
         "LOG_LEVEL": "WARNING",
-        "MEDIA_CLOCK_SPEED": repr(float(options.speed)),
         "ACS_AUDIO_RATE": str(options.acs_rate),
         "VOICELIVE_AUDIO_RATE": str(options.voicelive_rate),
     }

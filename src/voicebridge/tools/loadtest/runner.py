@@ -205,7 +205,8 @@ class Processes:
             resource_id=self.resource_id,
             log_dir=self.log_dir,
         )
-        args = ["-m", "voicebridge", "serve"]
+        # `voicebridge serve`, with the simulator's media clock at the load's speed
+        args = ["-m", "voicebridge.sim.serve", "--speed", repr(float(self.options.speed))]
         return await self._spawn("bridge", args, cpus=self.bridge_cpus, env=env, protocol=False)
 
     def pids(self) -> dict[str, int]:

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from voicebridge.calls import Call, ConversationLog
+from voicebridge.clock import RealClock
 from voicebridge.config import Settings
 from voicebridge.core.events import (
     BargeIn,
     BridgeEvent,
     GuardBlocked,
+    ReplaceReason,
     ResponseEnded,
     ResponseStarted,
     SessionReady,
     SessionStarted,
     VoiceLiveError,
 )
-from voicebridge.relay import MediaRelay
+from voicebridge.relay import CallServices, MediaRelay, PendingReconnect
 from voicebridge.stats import ServiceStats
 from voicebridge.telemetry import Telemetry
 
@@ -71,7 +71,19 @@ async def relay(tmp_path: Any) -> AsyncIterator[MediaRelay]:
         public_base_url="https://bridge.example.com",
         acs_jwt_validation=False,
     )
-    ctx = SimpleNamespace(settings=settings, telemetry=Recorder(), stats=ServiceStats())
+
+    async def unused(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("no I/O in these tests")
+
+    services = CallServices(
+        settings=settings,
+        stats=ServiceStats(),
+        telemetry=Recorder(),
+        clock=RealClock(),
+        open_session=unused,
+        hang_up=unused,
+        call_state=unused,
+    )
     call = Call(
         id="c1",
         url_key="c1.mac",
@@ -80,18 +92,18 @@ async def relay(tmp_path: Any) -> AsyncIterator[MediaRelay]:
         caller="",
         log=ConversationLog(tmp_path, "c1"),
     )
-    call.span = ctx.telemetry.start("call")
-    yield MediaRelay(ctx, call, websocket=None)  # type: ignore[arg-type]
+    call.span = services.telemetry.start("call")
+    yield MediaRelay(services, call, websocket=None)  # type: ignore[arg-type]
     call.log.close()
 
 
 def feed(relay: MediaRelay, *events: BridgeEvent) -> None:
     for event in events:
-        relay._on_event(event)
+        relay.on_event(event)
 
 
 async def test_one_span_per_response_with_its_barge_in(relay: MediaRelay) -> None:
-    rec: Recorder = relay.telemetry  # type: ignore[assignment]
+    rec: Recorder = relay.services.telemetry  # type: ignore[assignment]
     call_span = relay.call.span
     feed(
         relay,
@@ -119,35 +131,36 @@ async def test_one_span_per_response_with_its_barge_in(relay: MediaRelay) -> Non
     assert blocked[1] == {"code": None, "type": "response.create", "reason": "response_active"}
     assert call_span.attributes["voicebridge.session_id"] == "sess_1"
     assert relay.call.conversation_id == "conv_1"
-    relay._end_spans()  # the call ended mid-response
+    relay.tracing.end()  # the call ended mid-response
     assert r3.ended == 1 and r3.attributes["voicebridge.response.status"] == "unfinished"
     assert call_span.ended == 0  # the call span is the registry's to end
 
 
 async def test_a_reconnect_span_closes_when_the_new_session_is_confirmed(relay: MediaRelay) -> None:
-    rec: Recorder = relay.telemetry  # type: ignore[assignment]
-    relay._reconnect_span = rec.start("voicelive.reconnect", relay.call.span)
-    relay._pending_reconnect = {
-        "at_s": 1.0,
-        "reason": "voicelive_closed",
-        "attempts": 2,
-        "lost_at": time.perf_counter() - 0.5,
-        "old_conversation": None,
-    }
+    rec: Recorder = relay.services.telemetry  # type: ignore[assignment]
+    relay.tracing.reconnect_span = rec.start("voicelive.reconnect", relay.call.span)
+    relay.pending_reconnect = PendingReconnect(
+        at_s=1.0,
+        reason=ReplaceReason.VOICELIVE_CLOSED,
+        attempts=2,
+        lost_at=relay.clock.real_now() - 0.5,
+        old_conversation=None,
+    )
     feed(relay, SessionReady("sess_2", voice=None))
     (span,) = [s for s in rec.spans if s.name == "voicelive.reconnect"]
-    assert span.ended == 1 and relay._reconnect_span is None
+    assert span.ended == 1 and relay.tracing.reconnect_span is None
     assert span.attributes["voicebridge.reconnect.result"] == "reconnected"
     assert span.attributes["voicebridge.reconnect.attempts"] == 2
     assert span.attributes["voicebridge.reconnect.gap_ms"] >= 500
-    assert relay.ctx.stats.counters["voicelive_reconnects"] == 1
+    assert relay.services.stats.counters["voicelive_reconnects"] == 1
 
 
 async def test_tracing_off_touches_nothing(relay: MediaRelay) -> None:
-    relay._tracing = False
-    before = len(relay.telemetry.spans)  # type: ignore[attr-defined]
+    relay.tracing.enabled = False
+    rec: Recorder = relay.services.telemetry  # type: ignore[assignment]
+    before = len(rec.spans)
     feed(relay, ResponseStarted("r1", turn=0))
-    assert len(relay.telemetry.spans) == before  # type: ignore[attr-defined]
+    assert len(rec.spans) == before
 
 
 async def test_the_conversation_log_keeps_its_lines(relay: MediaRelay) -> None:
