@@ -21,6 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from voicebridge.wavfile import read_wav_frames
+
 #: How :func:`resample` converts: see the module docstring.
 Resampling = Literal["bridge", "soxr", "soxr-vhq"]
 
@@ -33,9 +35,14 @@ def read_wav(source: Any, *, mix_down: bool = False) -> tuple[npt.NDArray[np.int
     (``ValueError``) unless ``mix_down``: then the channels are averaged, rounded.
     """
     name = "WAV data" if isinstance(source, bytes | bytearray) else str(source)
-    with _open(source) as fh, wave.open(fh) as wav:
-        width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
-        frames = wav.readframes(wav.getnframes())
+    with _open(source) as fh:
+        stored = read_wav_frames(fh)
+    width, channels, rate, frames = (
+        stored.sample_width,
+        stored.channels,
+        stored.rate,
+        stored.frames,
+    )
     if width != 2:
         raise ValueError(f"{name}: expected 16-bit PCM, got {8 * width}-bit")
     samples = np.frombuffer(frames, dtype="<i2")
