@@ -221,7 +221,10 @@ param acsJwtIssuer string = 'https://acscallautomation.communication.azure.com'
 param acsOpenidConfigUrl string = 'https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration'
 param acsJwksUrl string = ''
 param jwtLeewayS int = 60
-@description('CALL_URL_SECRET: HMAC key for per-call callback/media URLs ("" = app default). Generate: openssl rand -base64 32')
+@description('CALL_URL_KEYS: per-call URL token keys "kid:base64key,kid2:base64key2", the first signs, all verify ("" = unset). Key: openssl rand -base64 32')
+@secure()
+param callUrlKeys string = ''
+@description('CALL_URL_SECRET (deprecated, used only while callUrlKeys is empty): one HMAC key for per-call URLs ("" = app default).')
 @secure()
 param callUrlSecret string = ''
 param eventgridEntraOpenidConfigUrl string = ''
@@ -312,6 +315,7 @@ var secretNames = {
   acsConnectionString: 'acs-connection-string'
   eventGridSharedSecret: 'eventgrid-shared-secret'
   callUrlSecret: 'call-url-secret'
+  callUrlKeys: 'call-url-keys'
   appInsightsConnectionString: 'appinsights-connection-string'
 }
 
@@ -332,6 +336,7 @@ module vault 'modules/keyvault.bicep' = {
     appInsightsName: monitoring.outputs.appInsightsName
     eventGridSharedSecret: eventGridSharedSecret
     callUrlSecret: callUrlSecret
+    callUrlKeys: callUrlKeys
   }
   dependsOn: [
     acs
@@ -403,6 +408,15 @@ var keyVaultSecrets = concat(
         }
       ]
     : [],
+  !empty(callUrlKeys)
+    ? [
+        {
+          name: secretNames.callUrlKeys
+          keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.callUrlKeys}'
+          identity: identity.id
+        }
+      ]
+    : [],
   [
     {
       name: secretNames.appInsightsConnectionString
@@ -442,6 +456,14 @@ var secretEnv = concat(
         {
           name: 'CALL_URL_SECRET'
           secretRef: secretNames.callUrlSecret
+        }
+      ]
+    : [],
+  !empty(callUrlKeys)
+    ? [
+        {
+          name: 'CALL_URL_KEYS'
+          secretRef: secretNames.callUrlKeys
         }
       ]
     : [],

@@ -38,6 +38,9 @@ param eventGridSharedSecret string = ''
 @secure()
 param callUrlSecret string = ''
 
+@secure()
+param callUrlKeys string = ''
+
 // Key Vault Secrets User: read secret contents (built-in role).
 var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
 
@@ -105,6 +108,15 @@ resource callUrl 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(cal
   properties: {
     value: callUrlSecret
     contentType: 'HMAC key for per-call URLs'
+  }
+}
+
+resource callUrlKeyRing 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(callUrlKeys)) {
+  parent: vault
+  name: secretNames.callUrlKeys
+  properties: {
+    value: callUrlKeys
+    contentType: 'Per-call URL token keys (kid:base64key, first signs)'
   }
 }
 

@@ -23,6 +23,7 @@ from voicebridge.clock import Clock, RealClock
 from voicebridge.config import Settings
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
+    URL_TOKEN_GRACE_S,
     CallUrlSigner,
     JwksCache,
     TokenValidator,
@@ -43,11 +44,14 @@ class AppContext:
         self.stats = ServiceStats()
         # Off (a no-op) unless APPLICATIONINSIGHTS_CONNECTION_STRING is set.
         self.telemetry = telemetry.setup(settings)
-        secret = settings.call_url_secret
         self.registry = CallRegistry(
             log_dir=settings.log_dir,
             stats=self.stats,
-            signer=CallUrlSigner(secret.get_secret_value().encode() if secret else None),
+            # Tokens outlive the longest call by 15 minutes, so late callbacks still pass.
+            signer=CallUrlSigner(
+                settings.call_url_key_ring(),
+                lifetime_s=settings.max_call_duration_s + URL_TOKEN_GRACE_S,
+            ),
         )
         self.acs_tokens = acs_token_validator(settings)
         self.eventgrid_tokens = eventgrid_token_validator(settings)

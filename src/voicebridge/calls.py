@@ -120,7 +120,10 @@ class Call:
     """One phone call, from IncomingCall to CallDisconnected."""
 
     id: str  # random; the registry key
-    url_key: str  # "<id>.<HMAC>": the unguessable part of the callback and media URLs
+    # Signed per-call tokens (security.CallUrlSigner): the unguessable part of the
+    # callback URL and of the media URL, each valid only for its own route.
+    callback_token: str
+    media_token: str
     correlation_id: str
     server_call_id: str
     caller: str
@@ -181,10 +184,11 @@ class CallRegistry:
         return False
 
     def new_call(self, *, correlation_id: str, server_call_id: str, caller: str) -> Call:
-        call_id, url_key = self.signer.new_key()
+        call_id, callback_token, media_token = self.signer.new_call()
         call = Call(
             id=call_id,
-            url_key=url_key,
+            callback_token=callback_token,
+            media_token=media_token,
             correlation_id=correlation_id,
             server_call_id=server_call_id,
             caller=caller,

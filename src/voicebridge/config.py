@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from voicebridge.core.voicelive import model_family, transcription_models
 from voicebridge.errors import ConfigError
+from voicebridge.security import LEGACY_KID, parse_url_keys
 
 #: TRANSCRIPTION_MODEL values that turn caller transcription off.
 TRANSCRIPTION_OFF = ("none", "off")
@@ -198,6 +199,12 @@ class Settings(BaseSettings):
     jwt_leeway_s: float = Field(
         default=60.0, ge=0, le=600, validation_alias=AliasChoices("JWT_LEEWAY_S")
     )
+    # Per-call URL token keys, "kid:base64key,kid2:base64key2": the first signs, all
+    # verify (security.CallUrlSigner; docs/security.md "Per-call URLs").
+    call_url_keys: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CALL_URL_KEYS")
+    )
+    # Deprecated: one raw key (kid "s0"), used only while CALL_URL_KEYS is unset.
     call_url_secret: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("CALL_URL_SECRET")
     )
@@ -261,6 +268,22 @@ class Settings(BaseSettings):
         if parsed.scheme not in ("http", "https", "ws", "wss") or not parsed.netloc:
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("call_url_keys")
+    @classmethod
+    def _url_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # "" (e.g. an empty Bicep parameter) means unset
+        parse_url_keys(value.get_secret_value())  # ValueError names the entry, not the key
+        return value
+
+    def call_url_key_ring(self) -> list[tuple[str, bytes]] | None:
+        """The per-call URL keys, first one signing: CALL_URL_KEYS, else the deprecated
+        CALL_URL_SECRET as kid "s0", else None (a random per-process key)."""
+        if self.call_url_keys is not None:
+            return parse_url_keys(self.call_url_keys.get_secret_value())
+        secret = self.call_url_secret.get_secret_value() if self.call_url_secret else ""
+        return [(LEGACY_KID, secret.encode())] if secret else None
 
     @field_validator("log_level")
     @classmethod

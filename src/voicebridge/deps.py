@@ -3,8 +3,9 @@
 * :data:`CtxDep` — the app's :class:`~voicebridge.app.AppContext` (settings, clients,
   the call registry, stats, telemetry);
 * :data:`SettingsDep` — its :class:`~voicebridge.config.Settings`;
-* :data:`AcsCallDep` — the id of the call an ACS request is for, once the per-call URL
-  key and the ACS JWT are both valid (protocols.md §5). One check for the Call
+* :data:`AcsCallbackDep`, :data:`AcsMediaDep` — the id of the call an ACS request is
+  for, once the per-call URL token (for that route's purpose: a callback token is no
+  media token) and the ACS JWT are both valid (protocols.md §5). One check for the Call
   Automation callbacks and the media WebSocket: a refused callback gets HTTP 401
   ``{"error": "unauthorized"}`` (:class:`Refused`, rendered by :func:`refused`); a
   refused media upgrade is closed with 1008 before ``accept``, which the client sees
@@ -23,7 +24,12 @@ from starlette.requests import HTTPConnection, Request
 from voicebridge import logs, observations
 from voicebridge.app import AppContext
 from voicebridge.config import Settings
-from voicebridge.security import TokenRejected, unverified_audience
+from voicebridge.security import (
+    PURPOSE_CALLBACK,
+    PURPOSE_MEDIA,
+    TokenRejected,
+    unverified_audience,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +68,16 @@ async def refused(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
-async def authenticate_acs(ctx: AppContext, url_key: str, authorization: str | None) -> str | None:
-    """The call id if the per-call URL key and the ACS token are both valid; None (and
-    a log line saying why, never the token) otherwise."""
-    call_id = ctx.registry.signer.verify(url_key)
-    if call_id is None:
-        log.warning("ACS request refused: the per-call URL key is not valid")
+async def authenticate_acs(
+    ctx: AppContext, url_key: str, purpose: bytes, authorization: str | None
+) -> str | None:
+    """The call id if the per-call URL token (for ``purpose``) and the ACS token are both
+    valid; None (and a log line saying why, never the token) otherwise. The URL token is
+    checked first: it costs one HMAC and no I/O."""
+    try:
+        call_id = ctx.registry.signer.check(url_key, purpose)
+    except TokenRejected as exc:
+        log.warning("ACS request refused: the per-call URL token is %s", exc.reason)
         return None
     if ctx.acs_tokens is not None:
         try:
@@ -92,10 +102,10 @@ async def authenticate_acs(ctx: AppContext, url_key: str, authorization: str | N
     return str(call_id)
 
 
-async def acs_call_id(url_key: str, conn: HTTPConnection, ctx: CtxDep) -> str:
+async def _acs_call_id(url_key: str, purpose: bytes, conn: HTTPConnection, ctx: AppContext) -> str:
     """The call id of an authenticated ACS request (``url_key`` is the path parameter);
     refuses the request or the WebSocket upgrade otherwise."""
-    call_id = await authenticate_acs(ctx, url_key, conn.headers.get("authorization"))
+    call_id = await authenticate_acs(ctx, url_key, purpose, conn.headers.get("authorization"))
     if call_id is not None:
         return call_id
     if conn.scope["type"] == "websocket":
@@ -103,4 +113,15 @@ async def acs_call_id(url_key: str, conn: HTTPConnection, ctx: CtxDep) -> str:
     raise Refused(401, "unauthorized")
 
 
-AcsCallDep = Annotated[str, Depends(acs_call_id)]
+async def acs_callback_call_id(url_key: str, conn: HTTPConnection, ctx: CtxDep) -> str:
+    """:func:`_acs_call_id` for ``/api/callbacks/{url_key}`` (callback tokens only)."""
+    return await _acs_call_id(url_key, PURPOSE_CALLBACK, conn, ctx)
+
+
+async def acs_media_call_id(url_key: str, conn: HTTPConnection, ctx: CtxDep) -> str:
+    """:func:`_acs_call_id` for ``/ws/media/{url_key}`` (media tokens only)."""
+    return await _acs_call_id(url_key, PURPOSE_MEDIA, conn, ctx)
+
+
+AcsCallbackDep = Annotated[str, Depends(acs_callback_call_id)]
+AcsMediaDep = Annotated[str, Depends(acs_media_call_id)]

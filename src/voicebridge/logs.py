@@ -128,8 +128,11 @@ def install_record_factory() -> None:
 
 # ---------------------------------------------------------------- redaction
 
-# /api/callbacks/<id>.<mac> and /ws/media/<id>.<mac>: the MAC is the secret part.
-_URL_KEY = re.compile(r"(/(?:api/callbacks|ws/media)/[^/.\s\"'?]*)\.[^/\s\"'?&]+")
+# /api/callbacks/<token> and /ws/media/<token>: a token "1.<kid>.<payload>.<mac>" keeps
+# its version and key id (rotation diagnostics); any other "<a>.<b...>" keeps "<a>".
+_URL_KEY = re.compile(
+    r"(/(?:api/callbacks|ws/media)/(?:1\.[A-Za-z0-9_-]{1,8}\.|[^/.\s\"'?]*\.))[^/\s\"'?&]+"
+)
 _QUERY_SECRET = re.compile(r"([?&](?:secret|sig|code|access_token|api-key)=)[^&\s\"']+", re.I)
 
 
@@ -137,7 +140,7 @@ def redact(text: str) -> str:
     """``text`` with per-call URL keys and secret query values blanked."""
     if "/" not in text and "=" not in text:
         return text
-    return _QUERY_SECRET.sub(r"\1<redacted>", _URL_KEY.sub(r"\1.<redacted>", text))
+    return _QUERY_SECRET.sub(r"\1<redacted>", _URL_KEY.sub(r"\1<redacted>", text))
 
 
 # ---------------------------------------------------------------- formatters

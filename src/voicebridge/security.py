@@ -5,9 +5,10 @@
   delivery. Signatures are checked by PyJWT; keys come from :class:`JwksCache`,
   fetched once, cached, and refetched only for an unknown key id (at most every
   ``min_refresh_s``), never per request.
-* :class:`CallUrlSigner` — the per-call secret in callback and media URLs:
-  ``<call id>.<HMAC-SHA256(secret, call id)>``, checked in constant time. A second
-  factor that also binds a media socket to its call.
+* :class:`CallUrlSigner` — the signed per-call tokens in callback and media URLs
+  (call id, expiry, purpose, key id; HMAC-SHA256 with a rotatable key ring), checked
+  in constant time without a lookup. A second factor that also binds a media socket
+  to its call.
 * :func:`constant_time_equal` for the Event Grid shared secret.
 
 A rejection raises :class:`TokenRejected` with a short, stable ``reason``; the token
@@ -21,9 +22,11 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import secrets
+import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -182,29 +185,163 @@ class TokenValidator:
         return claims
 
 
+# ---------------------------------------------------------------- per-call URL tokens
+
+URL_TOKEN_VERSION = "1"
+URL_TOKEN_MAX_LEN = 64  # "1." + kid (<= 8) + "." + 23 + "." + 22 = 57 at most
+URL_KEY_MIN_BYTES = 32
+URL_TOKEN_GRACE_S = 900.0  # a token lives MAX_CALL_DURATION_S + this from its issue
+DEFAULT_KID = "k0"  # the random per-process key when none is configured
+LEGACY_KID = "s0"  # CALL_URL_SECRET (deprecated) as a one-key ring
+PURPOSE_CALLBACK = b"c"
+PURPOSE_MEDIA = b"m"
+_PURPOSES = (PURPOSE_CALLBACK, PURPOSE_MEDIA)
+_CALL_ID_BYTES = 12
+_MAC_BYTES = 16
+_PAYLOAD = struct.Struct(">12sIc")  # call id, expiry (unix seconds), purpose: 17 bytes
+_KID = re.compile(r"[A-Za-z0-9_-]{1,8}")
+
+
+def _b64e(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str, size: int) -> bytes | None:
+    """Exactly ``size`` bytes from canonical unpadded base64url, else None."""
+    if len(text) != (size * 4 + 2) // 3:
+        return None
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except ValueError:
+        return None
+    # One spelling per value: refuse non-zero trailing bits (a second string, same bytes).
+    return raw if len(raw) == size and _b64e(raw) == text else None
+
+
+def parse_url_keys(text: str) -> list[tuple[str, bytes]]:
+    """``"kid:base64key,kid2:base64key2"`` as ``[(kid, key), ...]`` (the first signs).
+
+    Raises ValueError with a message that names the entry, never the key material."""
+    ring: list[tuple[str, bytes]] = []
+    entries = [e.strip() for e in text.split(",")]
+    for n, entry in enumerate(entries, 1):
+        kid, colon, encoded = entry.partition(":")
+        kid, encoded = kid.strip(), encoded.strip()
+        if not colon or not encoded:
+            raise ValueError(f"entry {n} is not kid:base64key")
+        if not _KID.fullmatch(kid):
+            raise ValueError(f"entry {n}: the key id must be 1-8 of A-Z a-z 0-9 _ -")
+        if any(kid == seen for seen, _ in ring):
+            raise ValueError(f"entry {n}: key id {kid} appears twice")
+        try:
+            padded = encoded + "=" * (-len(encoded) % 4)
+            key = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+        except ValueError:
+            raise ValueError(f"entry {n} ({kid}): the key is not base64") from None
+        if len(key) < URL_KEY_MIN_BYTES:
+            raise ValueError(
+                f"entry {n} ({kid}): the key must be at least {URL_KEY_MIN_BYTES} bytes "
+                "(openssl rand -base64 32)"
+            )
+        ring.append((kid, key))
+    return ring
+
+
 class CallUrlSigner:
-    """Per-call URL secrets: ``<id>.<mac>`` with ``mac = HMAC-SHA256(secret, id)``."""
+    """Signed, self-contained per-call URL tokens (docs/security.md "Per-call URLs")::
 
-    def __init__(self, secret: bytes | None = None) -> None:
-        # A random per-process secret unless one is configured: URLs only need to
-        # outlive the call, and the process that answered is the one that serves it.
-        self._secret = secret or secrets.token_bytes(32)
+        token   = "1." + kid + "." + b64url(payload) + "." + b64url(mac)
+        payload = call id (12 random bytes) | expiry (uint32, unix s) | purpose (b"c", b"m")
+        mac     = HMAC-SHA256(key[kid], b"vb1|" + kid + b"|" + payload)[:16]
 
-    def _mac(self, call_id: str) -> str:
-        digest = hmac.new(self._secret, call_id.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    Any process holding the key ring verifies a token without a lookup. The first key
+    signs, all of them verify (rotation). Pure: no I/O; ``now`` is passed in, or read
+    from ``time.time()`` when omitted.
+    """
 
-    def new_key(self) -> tuple[str, str]:
-        """A fresh ``(call id, URL key)``."""
-        call_id = secrets.token_urlsafe(12)
-        return call_id, f"{call_id}.{self._mac(call_id)}"
+    def __init__(
+        self,
+        keys: bytes | Sequence[tuple[str, bytes]] | None = None,
+        *,
+        lifetime_s: float = 3600.0 + 900.0,
+    ) -> None:
+        if keys is None or keys == b"":
+            # A random per-process key unless some are configured: single node only,
+            # where the process that answered is the one that serves the call.
+            ring: list[tuple[str, bytes]] = [(DEFAULT_KID, secrets.token_bytes(32))]
+        elif isinstance(keys, bytes):
+            ring = [(LEGACY_KID, keys)]  # CALL_URL_SECRET, deprecated
+        else:
+            ring = list(keys)
+        if not ring or any(not _KID.fullmatch(kid) or not key for kid, key in ring):
+            raise ValueError("call URL keys: need at least one (kid, key), kid [A-Za-z0-9_-]{1,8}")
+        self.signing_kid = ring[0][0]
+        self._keys = dict(ring)
+        self.lifetime_s = lifetime_s
 
-    def verify(self, key: str) -> str | None:
-        """The call id if ``key`` carries a valid MAC for it, else None (constant time)."""
-        call_id, dot, mac = key.partition(".")
-        if not dot or not call_id or len(key) > 128:
+    @property
+    def kids(self) -> list[str]:
+        return list(self._keys)
+
+    def _mac(self, kid: str, payload: bytes) -> bytes:
+        message = b"vb1|" + kid.encode("ascii") + b"|" + payload
+        return hmac.new(self._keys[kid], message, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def issue(self, call_id: str, purpose: bytes, *, now: float | None = None) -> str:
+        """A token for ``call_id`` (as :meth:`new_call` returns it) and ``purpose``,
+        valid until ``now + lifetime_s``."""
+        if purpose not in _PURPOSES:
+            raise ValueError("purpose must be PURPOSE_CALLBACK or PURPOSE_MEDIA")
+        raw_id = _b64d(call_id, _CALL_ID_BYTES)
+        if raw_id is None:
+            raise ValueError("call id must be 12 bytes, base64url")
+        issued = time.time() if now is None else now
+        expiry = min(int(issued + self.lifetime_s), 0xFFFFFFFF)
+        payload = _PAYLOAD.pack(raw_id, expiry, purpose)
+        kid = self.signing_kid
+        return f"{URL_TOKEN_VERSION}.{kid}.{_b64e(payload)}.{_b64e(self._mac(kid, payload))}"
+
+    def new_call(self, *, now: float | None = None) -> tuple[str, str, str]:
+        """A fresh ``(call id, callback token, media token)``."""
+        call_id = _b64e(secrets.token_bytes(_CALL_ID_BYTES))
+        return (
+            call_id,
+            self.issue(call_id, PURPOSE_CALLBACK, now=now),
+            self.issue(call_id, PURPOSE_MEDIA, now=now),
+        )
+
+    def check(self, token: str, purpose: bytes, *, now: float | None = None) -> str:
+        """The call id ``token`` was issued for, if it is genuine, unexpired and for
+        ``purpose``; raises :class:`TokenRejected` (``malformed``, ``unknown_key_id``,
+        ``bad_signature``, ``expired``, ``wrong_purpose``) otherwise. The MAC is
+        compared in constant time, and checked before anything the payload says."""
+        if len(token) > URL_TOKEN_MAX_LEN:
+            raise TokenRejected("malformed", "too long")
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != URL_TOKEN_VERSION:
+            raise TokenRejected("malformed")
+        _, kid, payload_text, mac_text = parts
+        payload = _b64d(payload_text, _PAYLOAD.size)
+        mac = _b64d(mac_text, _MAC_BYTES)
+        if payload is None or mac is None:
+            raise TokenRejected("malformed")
+        if kid not in self._keys:
+            raise TokenRejected("unknown_key_id")
+        if not hmac.compare_digest(mac, self._mac(kid, payload)):
+            raise TokenRejected("bad_signature")
+        raw_id, expiry, token_purpose = _PAYLOAD.unpack(payload)
+        if (time.time() if now is None else now) >= expiry:
+            raise TokenRejected("expired")
+        if token_purpose != purpose:
+            raise TokenRejected("wrong_purpose")
+        return _b64e(raw_id)
+
+    def verify(self, token: str, purpose: bytes, *, now: float | None = None) -> str | None:
+        """:meth:`check`, with None for a refusal."""
+        try:
+            return self.check(token, purpose, now=now)
+        except TokenRejected:
             return None
-        return call_id if hmac.compare_digest(mac.encode(), self._mac(call_id).encode()) else None
 
 
 def unverified_claims(token: str) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from voicebridge import logs
 from voicebridge.core import acs as codec
+from voicebridge.security import PURPOSE_CALLBACK, PURPOSE_MEDIA
 from voicebridge.sim.emulator import VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs
 from voicebridge.sim.simulate import (
@@ -114,7 +115,7 @@ def new_call(env: Env) -> Any:
 
 async def test_callbacks_refuse_every_bad_token_and_url_key(env: Env) -> None:
     call = new_call(env)
-    url = f"{env.base}/api/callbacks/{call.url_key}"
+    url = f"{env.base}/api/callbacks/{call.callback_token}"
     body = [{"type": "Microsoft.Communication.ParticipantsUpdated", "data": {}}]
     async with httpx.AsyncClient() as client:
         for name, auth in hostile_tokens(env.acs).items():
@@ -123,7 +124,8 @@ async def test_callbacks_refuse_every_bad_token_and_url_key(env: Env) -> None:
             assert r.status_code == 401, name
             assert r.json() == {"error": "unauthorized"}
         good = {"authorization": "Bearer " + env.acs.sign_jwt()}
-        tampered = call.url_key[:-2] + ("AA" if not call.url_key.endswith("AA") else "BB")
+        token = call.callback_token
+        tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
         for key in (tampered, call.id, call.id + ".", "x" * 300):
             r = await client.post(f"{env.base}/api/callbacks/{key}", json=body, headers=good)
             assert r.status_code == 401, key
@@ -141,7 +143,7 @@ async def test_callbacks_refuse_every_bad_token_and_url_key(env: Env) -> None:
 
 async def test_media_upgrade_refused_for_bad_tokens_and_keys(env: Env) -> None:
     call = new_call(env)
-    url = f"{env.ws_base}/ws/media/{call.url_key}"
+    url = f"{env.ws_base}/ws/media/{call.media_token}"
     for name, auth in hostile_tokens(env.acs).items():
         headers = {"authorization": auth} if auth else {}
         with pytest.raises(websockets.exceptions.InvalidStatus) as info:
@@ -157,6 +159,37 @@ async def test_media_upgrade_refused_for_bad_tokens_and_keys(env: Env) -> None:
     assert env.app.state.ctx.registry.get(call.id) is call  # nothing changed for the call
 
 
+async def test_each_url_token_works_only_for_its_own_route_and_until_it_expires(
+    env: Env,
+) -> None:
+    """A leaked callback URL is no media URL (and vice versa); an expired token is
+    refused even with a valid ACS JWT."""
+    call = new_call(env)
+    signer = env.app.state.ctx.registry.signer
+    expired = {
+        purpose: signer.issue(call.id, purpose, now=time.time() - signer.lifetime_s - 1)
+        for purpose in (PURPOSE_CALLBACK, PURPOSE_MEDIA)
+    }
+    good = {"authorization": "Bearer " + env.acs.sign_jwt(lifetime_s=24 * 3600)}
+    body = [{"type": "Microsoft.Communication.ParticipantsUpdated", "data": {}}]
+    async with httpx.AsyncClient() as client:
+        for token in (call.media_token, expired[PURPOSE_CALLBACK]):
+            r = await client.post(f"{env.base}/api/callbacks/{token}", json=body, headers=good)
+            assert r.status_code == 401 and r.json() == {"error": "unauthorized"}
+        r = await client.post(
+            f"{env.base}/api/callbacks/{call.callback_token}", json=body, headers=good
+        )
+        assert r.status_code == 204
+    for token in (call.callback_token, expired[PURPOSE_MEDIA]):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as info:
+            async with websockets.connect(
+                f"{env.ws_base}/ws/media/{token}", additional_headers=good
+            ):
+                pass
+        assert info.value.response.status_code == 403
+    assert env.app.state.ctx.registry.get(call.id) is call and call.relay is None
+
+
 def frame(value: int = 0) -> str:
     pcm = np.full(320, value, dtype="<i2").tobytes()
     return codec.audio_data_message(base64.b64encode(pcm).decode(), silent=value == 0)
@@ -165,7 +198,7 @@ def frame(value: int = 0) -> str:
 async def test_garbage_mid_call_is_counted_and_the_call_goes_on(env: Env) -> None:
     call = new_call(env)
     headers = {"authorization": "Bearer " + env.acs.sign_jwt(lifetime_s=24 * 3600)}
-    url = f"{env.ws_base}/ws/media/{call.url_key}"
+    url = f"{env.ws_base}/ws/media/{call.media_token}"
     garbage = [
         "not json",
         "[1,2,3]",
@@ -218,7 +251,7 @@ async def test_oversized_media_message_closes_1009(env: Env) -> None:
     call = new_call(env)
     headers = {"authorization": "Bearer " + env.acs.sign_jwt(lifetime_s=24 * 3600)}
     async with websockets.connect(
-        f"{env.ws_base}/ws/media/{call.url_key}", additional_headers=headers, max_size=None
+        f"{env.ws_base}/ws/media/{call.media_token}", additional_headers=headers, max_size=None
     ) as ws:
         await ws.send(codec.audio_metadata_message(sample_rate=16000))
         await ws.send("x" * (65 * 1024))
@@ -232,7 +265,7 @@ async def test_idle_media_ends_the_call(env: Env) -> None:
     call = new_call(env)
     headers = {"authorization": "Bearer " + env.acs.sign_jwt(lifetime_s=24 * 3600)}
     async with websockets.connect(
-        f"{env.ws_base}/ws/media/{call.url_key}", additional_headers=headers
+        f"{env.ws_base}/ws/media/{call.media_token}", additional_headers=headers
     ) as ws:
         await ws.send(codec.audio_metadata_message(sample_rate=16000))
         with pytest.raises(websockets.exceptions.ConnectionClosed):
@@ -332,8 +365,8 @@ async def test_no_secret_reaches_the_logs(tmp_path: Path, caplog: pytest.LogCapt
     )
     assert "voicebridge.relay" in text or "voicebridge.routes" in text  # we did capture the bridge
     callback_uri = result.call.answer_request["callbackUri"]  # type: ignore[index]
-    url_key = callback_uri.rsplit("/", 1)[1]
-    for secret in (EMULATOR_KEY, result.acs.access_key, url_secret, url_key.split(".")[1]):
+    url_key = callback_uri.rsplit("/", 1)[1]  # "1.<kid>.<payload>.<mac>"
+    for secret in (EMULATOR_KEY, result.acs.access_key, url_secret, *url_key.split(".")[2:]):
         assert secret not in text
     assert not re.search(r"eyJ[\w-]{10,}\.[\w-]{10,}\.", text), "a JWT was logged"
     assert json.dumps(result.report).find(EMULATOR_KEY) == -1

@@ -246,7 +246,7 @@ def test_secrets_reach_the_app_only_as_key_vault_references(
 
 def test_no_secret_value_is_ever_written_into_a_container_app(main: BicepFile) -> None:
     secure = {name for name, p in main.params().items() if p.secure}
-    assert {"eventGridSharedSecret", "callUrlSecret"} <= secure
+    assert {"eventGridSharedSecret", "callUrlSecret", "callUrlKeys"} <= secure
     # (They may appear in conditions, e.g. `!empty(callUrlSecret) ? [...]`, not in values.)
     for var in ("plainEnv", "secretEnv", "keyVaultSecrets"):
         for entry in objects(main.var(var)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,40 @@ def test_debug_endpoints_are_off_unless_set(env: pytest.MonkeyPatch) -> None:
     env.delenv("DEBUG_ENDPOINTS")
     env.setenv("VOICEBRIDGE_STATS_CENSUS", "1")  # the switch's earlier name still works
     assert load_settings().debug_endpoints is True
+
+
+URL_KEY_1 = base64.b64encode(b"1" * 32).decode()
+URL_KEY_2 = base64.b64encode(b"2" * 48).decode()
+
+
+def test_call_url_keys(env: pytest.MonkeyPatch) -> None:
+    env.delenv("CALL_URL_SECRET", raising=False)
+    env.setenv("CALL_URL_KEYS", f"k2:{URL_KEY_2},k1:{URL_KEY_1}")
+    s = load_settings()
+    assert s.call_url_key_ring() == [("k2", b"2" * 48), ("k1", b"1" * 32)]
+    assert URL_KEY_1 not in repr(s) and URL_KEY_2 not in repr(s)
+    env.setenv("CALL_URL_SECRET", "legacy-secret")  # ignored while CALL_URL_KEYS is set
+    assert load_settings().call_url_key_ring() == [("k2", b"2" * 48), ("k1", b"1" * 32)]
+
+
+def test_call_url_secret_is_the_deprecated_single_key(env: pytest.MonkeyPatch) -> None:
+    env.delenv("CALL_URL_KEYS", raising=False)
+    env.setenv("CALL_URL_SECRET", "legacy-secret")
+    assert load_settings().call_url_key_ring() == [("s0", b"legacy-secret")]
+    env.setenv("CALL_URL_KEYS", "  ")  # an empty Bicep parameter: unset
+    assert load_settings().call_url_key_ring() == [("s0", b"legacy-secret")]
+    env.setenv("CALL_URL_SECRET", "")
+    assert load_settings().call_url_key_ring() is None  # a random per-process key
+
+
+@pytest.mark.parametrize(
+    "value",
+    [URL_KEY_1, f"k1:{URL_KEY_1},", "bad kid:" + URL_KEY_1, "k1:short", f"k1:{URL_KEY_1}*"],
+)
+def test_a_malformed_call_url_keys_stops_startup_in_one_line(
+    env: pytest.MonkeyPatch, value: str
+) -> None:
+    env.setenv("CALL_URL_KEYS", value)
+    with pytest.raises(ConfigError, match=r"^CALL_URL_KEYS: entry \d") as info:
+        load_settings()
+    assert "\n" not in str(info.value) and URL_KEY_1 not in str(info.value)

@@ -95,7 +95,7 @@ async def test_a_callback_with_a_valid_key_reaches_the_route(
 ) -> None:
     call = new_call(app)
     r = await client.post(
-        f"/api/callbacks/{call.url_key}", content=b"[]", headers={"content-type": "x/y"}
+        f"/api/callbacks/{call.callback_token}", content=b"[]", headers={"content-type": "x/y"}
     )
     assert r.status_code == 415  # past the dependency: the route's own checks answer
 
@@ -114,7 +114,7 @@ async def test_a_media_upgrade_with_a_bad_url_key_is_closed_1008_before_accept(
 async def test_a_media_upgrade_for_an_ended_call_is_closed_1008(app: FastAPI) -> None:
     call = new_call(app)
     ctx_of(app).registry.end(call, "caller_hung_up")
-    first = await websocket_upgrade(app, f"/ws/media/{call.url_key}")
+    first = await websocket_upgrade(app, f"/ws/media/{call.media_token}")
     assert first["type"] == "websocket.close" and first["code"] == 1008
 
 
@@ -125,8 +125,8 @@ def test_routes_take_the_context_and_the_acs_check_from_deps() -> None:
     sources = {p.name: p.read_text(encoding="utf-8") for p in routes.glob("*.py")}
     for name, text in sources.items():
         assert "app.state" not in text, name
-    for name in ("calls.py", "media.py"):
-        assert "call_id: AcsCallDep" in sources[name], name
+    for name, dep in (("calls.py", "AcsCallbackDep"), ("media.py", "AcsMediaDep")):
+        assert f"call_id: {dep}" in sources[name], name
     assert "authenticate_acs" not in sources["media.py"] + sources["calls.py"]
 
 

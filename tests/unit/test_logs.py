@@ -12,6 +12,7 @@ import pytest
 
 from voicebridge import logs
 from voicebridge.logs import CallIds
+from voicebridge.security import CallUrlSigner
 
 CORR = "0b9a4f0e-6a55-4b8e-9a1f-2f3c4d5e6f70"
 CONN = "4d1e0c2a-7b3f-4e51-8c6d-9e0f1a2b3c4d"
@@ -135,12 +136,28 @@ def test_text_format_names_the_call() -> None:
             "POST /api/incoming-call?secret=eg-shared-secret&x=1",
             "POST /api/incoming-call?secret=<redacted>&x=1",
         ),
+        (  # a signed per-call token: version and key id stay, payload and MAC go
+            '10.0.0.1:4 - "WebSocket /ws/media/1.k2.AAECAwQFBgcICQoLaWvrgG0.q83vEjRWeJCrze8SNF"',
+            '10.0.0.1:4 - "WebSocket /ws/media/1.k2.<redacted>"',
+        ),
+        (
+            "POST /api/callbacks/1.s0.AAECAwQFBgcICQoLaWvrgGM.q83vEjRWeJCrze8SNFZ4kA HTTP/1.1",
+            "POST /api/callbacks/1.s0.<redacted> HTTP/1.1",
+        ),
         ("nothing to hide here", "nothing to hide here"),
         ("/ws/media/no-dot-key", "/ws/media/no-dot-key"),
     ],
 )
 def test_redaction(raw: str, clean: str) -> None:
     assert logs.redact(raw) == clean
+
+
+def test_redaction_blanks_the_tokens_the_signer_issues() -> None:
+    _, callback, media = CallUrlSigner([("k1", b"k" * 32)]).new_call()
+    for path, token in (("/api/callbacks/", callback), ("/ws/media/", media)):
+        line = logs.redact(f'1.2.3.4:5 - "POST {path}{token} HTTP/1.1" 204')
+        assert line == f'1.2.3.4:5 - "POST {path}1.k1.<redacted> HTTP/1.1" 204'
+        assert token.split(".")[2] not in line and token.split(".")[3] not in line
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ would mean a second answer attempt. Retries that still arrive are dropped by eve
 Every request is checked before its body is parsed: content type, size
 (``MAX_BODY_BYTES``), then the configured credentials — the Event Grid shared secret
 and/or Entra token on the webhook (the validation handshake is always answered),
-the per-call URL key and the ACS JWT on callbacks (:data:`~voicebridge.deps.AcsCallDep`,
+the per-call URL key and the ACS JWT on callbacks (:data:`~voicebridge.deps.AcsCallbackDep`,
 checked before the body is read).
 """
 
@@ -23,7 +23,7 @@ from voicebridge.acs import client as acs_client
 from voicebridge.app import AppContext
 from voicebridge.calls import Call, CallOutcome
 from voicebridge.core import webhooks
-from voicebridge.deps import AcsCallDep, CtxDep
+from voicebridge.deps import AcsCallbackDep, CtxDep
 from voicebridge.errors import WebhookError
 from voicebridge.security import TokenRejected, constant_time_equal
 
@@ -182,8 +182,8 @@ async def _answer(ctx: AppContext, call: Call, incoming_call_context: str) -> No
             call.call_connection_id = await acs_client.answer(
                 ctx.acs,
                 incoming_call_context=incoming_call_context,
-                callback_url=f"{s.public_base_url}/api/callbacks/{call.url_key}",
-                transport_url=f"{s.media_base_url}/ws/media/{call.url_key}",
+                callback_url=f"{s.public_base_url}/api/callbacks/{call.callback_token}",
+                transport_url=f"{s.media_base_url}/ws/media/{call.media_token}",
                 acs_rate=s.acs_audio_rate,
             )
         except Exception as exc:
@@ -201,7 +201,7 @@ async def _answer(ctx: AppContext, call: Call, incoming_call_context: str) -> No
 
 
 @router.post("/api/callbacks/{url_key}")
-async def callbacks(call_id: AcsCallDep, request: Request, ctx: CtxDep) -> Response:
+async def callbacks(call_id: AcsCallbackDep, request: Request, ctx: CtxDep) -> Response:
     """Call Automation mid-call events (a JSON array of CloudEvents); ``call_id`` is
     authenticated (per-call URL key and ACS JWT) before the body is read."""
     observations.observe(

@@ -1,7 +1,7 @@
 """The ACS media WebSocket (protocols.md §4, §5): one relay per call.
 
 The upgrade is refused (HTTP 403, before ``accept``) unless the per-call URL key and
-the ACS JWT are valid (:data:`~voicebridge.deps.AcsCallDep`) and the call is live. A
+the ACS JWT are valid (:data:`~voicebridge.deps.AcsMediaDep`) and the call is live. A
 second valid socket for a call that already has one *replaces* it — ACS may reconnect a
 dropped stream (``streamConnectionReestablished``, protocols §4) — and the relay
 carries on with it.
@@ -18,7 +18,7 @@ from fastapi import APIRouter, WebSocket
 from voicebridge import logs
 from voicebridge.app import AppContext
 from voicebridge.calls import Call, CallOutcome
-from voicebridge.deps import POLICY_VIOLATION, AcsCallDep, CtxDep
+from voicebridge.deps import POLICY_VIOLATION, AcsMediaDep, CtxDep
 from voicebridge.errors import close_code
 from voicebridge.relay import CallServices, MediaRelay
 from voicebridge.voicelive.session import open_session
@@ -29,7 +29,7 @@ router = APIRouter(tags=["media"])
 
 
 @router.websocket("/ws/media/{url_key}")
-async def media(websocket: WebSocket, call_id: AcsCallDep, ctx: CtxDep) -> None:
+async def media(websocket: WebSocket, call_id: AcsMediaDep, ctx: CtxDep) -> None:
     """Relay one call's audio between ACS and Voice Live until the call ends."""
     call = ctx.registry.get(call_id)
     if call is None:

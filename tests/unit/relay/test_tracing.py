@@ -86,7 +86,8 @@ async def relay(tmp_path: Any) -> AsyncIterator[MediaRelay]:
     )
     call = Call(
         id="c1",
-        url_key="c1.mac",
+        callback_token="1.k0.callback.mac",
+        media_token="1.k0.media.mac",
         correlation_id="corr-1",
         server_call_id="",
         caller="",
