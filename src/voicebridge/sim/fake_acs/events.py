@@ -9,6 +9,7 @@ sit on it.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import json
@@ -47,7 +48,7 @@ def iso7(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}0Z"
 
 
-class AcsEvents:
+class AcsEvents(abc.ABC):
     """The fake's state, its tokens, and what it posts (see the module docstring); the
     constructor's arguments are described on :class:`~voicebridge.sim.fake_acs.FakeAcs`."""
 
@@ -392,9 +393,10 @@ class AcsEvents:
                 "ok": ok,
             }
 
+    @abc.abstractmethod
     async def _end(self, call: FakeCall, reason: str) -> None:
-        """End ``call`` (the call flow does: :meth:`~.flow.CallFlow._end`)."""
-        raise NotImplementedError
+        """End ``call``: the call-flow layer implements it (:meth:`~.flow.CallFlow._end`);
+        the ring timeout here needs it, so the layer declares it abstract."""
 
     async def _ring_timeout(self, call: FakeCall) -> None:
         await asyncio.sleep(self.ring_timeout_s)
