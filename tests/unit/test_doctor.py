@@ -18,7 +18,6 @@ from voicebridge.doctor.eventgrid import evaluate_subscriptions
 from voicebridge.doctor.hints import (
     conflict_fields,
     credential_failure,
-    jwt_claims,
     token_problem,
     voicelive_http_hint,
 )
@@ -35,6 +34,7 @@ from voicebridge.doctor.report import (
     to_json,
 )
 from voicebridge.doctor.vlsession import SessionOutcome, evaluate_session
+from voicebridge.security import unverified_claims
 
 BASE: dict[str, Any] = {
     "_env_file": None,
@@ -136,9 +136,9 @@ def test_command_line_flags() -> None:
 
 
 def test_tokens_are_read_without_verification() -> None:
-    assert jwt_claims("opaque-token") is None
-    assert jwt_claims("a.b.c") is None
-    assert jwt_claims(token({"aud": "x"})) == {"aud": "x"}
+    assert unverified_claims("opaque-token") is None
+    assert unverified_claims("a.b.c") is None
+    assert unverified_claims(token({"aud": "x"})) == {"aud": "x"}
 
 
 @pytest.mark.parametrize(

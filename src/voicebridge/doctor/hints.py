@@ -12,8 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from voicebridge.security import unverified_claims
-
 #: The Entra scope the Voice Live SDK asks tokens for (azure-ai-voicelive 1.3.1).
 VOICELIVE_SCOPE = "https://ai.azure.com/.default"
 #: Token audiences Voice Live accepts (the 2026-07-15 reference: ai.azure.com, or the
@@ -36,12 +34,6 @@ class Hint:
 
 
 # --------------------------------------------------------------------------- tokens
-
-
-def jwt_claims(token: str) -> dict[str, Any] | None:
-    """The claims of a JWT, read *without* verifying it (only to explain a refusal);
-    None for an opaque token."""
-    return unverified_claims(token)
 
 
 def token_problem(claims: Mapping[str, Any], now: float | None = None) -> Hint | None:

@@ -26,6 +26,7 @@ from azure.core.credentials import AzureKeyCredential
 from voicebridge.doctor import hints, net, vlsession
 from voicebridge.doctor.context import Context
 from voicebridge.doctor.report import Check, failed, passed, skipped, with_cause
+from voicebridge.security import unverified_claims
 from voicebridge.voicelive.session import (
     OpenSession,
     StaticTokenCredential,
@@ -114,7 +115,7 @@ async def auth_check(ctx: Context) -> tuple[Check, Auth | None]:
     ctx.secrets.add(token.token)
     headers = {"Authorization": f"Bearer {token.token}"}
     auth = Auth("bearer", StaticTokenCredential(token.token), headers)
-    claims = hints.jwt_claims(token.token)
+    claims = unverified_claims(token.token)
     if claims is None:
         return passed(AUTH, f"Entra token from {source} (opaque: audience not checked)"), auth
     problem = hints.token_problem(claims)
