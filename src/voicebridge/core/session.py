@@ -139,7 +139,8 @@ class VoiceLiveSession:
         self.unreadable_run = 0  # frames in a row that were not JSON objects
         self._last_event_at = 0.0
         self._awaiting_update_since: float | None = None
-        self._turn_waiting_since: float | None = None  # committed, no response yet
+        # A committed turn with no response yet: when it counts as unanswered.
+        self._turn_deadline: float | None = None
         self._nudged = False
         self._greeted = False
         self._expiry_seen: float | None = None  # the expires_at _lifetime belongs to
@@ -227,7 +228,7 @@ class VoiceLiveSession:
         """The session is gone (a replacement follows): its timers stop."""
         self.new_session()
         self._awaiting_update_since = None
-        self._turn_waiting_since = None
+        self._turn_deadline = None
         self.unreadable_run = 0
         self._emit(SessionLost(session_id=self.session_id))
 
@@ -261,7 +262,7 @@ class VoiceLiveSession:
     def input_committed(self, now: float) -> None:
         """A caller utterance was committed: a new turn, waiting for its response."""
         self.responses.user_turn()
-        self._turn_waiting_since = now
+        self._turn_deadline = now + self._timeouts.response_start_s
         self._nudged = False
 
     def user_said(self, ev: vl.TranscriptionCompleted) -> None:
@@ -283,7 +284,7 @@ class VoiceLiveSession:
             self._emit(TurnAnomaly(error=str(exc)))
 
     def response_created(self, ev: vl.ResponseCreated) -> None:
-        self._turn_waiting_since = None
+        self._turn_deadline = None
         self._accounting.counters.responses_created += 1
         self._respond(Trigger.CREATED, ev.response_id)
         self._emit(ResponseStarted(response_id=ev.response_id, turn=self.responses.turn))
@@ -297,12 +298,11 @@ class VoiceLiveSession:
         self._accounting.counters.voicelive_errors[ev.code] += 1
         if self.responses.allows(Trigger.REJECTED) is None:  # it answers our request
             self._respond(Trigger.REJECTED)
-        if ev.code == vl.ACTIVE_RESPONSE_ERROR and self._turn_waiting_since is not None:
+        if ev.code == vl.ACTIVE_RESPONSE_ERROR and self._turn_deadline is not None:
             # Our response.create (cancel_previous=false) met a response the service has
             # already started for this turn: it is coming, so the turn is not unanswered.
             # Wait for it as long as for a stalled response before giving up on the session.
-            t = self._timeouts
-            self._turn_waiting_since = now + t.response_stall_s - t.response_start_s
+            self._turn_deadline = now + self._timeouts.response_stall_s
         self._emit(
             VoiceLiveError(
                 type=ev.type,
@@ -332,12 +332,12 @@ class VoiceLiveSession:
             return ReplaceReason.SESSION_UPDATE_TIMEOUT
         if self.responses.is_active and now - self._last_event_at > t.response_stall_s:
             return ReplaceReason.RESPONSE_STALLED
-        waiting = self._turn_waiting_since
-        if waiting is not None and now - waiting > t.response_start_s:
+        deadline = self._turn_deadline
+        if deadline is not None and now > deadline:
             if self._nudged:
                 return ReplaceReason.RESPONSE_TIMEOUT
             self._nudged = True
-            self._turn_waiting_since = now
+            self._turn_deadline = now + t.response_start_s
             sent = self.request_response()
             self._emit(ResponseNudged(sent=sent, turn=self.responses.turn))
         return None
