@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
+
+import numpy as np
+import orjson
+import pybase64
 
 log = logging.getLogger("voicebridge.protocol")
 
@@ -78,10 +83,6 @@ class InboundLevels:
         return self.frames_left <= 0
 
     def _sample(self, text: str | bytes, playing: bool) -> None:
-        import numpy as np
-        import orjson
-        import pybase64
-
         try:
             msg = orjson.loads(text)
             data = (msg.get("audioData") or msg.get("AudioData") or {}).get("data")
@@ -101,7 +102,6 @@ class InboundLevels:
 
     def report(self) -> dict[str, Any]:
         """Mean level in dBFS in each state (None where no sample was taken)."""
-        import math
 
         def dbfs(sums: list[float]) -> float | None:
             total, n = sums
