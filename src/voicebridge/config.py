@@ -9,6 +9,8 @@ into one :class:`~voicebridge.errors.ConfigError` line naming the variable.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -241,6 +243,55 @@ class Settings(BaseSettings):
         default=120.0, ge=0, validation_alias=AliasChoices("DRAIN_GRACE_S")
     )
 
+    # ---- many nodes (docs/deploy.md "Scale-out"): off unless REDIS_URL is set
+    # redis://[:password@]host:port/db or rediss:// (Azure Managed Redis: port 10000, TLS).
+    redis_url: SecretStr | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
+    # "key": the password in REDIS_URL or REDIS_PASSWORD (an access key); "entra": a
+    # Microsoft Entra token for the app's identity (AZURE_CLIENT_ID), renewed in the background.
+    redis_auth: Literal["key", "entra"] = Field(
+        default="key", validation_alias=AliasChoices("REDIS_AUTH")
+    )
+    redis_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_PASSWORD")
+    )
+    # This process's name among the nodes (default "<hostname>/<pid>").
+    node_id: str | None = Field(default=None, validation_alias=AliasChoices("NODE_ID"))
+    # How many nodes the app may have at most (max replicas x workers): a call is refused
+    # busy only when every node is full and this many are up. Unset: when every node is full.
+    max_nodes: int | None = Field(default=None, ge=1, validation_alias=AliasChoices("MAX_NODES"))
+    # On SIGTERM: "wait" lets live calls finish (DRAIN_GRACE_S); "migrate" moves them to
+    # other nodes by restarting ACS media streaming (unverified on real ACS: docs/deploy.md).
+    drain_mode: Literal["wait", "migrate"] = Field(
+        default="wait", validation_alias=AliasChoices("DRAIN_MODE")
+    )
+    # migrate: how long readiness stays false before calls move (the ingress must stop
+    # sending this node new sockets first), and how long moving may take.
+    drain_route_settle_s: float = Field(
+        default=12.0, ge=0, validation_alias=AliasChoices("DRAIN_ROUTE_SETTLE_S")
+    )
+    drain_migrate_deadline_s: float = Field(
+        default=20.0, ge=0, validation_alias=AliasChoices("DRAIN_MIGRATE_DEADLINE_S")
+    )
+    # Node liveness: a heartbeat every NODE_HEARTBEAT_S; a call whose owner has been silent
+    # for OWNER_LOST_AFTER_S is checked with ACS and ended politely if its media is gone.
+    node_heartbeat_s: float = Field(
+        default=5.0, gt=0, validation_alias=AliasChoices("NODE_HEARTBEAT_S")
+    )
+    owner_lost_after_s: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("OWNER_LOST_AFTER_S")
+    )
+    # Bearer token of GET /api/scale-metric (the KEDA metrics-api scale rule); the route
+    # answers 404 while it is unset.
+    scale_metric_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SCALE_METRIC_TOKEN")
+    )
+    # `voicebridge serve` worker processes in this container, each its own node with its
+    # own SO_REUSEPORT listener (docs/deploy.md "Workers").
+    workers: int = Field(default=1, ge=1, le=64, validation_alias=AliasChoices("WORKERS"))
+    # Name the node in an x-voicebridge-node response header (the cluster simulator's
+    # report); off in production.
+    expose_node_id: bool = Field(default=False, validation_alias=AliasChoices("EXPOSE_NODE_ID"))
+
     # ---- diagnostics: GET /debug/stats (object census, heap trim) for leak hunting only
     debug_endpoints: bool = Field(
         default=False,
@@ -339,6 +390,13 @@ class Settings(BaseSettings):
                 "ACS_RESOURCE_ID: required while ACS_JWT_VALIDATION is on (the ACS resource's "
                 "Immutable Resource ID, a GUID); ACS_JWT_VALIDATION=false is for development only"
             )
+        if self.redis_url is not None and self.call_url_keys is None and not self.call_url_secret:
+            raise ValueError(
+                "CALL_URL_KEYS: required when REDIS_URL is set (every node must verify the "
+                "per-call URLs every other node signed; docs/security.md)"
+            )
+        if self.owner_lost_after_s <= 2 * self.node_heartbeat_s:
+            raise ValueError("OWNER_LOST_AFTER_S: must be more than twice NODE_HEARTBEAT_S")
         self._check_transcription()
         if self.interim_response is not None and self.model_family == "realtime":
             raise ValueError(
@@ -397,6 +455,16 @@ class Settings(BaseSettings):
     @property
     def voicelive_host(self) -> str:
         return urlparse(self.voicelive_endpoint).netloc
+
+    @property
+    def clustered(self) -> bool:
+        """True when nodes share call state through Redis (REDIS_URL set)."""
+        return self.redis_url is not None
+
+    @property
+    def node_name(self) -> str:
+        """This process's node id: NODE_ID, or ``<hostname>/<pid>``."""
+        return self.node_id or f"{socket.gethostname()}/{os.getpid()}"
 
     @property
     def media_base_url(self) -> str:
