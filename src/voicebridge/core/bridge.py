@@ -32,7 +32,7 @@ The bridge is a facade over four parts, each readable and testable alone:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +217,11 @@ class CallBridge:
                 pass  # on purpose: response.audio_transcript.done carries the whole text
             case vl.Other():
                 self._accounting.counters.voicelive_other_types[ev.type] += 1
+
+    def resume(self, history: Iterable[tuple[str, str]] = ()) -> None:
+        """The call was taken over from another node: no greeting; ``history`` (model
+        mode: the transcript so far, oldest first) is replayed into the first session."""
+        self._session.resume(history)
 
     def barge_in(self, now: float) -> None:
         """The caller spoke: stop playback now, drop queued and late agent audio, and

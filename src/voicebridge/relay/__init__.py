@@ -29,6 +29,7 @@ from starlette.websockets import WebSocket
 from voicebridge import observations
 from voicebridge.calls import Call, CallOutcome
 from voicebridge.clock import Clock
+from voicebridge.cluster.node import ClusterNode
 from voicebridge.config import Settings
 from voicebridge.core.bridge import (
     CallBridge,
@@ -42,11 +43,13 @@ from voicebridge.core.bridge import (
 )
 from voicebridge.core.events import (
     AcsMalformed,
+    AgentTranscript,
     BridgeEvent,
     GuardBlocked,
     ReplaceReason,
     SessionReady,
     SessionStarted,
+    UserTranscript,
     VoiceLiveError,
     VoiceLiveMalformed,
     as_record,
@@ -86,6 +89,8 @@ class CallServices:
     hang_up: Callable[[Call], Awaitable[None]]
     #: ``connected`` / ``gone`` / ``unknown`` (or another ACS state).
     call_state: Callable[[Call], Awaitable[str]]
+    #: Many nodes: where the transcript and conversation id go for a takeover.
+    cluster: ClusterNode | None = None
 
 
 def bridge_for(s: Settings) -> CallBridge:
@@ -134,6 +139,8 @@ class MediaRelay:
         self.call = call
         self.ws = websocket
         self.bridge = bridge_for(self.settings)
+        if call.resume:  # taken over from another node mid-call
+            self.bridge.resume(call.history)
         self.session: OpenSession | None = None
         self.voicelive_close_code: int | None = None
         self.reconnects: list[dict[str, Any]] = []
@@ -225,8 +232,15 @@ class MediaRelay:
         match event:
             case AcsMalformed() | VoiceLiveMalformed() | VoiceLiveError() | GuardBlocked():
                 log.warning("call %s: %s %s", self.call.label, event.name, _brief(event))
+            case UserTranscript() | AgentTranscript() if self.services.cluster is not None:
+                role = "user" if isinstance(event, UserTranscript) else "assistant"
+                self.services.cluster.said(self.call, role, event.text)
             case SessionStarted():
                 if event.conversation_id:
+                    if self.services.cluster is not None and (
+                        event.conversation_id != self.call.conversation_id
+                    ):
+                        self.services.cluster.conversation(self.call, event.conversation_id)
                     self.call.conversation_id = event.conversation_id
                 if self.settings.mode == "agent":
                     observations.observe("agent_conversation_id", field=event.conversation_id_field)

@@ -25,6 +25,8 @@ When the call ends (a :class:`CallOutcome`, every exit in :meth:`Supervisor.run`
 * ``MEDIA_LOST``: the ACS socket closed without ``CallDisconnected`` and no new one came
   within ``ACS_RECONNECT_GRACE_S`` (a second socket for the call replaces the first);
 * ``DRAINED``: SIGTERM's ``DRAIN_GRACE_S`` is over (goodbye first);
+* ``MOVED``: another node claimed the call's media (many nodes): no hang-up, the call
+  goes on there;
 * ``ERROR``: the pacer failed.
 
 Limits are in real time, the core's timers in media time (:mod:`voicebridge.clock`).
@@ -108,6 +110,7 @@ class Supervisor:
             tasks["drain"] = asyncio.create_task(call.drain_now.wait(), name="drain")
             tasks["timers"] = asyncio.create_task(self.timers(), name=f"timers-{call.label}")
             tasks["newsock"] = asyncio.ensure_future(self.relay.new_socket())
+            tasks["moved"] = asyncio.create_task(call.moved.wait(), name="moved")
             try:
                 await self._first_connect()
             except UpstreamUnavailable as exc:
@@ -126,6 +129,8 @@ class Supervisor:
         call, tasks = self.call, self.tasks
         while True:
             done, _ = await asyncio.wait(set(tasks.values()), return_when=asyncio.FIRST_COMPLETED)
+            if tasks["moved"] in done:
+                return await self._let_go()
             if tasks["hangup"] in done:
                 return await self._finish(call.outcome or CallOutcome.CALLER_HUNG_UP)
             if tasks["newsock"] in done:
@@ -200,7 +205,7 @@ class Supervisor:
         """Connect, unless the call ends first (then ``relay.session`` stays None)."""
         tasks = self.tasks
         connect = asyncio.create_task(self._open(), name=f"connect-{self.call.label}")
-        enders = {tasks["acs"], tasks["hangup"], tasks["timers"], tasks["drain"]}
+        enders = {tasks["acs"], tasks["hangup"], tasks["timers"], tasks["drain"], tasks["moved"]}
         done, _ = await asyncio.wait({connect, *enders}, return_when=asyncio.FIRST_COMPLETED)
         if connect not in done:
             connect.cancel()
@@ -317,6 +322,7 @@ class Supervisor:
         relay.release(old)
         relay.sockets += 1
         relay.acs.last_rx = self.clock.real_now()
+        self.call.media_closed.clear()
         log.info("call %s: media socket replaced (socket %d)", self.call.label, relay.sockets)
         self.call.log.write("media_socket_replaced", socket=relay.sockets)
         self.bridge.acs_socket_replaced(self.clock.media_now())
@@ -325,12 +331,17 @@ class Supervisor:
 
     async def _await_acs_reconnect(self) -> bool:
         """The ACS socket closed: True if a new one came within the grace period."""
-        if self.call.disconnected.is_set():
+        call = self.call
+        call.media_closed.set()
+        if call.disconnected.is_set():
             return False
         tasks = self.tasks
+        grace = self.settings.acs_reconnect_grace_s
+        if call.migrating:  # the new socket goes to another node, which takes the call
+            grace = max(grace, self.settings.drain_migrate_deadline_s)
         done, _ = await asyncio.wait(
-            {tasks["newsock"], tasks["hangup"]},
-            timeout=self.settings.acs_reconnect_grace_s,
+            {tasks["newsock"], tasks["hangup"], tasks["moved"]},
+            timeout=grace,
             return_when=asyncio.FIRST_COMPLETED,
         )
         if tasks["newsock"] in done:
@@ -363,14 +374,24 @@ class Supervisor:
         timers = tasks["timers"]
         if timers.done() and isinstance(limit := timers.result(), CallOutcome):
             return await self._limit_reached(limit)
+        if call.moved.is_set():
+            return await self._let_go()
         if tasks["drain"].done():
             await self._say_and_hang_up("goodbye")
             return await self._finish(CallOutcome.DRAINED)
         if lost and not call.disconnected.is_set():
             log.warning("call %s: media socket lost and not reopened: hanging up", call.label)
-            await self.services.hang_up(call)
+            await self.services.hang_up(call)  # not if another node has it now
+            if call.moved.is_set():
+                return await self._let_go()
             return await self._finish(CallOutcome.MEDIA_LOST)
         return await self._finish(call.outcome or CallOutcome.CALLER_HUNG_UP)
+
+    async def _let_go(self) -> CallOutcome:
+        """Another node claimed the call's media (many nodes): stop here, no hang-up."""
+        log.info("call %s: taken over by another node: letting go", self.call.label)
+        self.call.log.write("moved")
+        return await self._finish(CallOutcome.MOVED)
 
     async def _limit_reached(self, outcome: CallOutcome) -> CallOutcome:
         log.warning("call %s: %s, ending the call", self.call.label, outcome)
