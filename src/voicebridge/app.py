@@ -56,9 +56,12 @@ class AppContext:
             ),
         )
         # Many nodes (REDIS_URL): the shared call state; None runs one process alone.
-        self.cluster: ClusterNode | None = ClusterNode(settings) if settings.clustered else None
+        self.cluster: ClusterNode | None = (
+            ClusterNode(settings, self.stats) if settings.clustered else None
+        )
         if self.cluster is not None:
             self.registry.on_end = self._shared_end
+            logs.node = self.cluster.name
         self.acs_tokens = acs_token_validator(settings)
         self.eventgrid_tokens = eventgrid_token_validator(settings)
         # AzureKeyCredential, a static token or DefaultAzureCredential (make_credential).

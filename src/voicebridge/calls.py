@@ -258,6 +258,7 @@ class CallRegistry:
         self._ended[call.id] = CallIds(call.correlation_id, call.call_connection_id)
         if not self.by_id:
             self.empty.set()
+        self.stats.cluster["handed_off"] += 1
         call.log.write("handed_off")
         call.log.close()
         if call.span is not None:

@@ -106,6 +106,15 @@ FAMILIES: tuple[Family, ...] = (
         read=lambda s, a: _by("outcome", list(s.outcomes.items())),
     ),
     Family(
+        "voicebridge_cluster_events_total",
+        "counter",
+        "Many nodes (REDIS_URL): takeover (this node took a call's media over), "
+        "forwarded / forward_undelivered (callbacks for calls run elsewhere), handed_off "
+        "(calls answered here and run elsewhere), redis_error, janitor (calls ended "
+        "after their node died).",
+        read=lambda s, a: _by("event", sorted(s.cluster.items())),
+    ),
+    Family(
         "voicebridge_calls_not_conserved_total",
         "counter",
         "Calls whose audio sample accounting did not balance (expected 0).",

@@ -91,6 +91,8 @@ class ServiceStats:
         self.voicelive_errors: Counter[str] = Counter()
         self.guard: Counter[str] = Counter()
         self.calls_not_conserved = 0
+        #: Many nodes (voicebridge.cluster): takeovers, forwarded callbacks, Redis errors...
+        self.cluster: Counter[str] = Counter()
 
     def call_finished(
         self, report: dict[str, Any], inbound_ms: Histogram, outbound_ms: Histogram

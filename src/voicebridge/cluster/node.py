@@ -29,6 +29,7 @@ from redis.asyncio.client import PubSub
 from voicebridge.cluster.store import REDIS_ERRORS, CallStore, Claim, ClusterView, channel
 from voicebridge.config import Settings
 from voicebridge.security import URL_TOKEN_GRACE_S
+from voicebridge.stats import ServiceStats
 
 if TYPE_CHECKING:
     from voicebridge.calls import Call
@@ -76,8 +77,11 @@ def make_redis(settings: Settings) -> Redis:
 class ClusterNode:
     """One node's view of the cluster (see the module docstring)."""
 
-    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+    def __init__(
+        self, settings: Settings, stats: ServiceStats | None = None, redis: Redis | None = None
+    ) -> None:
         self.settings = settings
+        self.stats = stats or ServiceStats()
         self.name = settings.node_name
         self.redis = redis if redis is not None else make_redis(settings)
         self.store = CallStore(
@@ -94,10 +98,7 @@ class ClusterNode:
         self.orphan: Callable[[str, dict[str, str]], Awaitable[None]] | None = None
         self.view: ClusterView | None = None
         self.redis_up = True
-        self.errors = 0
-        self.forwarded: dict[str, int] = {"delivered": 0, "undelivered": 0}
-        self.takeovers = 0
-        self.janitor_actions = 0
+        self.counts = self.stats.cluster
         self._subs: dict[str, bool] = {}  # channel -> wanted (True) / to drop (False)
         self._writes: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue(WRITE_QUEUE_MAX)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -130,7 +131,7 @@ class ClusterNode:
             async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
                 result = await coro
         except REDIS_ERRORS as exc:
-            self.errors += 1
+            self.counts["redis_error"] += 1
             if self.redis_up:
                 log.warning("Redis unavailable (%s): carrying on as one node", type(exc).__name__)
             self.redis_up = False
@@ -219,7 +220,7 @@ class ClusterNode:
             self._subs[channel(call.id)] = False
 
     async def announce_takeover(self, cid: str, gen: int) -> None:
-        self.takeovers += 1
+        self.counts["takeover"] += 1
         await self._call(self.store.publish(cid, {"t": "takeover", "gen": gen, "node": self.name}))
 
     async def ended(self, cid: str, outcome: str, *, we_hung_up: bool) -> None:
@@ -239,7 +240,7 @@ class ClusterNode:
         try:
             self._writes.put_nowait(write)
         except asyncio.QueueFull:
-            self.errors += 1
+            self.counts["write_dropped"] += 1
 
     def said(self, call: Call, role: str, text: str) -> None:
         self.later(lambda: self.store.said(call.id, role, text))
@@ -259,7 +260,7 @@ class ClusterNode:
         message = {"t": "callbacks", "body": body.decode("utf-8"), "node": self.name}
         received: int | None = await self._call(self.store.publish(cid, message))
         if received is not None:
-            self.forwarded["delivered" if received else "undelivered"] += 1
+            self.counts["forwarded" if received else "forward_undelivered"] += 1
         return received
 
     # ------------------------------------------------------------------ pub/sub
@@ -284,7 +285,7 @@ class ClusterNode:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             except REDIS_ERRORS as exc:
-                self.errors += 1
+                self.counts["redis_error"] += 1
                 log.info("cluster pub/sub lost (%s); reconnecting", type(exc).__name__)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -384,6 +385,6 @@ class ClusterNode:
         if not owner and time.time() - float(record.get("answered_at", "0")) < 60:
             return  # still answering (ACS may take a while to dial the media socket)
         if self.orphan is not None:
-            self.janitor_actions += 1
+            self.counts["janitor"] += 1
             await self._call(self.store.touch_live(cid))  # not again before the next round
             await self.orphan(cid, record)

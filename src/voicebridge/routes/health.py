@@ -46,6 +46,15 @@ async def status(ctx: CtxDep, s: SettingsDep) -> dict[str, object]:
         "voicelive_audio_rate": s.voicelive_audio_rate,
         "active_calls": ctx.registry.active,
         "calls_by_outcome": dict(ctx.stats.outcomes),
+        "cluster": None
+        if ctx.cluster is None
+        else {
+            "node": ctx.cluster.name,
+            "redis": "up" if ctx.cluster.redis_up else "down",
+            "calls_owned": len(ctx.cluster.owned),
+            "view": ctx.cluster.view.as_metric() if ctx.cluster.view else None,
+            "drain_mode": s.drain_mode,
+        },
     }
 
 
