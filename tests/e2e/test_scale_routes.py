@@ -54,10 +54,12 @@ async def test_scale_metric_is_absent_without_a_token(tmp_path: Path) -> None:
     acs = FakeAcs()
     await acs.start()
     try:
-        async with running_bridge(bridge_settings(acs, tmp_path)) as (_app, url):
-            async with httpx.AsyncClient(base_url=url) as http:
-                bearer = {"authorization": "Bearer anything"}
-                response = await http.get("/api/scale-metric", headers=bearer)
+        async with (
+            running_bridge(bridge_settings(acs, tmp_path)) as (_app, url),
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            bearer = {"authorization": "Bearer anything"}
+            response = await http.get("/api/scale-metric", headers=bearer)
     finally:
         await acs.stop()
     assert response.status_code == 404
