@@ -54,9 +54,20 @@ async def end_orphan(
             url = f"{ctx.settings.public_base_url}/assets/apology.wav"
             if await acs_client.play_file(ctx.acs, ccid, url):
                 await asyncio.sleep(APOLOGY_S)
+            if await _taken_meanwhile(ctx, cid, record):
+                return  # ACS re-dialled the media late and a node took the call over
             await acs_client.hang_up(ctx.acs, ccid)
         await ctx.cluster.ended(cid, outcome, we_hung_up=True)
         ctx.stats.call_ended(outcome)
+
+
+async def _taken_meanwhile(ctx: AppContext, cid: str, record: dict[str, str]) -> bool:
+    assert ctx.cluster is not None
+    now = await ctx.cluster.record(cid)
+    if now is None or int(now.get("gen", "0")) <= int(record.get("gen", "0")):
+        return False
+    log.warning("call %s: taken over by %s during the apology: not hanging up", cid, now["owner"])
+    return True
 
 
 async def migrate_calls(ctx: AppContext) -> None:
