@@ -342,8 +342,12 @@ def test_termination_grace_covers_the_drain(main: BicepFile, containerapp: Bicep
     params = main.params()
     for values in ({n: p.default_value for n, p in params.items()}, _defaults(main)):
         grace = sum(values[t] for t in terms)
-        assert grace <= GRACE_CEILING_S, f"terminationGracePeriodSeconds {grace} > {GRACE_CEILING_S}"
-        drain = values["drainRouteSettleS"] + values["drainMigrateDeadlineS"] + values["drainGraceS"]
+        assert grace <= GRACE_CEILING_S, (
+            f"terminationGracePeriodSeconds {grace} > {GRACE_CEILING_S}"
+        )
+        drain = (
+            values["drainRouteSettleS"] + values["drainMigrateDeadlineS"] + values["drainGraceS"]
+        )
         assert grace >= drain + 10, "no margin left for uvicorn and process exit"
     # Each term is the env var the app drains by.
     env = _entries(main, "plainEnv")
@@ -533,9 +537,9 @@ def test_redis_url_reaches_the_app_from_key_vault(
     assert stored["value"] == "redisUrl"
     # An access key only in key mode, and only from the database itself.
     assert "redisAuth == 'key'" in main.var("secretEnv")
-    assert re.search(
-        r"resource redisKey '[^']+' = if \(storeRedisKey\)", keyvault.text
-    ), "the Redis key secret must be conditional"
+    assert re.search(r"resource redisKey '[^']+' = if \(storeRedisKey\)", keyvault.text), (
+        "the Redis key secret must be conditional"
+    )
     assert _properties(keyvault, "redisKey")["value"] == "redisDatabase.listKeys().primaryKey"
     assert vault_params["storeRedisKey"] == "redisAuth == 'key'"
     assert main.outputs()["redisHost"] == "redis.outputs.hostName"
@@ -548,9 +552,9 @@ def test_the_app_waits_for_redis_access(main: BicepFile) -> None:
 
 
 def _scale(containerapp: BicepFile) -> dict[str, str]:
-    template = object_body(
-        object_body(containerapp.declaration("resource", "app"))["properties"]
-    )["template"]
+    template = object_body(object_body(containerapp.declaration("resource", "app"))["properties"])[
+        "template"
+    ]
     return object_body(object_body(template)["scale"])
 
 
