@@ -276,7 +276,7 @@ param callUrlKeys string
 @secure()
 @minLength(16)
 param scaleMetricToken string
-@description('CALL_URL_SECRET (deprecated, used only while callUrlKeys is empty): one HMAC key for per-call URLs ("" = app default).')
+@description('CALL_URL_SECRET (deprecated): one HMAC key for per-call URLs, which the app uses only without CALL_URL_KEYS; callUrlKeys is required here, so leave this "".')
 @secure()
 param callUrlSecret string = ''
 param eventgridEntraOpenidConfigUrl string = ''
