@@ -272,14 +272,16 @@ class ClusterNode:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(f"vb:node:{self.name}")
+                listening: set[str] = set()
                 for name in list(self._subs):
                     if self._subs[name]:
                         await pubsub.subscribe(name)
+                        listening.add(name)
                     else:
                         self._subs.pop(name, None)
                 await self.resync()
                 delay = 0.2
-                await self._read(pubsub)
+                await self._read(pubsub, listening)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -292,17 +294,21 @@ class ClusterNode:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _read(self, pubsub: PubSub) -> None:
+    async def _read(self, pubsub: PubSub, listening: set[str]) -> None:
+        """Read messages; between reads, (un)subscribe the channels of calls this node
+        started or stopped owning (``listening``: what this connection is subscribed to)."""
         while True:
             for name, wanted in list(self._subs.items()):
-                if wanted and name not in pubsub.channels:
+                if wanted and name not in listening:
                     await pubsub.subscribe(name)
+                    listening.add(name)
                     cid = name.removeprefix("vb:call:")
                     if cid in self.owned:  # a message sent before we listened
                         await self._resync_one(self.owned[cid])
                 elif not wanted:
-                    if name in pubsub.channels:
+                    if name in listening:
                         await pubsub.unsubscribe(name)
+                        listening.discard(name)
                     self._subs.pop(name, None)
             message = await pubsub.get_message(timeout=LISTEN_POLL_S)
             if message is None or message.get("type") != "message":
