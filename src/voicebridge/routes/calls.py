@@ -202,7 +202,7 @@ def _start_answer(ctx: AppContext, event: webhooks.IncomingCall, ids: tuple[str,
 async def _answer(ctx: AppContext, call: Call, incoming_call_context: str) -> None:
     s = ctx.settings
     if ctx.cluster is not None:  # the record first: the media socket may land anywhere
-        await ctx.cluster.answering(call, traceparent=None)
+        await ctx.cluster.answering(call, traceparent=ctx.telemetry.traceparent(call.span))
     with ctx.telemetry.use("answer", call.span) as span:
         try:
             assert ctx.acs is not None  # built by AppContext.start, before any request

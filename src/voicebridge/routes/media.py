@@ -119,8 +119,14 @@ async def _claim(
             caller=record.get("caller", ""),
             call_connection_id=record.get("ccid") or headers.get("x-ms-call-connection-id"),
         )
+        # The call's trace goes on here, under the answering node's span.
         call.span = ctx.telemetry.start(
-            "call", None, **{"voicebridge.correlation_id": call.correlation_id}
+            "call",
+            ctx.telemetry.remote(record.get("traceparent")),
+            **{
+                "voicebridge.correlation_id": call.correlation_id,
+                "voicebridge.node": cluster.name,
+            },
         )
     gen = claim.gen if claim is not None else 0
     call.gen = gen
