@@ -299,9 +299,41 @@ class VoiceLiveSession:
         self._emit(ResponseStarted(response_id=ev.response_id, turn=self.responses.turn))
 
     def response_done(self, ev: vl.ResponseDone) -> None:
-        self._accounting.counters.responses_done[ev.status] += 1
+        c = self._accounting.counters
+        c.responses_done[ev.status] += 1
         self._respond(Trigger.DONE, ev.response_id)
-        self._emit(ResponseEnded(response_id=ev.response_id, status=ev.status, reason=ev.reason))
+        usage = ev.usage or vl.Usage()
+        c.tokens_input_text += usage.input_text
+        c.tokens_input_audio += usage.input_audio
+        c.tokens_input_cached += usage.input_cached
+        c.tokens_output_text += usage.output_text
+        c.tokens_output_audio += usage.output_audio
+        self._emit(
+            ResponseEnded(
+                response_id=ev.response_id,
+                status=ev.status,
+                reason=ev.reason,
+                input_tokens=usage.input_text + usage.input_audio,
+                output_tokens=usage.output_text + usage.output_audio,
+            )
+        )
+
+    @property
+    def ready(self) -> bool:
+        """A session is open and its configuration confirmed."""
+        return (
+            self.sessions > 0
+            and self._awaiting_update_since is None
+            and self.guard.session_configured
+        )
+
+    def say(self, text: str) -> bool:
+        """Speak ``text`` verbatim (a filler, an announcement): a new turn with one
+        guarded response; False if a response is active (or the guard refused)."""
+        if not self.responses.is_idle:
+            return False
+        self.responses.user_turn()
+        return self.send(vl.greeting_pre_generated(text))
 
     def error(self, ev: vl.Error, now: float) -> None:
         self._accounting.counters.voicelive_errors[ev.code] += 1
