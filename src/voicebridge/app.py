@@ -178,6 +178,13 @@ class AppContext:
         if call.call_connection_id and self.acs is not None:
             await acs_client.hang_up(self.acs, call.call_connection_id)
 
+    async def transfer(self, call: Call, target: str) -> None:
+        """Ask Call Automation to transfer ``call`` to ``target`` (E.164 or an ACS user),
+        with the number that was called as caller id; raises if ACS refuses."""
+        if not call.call_connection_id or self.acs is None:
+            raise RuntimeError("the call has no connection id yet")
+        await acs_client.transfer(self.acs, call.call_connection_id, target, caller_id=call.callee)
+
     def _shared_end(self, call: Call) -> None:
         """Many nodes: the call record learns the outcome (unless the call moved on)."""
         assert self.cluster is not None

@@ -61,6 +61,12 @@ class CallOutcome(StrEnum):
     #: The node that held the call died; another node ended it politely (apology,
     #: hang-up) after ACS said its media was gone.
     OWNER_LOST = "owner_lost"
+    #: The agent ended the call (``end_call``, or a keypad action) after its goodbye played.
+    AGENT_HUNG_UP = "agent_hung_up"
+    #: ACS accepted the transfer to a person (``CallTransferAccepted``): the bridge let go.
+    TRANSFERRED = "transferred"
+    #: The caller said and keyed nothing through every re-prompt: goodbye, hang-up.
+    NO_INPUT = "no_input"
 
     @property
     def failed(self) -> bool:
@@ -138,6 +144,7 @@ class Call:
     caller: str
     log: ConversationLog
     call_connection_id: str | None = None
+    callee: str = ""  # the number (raw id) that was called: the caller id of a transfer
     connected: bool = False
     started: float = field(default_factory=time.monotonic)
     media_task: asyncio.Task[Any] | None = None
@@ -157,6 +164,8 @@ class Call:
     resume: bool = False  # taken over mid-call: no greeting; replay ``history``
     migrating: bool = False  # this (draining) node asked ACS to dial the media again
     media_closed: asyncio.Event = field(default_factory=asyncio.Event)  # the ACS socket closed
+    # A transfer to a person in progress: its CallTransferAccepted/Failed callback.
+    transfer: asyncio.Future[Any] | None = None
     history: list[tuple[str, str]] = field(default_factory=list)
 
     @property

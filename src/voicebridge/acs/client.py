@@ -168,3 +168,33 @@ async def play_file(client: CallAutomationClient, call_connection_id: str, url: 
         log.warning("play %s failed: %s", call_connection_id, type(exc).__name__)
         return False
     return True
+
+
+def identifier(raw_id: str) -> Any:
+    """A Communication identifier for an E.164 number (``+1...`` or ``4:+1...``) or an
+    ACS user id (``8:acs:...``)."""
+    from azure.communication.callautomation import (
+        CommunicationUserIdentifier,
+        PhoneNumberIdentifier,
+    )
+
+    raw = raw_id.strip()
+    if raw.startswith("4:"):
+        raw = raw[2:]
+    if raw.startswith("+"):
+        return PhoneNumberIdentifier(raw)
+    return CommunicationUserIdentifier(raw)
+
+
+async def transfer(
+    client: CallAutomationClient, call_connection_id: str, target: str, *, caller_id: str
+) -> None:
+    """Transfer the call to ``target``; the caller id shown is ``caller_id`` when it is
+    a phone number (the ACS number that was called). Raises on a refusal: the
+    outcome arrives later as ``CallTransferAccepted`` / ``CallTransferFailed``."""
+    source = identifier(caller_id) if caller_id.removeprefix("4:").startswith("+") else None
+    await client.get_call_connection(call_connection_id).transfer_call_to_participant(
+        identifier(target),
+        operation_context="voicebridge-transfer",
+        source_caller_id_number=source,
+    )

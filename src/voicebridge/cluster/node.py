@@ -185,6 +185,7 @@ class ClusterNode:
             "corr": call.correlation_id,
             "scid": call.server_call_id,
             "caller": call.caller,
+            "callee": call.callee,
             "answered_by": self.name,
             "answered_at": str(time.time()),
         }

@@ -187,7 +187,7 @@ class CallBridge:
         self._no_input = NoInput(control.no_input)
         self._reprompt = control.reprompt
         self._tools = ToolCalls()
-        self._keyed: str | None = None  # a keypad entry waiting for its turn
+        self._keyed: tuple[str, str] | None = None  # a message waiting for its turn
         self._busy = False
         self._now = 0.0  # media time of the last poll or Voice Live frame
         #: The silent-caller watchdog gave up: the relay says goodbye and hangs up.
@@ -313,10 +313,16 @@ class CallBridge:
             session.responses.user_turn()
             session.request_response()
         if session.responses.is_idle and session.ready and self._keyed is not None:
-            text, self._keyed = self._keyed, None
+            (role, text), self._keyed = self._keyed, None
             session.responses.user_turn()
-            session.send(vl.message_item_create("user", text))
+            session.send(vl.message_item_create(role, text))
             session.request_response()
+
+    def inform(self, text: str) -> None:
+        """Tell the model something that happened (e.g. a keypad transfer failed) as a
+        system message, followed by one response once none is active."""
+        self._keyed = ("system", text)
+        self._respond_if_due()
 
     def _key(self, key: str, now: float) -> None:
         """A keypad key: it interrupts the agent like speech; a submitted entry goes to
@@ -333,7 +339,7 @@ class CallBridge:
         c = self._accounting.counters
         if result.kind == "submitted":
             c.dtmf_submitted += 1
-            self._keyed = self._dtmf_text.format(digits=result.digits)
+            self._keyed = ("user", self._dtmf_text.format(digits=result.digits))
             self._respond_if_due()
         elif result.kind == "action":
             c.dtmf_actions += 1

@@ -41,6 +41,7 @@ from typing import Any
 
 from voicebridge import observations
 from voicebridge.calls import CallOutcome
+from voicebridge.config import Settings
 from voicebridge.core.events import ReplaceReason
 from voicebridge.core.stats import Histogram
 from voicebridge.errors import UpstreamUnavailable
@@ -55,6 +56,36 @@ log = logging.getLogger("voicebridge.relay")
 PROMPT_DEADLINE_S = 15.0
 
 Tasks = dict[str, asyncio.Task[Any]]
+
+
+def usage(counters: dict[str, Any], s: Settings) -> dict[str, Any]:
+    """The call's token use (summed ``response.usage``) and its estimated cost in USD at
+    the configured per-million prices. Cached input tokens are part of the input
+    tokens, charged at the cached price instead."""
+    tokens = {
+        "input_text": counters.get("tokens_input_text", 0),
+        "input_audio": counters.get("tokens_input_audio", 0),
+        "input_cached": counters.get("tokens_input_cached", 0),
+        "output_text": counters.get("tokens_output_text", 0),
+        "output_audio": counters.get("tokens_output_audio", 0),
+    }
+    inputs = tokens["input_text"] + tokens["input_audio"]
+    cached = min(tokens["input_cached"], inputs)
+    # Cached tokens are charged at the cached price, taken off audio first (the bulk).
+    cached_audio = min(cached, tokens["input_audio"])
+    cached_text = cached - cached_audio
+    cost = (
+        (tokens["input_text"] - cached_text) * s.price_input_text_per_m
+        + (tokens["input_audio"] - cached_audio) * s.price_input_audio_per_m
+        + cached * s.price_input_cached_per_m
+        + tokens["output_text"] * s.price_output_text_per_m
+        + tokens["output_audio"] * s.price_output_audio_per_m
+    ) / 1e6
+    return {
+        **tokens,
+        "total": inputs + tokens["output_text"] + tokens["output_audio"],
+        "cost_usd": round(cost, 6),
+    }
 
 
 class Supervisor:
@@ -189,6 +220,9 @@ class Supervisor:
                 return CallOutcome.MEDIA_IDLE_TIMEOUT
             if now - relay._started > s.max_call_duration_s:
                 return CallOutcome.MAX_DURATION
+            ending = self._ending(now)
+            if ending is not None:
+                return ending
             if relay.session is None:
                 continue
             reason = bridge.poll(clock.media_now(), clock.wall_now())
@@ -198,6 +232,18 @@ class Supervisor:
                 relay.drain_events()
             if reason is not None:
                 return reason
+
+    def _ending(self, now: float) -> CallOutcome | None:
+        """The agent ended the call and its goodbye has played (or took too long to);
+        or the silent-caller watchdog gave up."""
+        control, bridge = self.relay.control, self.bridge
+        if control.ending:
+            heard = bridge.responses.is_idle and bridge.played_out(self.clock.media_now())
+            if heard or now - control.ending_since > PROMPT_DEADLINE_S:
+                return CallOutcome.AGENT_HUNG_UP
+        if bridge.giving_up:
+            return CallOutcome.NO_INPUT
+        return None
 
     # ------------------------------------------------------------------ Voice Live
 
@@ -394,10 +440,14 @@ class Supervisor:
         return await self._finish(CallOutcome.MOVED)
 
     async def _limit_reached(self, outcome: CallOutcome) -> CallOutcome:
-        log.warning("call %s: %s, ending the call", self.call.label, outcome)
-        self.call.log.write("limit_reached", limit=outcome)
-        if outcome is CallOutcome.MAX_DURATION:  # the caller is there: say goodbye first
-            await self._say_and_hang_up("goodbye")
+        if outcome is CallOutcome.AGENT_HUNG_UP:
+            log.info("call %s: the agent ended the call", self.call.label)
+            self.call.log.write("agent_hung_up")
+        else:
+            log.warning("call %s: %s, ending the call", self.call.label, outcome)
+            self.call.log.write("limit_reached", limit=outcome)
+        if outcome in (CallOutcome.MAX_DURATION, CallOutcome.NO_INPUT):
+            await self._say_and_hang_up("goodbye")  # the caller is there: goodbye first
         else:
             await self.services.hang_up(self.call)
         return await self._finish(outcome)
@@ -431,6 +481,7 @@ class Supervisor:
         report = bridge.report()
         report["inbound_latency_ms"] = relay.acs.latency_ms.summary()
         self._observe_acs(report["counters"])
+        report["usage"] = usage(report["counters"], self.settings)
         # The core measured outbound latency on the media clock: back to real ms.
         scale = self.clock.real_seconds(1.0)
         outbound = Histogram()
@@ -446,6 +497,7 @@ class Supervisor:
         report["conversation_id"] = bridge.conversation_id
         report["reconnects"] = relay.reconnects
         report["media_sockets"] = relay.sockets
+        relay.control.close()
         self.call.report = report
         self._log_counters(outcome, report)
         return outcome

@@ -184,6 +184,7 @@ def _start_answer(ctx: AppContext, event: webhooks.IncomingCall, ids: tuple[str,
         caller=event.caller_raw_id,
         ids=ids,
     )
+    call.callee = event.callee_raw_id
     call.log.write("incoming_call", correlation_id=call.correlation_id)
     # The call's trace starts here and ends in CallRegistry.end (a no-op when tracing is off).
     call.span = ctx.telemetry.start(
@@ -360,6 +361,18 @@ async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) 
         if etype == "MediaStreamingFailed":
             await ctx.hang_up(call)
             _end(ctx, call, CallOutcome.MEDIA_FAILED)
+    elif etype in ("CallTransferAccepted", "CallTransferFailed"):
+        log.log(
+            logging.INFO if etype == "CallTransferAccepted" else logging.WARNING,
+            "call %s: %s code=%s subCode=%s: %s",
+            call.label,
+            etype,
+            event.result_code,
+            event.sub_code,
+            event.message,
+        )
+        if call.transfer is not None and not call.transfer.done():
+            call.transfer.set_result(event)
     elif etype == "AnswerFailed":
         log.error("call %s: answer failed: %s", call.label, event.message)
         _end(ctx, call, CallOutcome.ANSWER_FAILED)

@@ -119,6 +119,7 @@ async def _claim(
             caller=record.get("caller", ""),
             call_connection_id=record.get("ccid") or headers.get("x-ms-call-connection-id"),
         )
+        call.callee = record.get("callee", "")
         # The call's trace goes on here, under the answering node's span.
         call.span = ctx.telemetry.start(
             "call",
@@ -167,5 +168,6 @@ def services(ctx: AppContext) -> CallServices:
         open_session=functools.partial(open_session, ctx.settings, ctx.voicelive_credential),
         hang_up=ctx.hang_up,
         call_state=ctx.call_state,
+        transfer=ctx.transfer,
         cluster=ctx.cluster,
     )
