@@ -25,7 +25,7 @@ async def test_nodes_of_deliveries_media_and_callbacks(harness: Any) -> None:
         fake_kwargs={"hangup_after_audio_s": math.inf}, node="node-a", answering=[1]
     )
     call = await connected_call(fake, bridge)
-    await until(lambda: "MediaStreamingStarted" in bridge.callback_types())
+    await until(lambda: len(call.callbacks_by) == 3)
     assert call.incoming_deliveries == [{"node": "node-a", "status": 200, "answering": 1}]
     assert call.answered_by == "node-a"
     assert call.media_by == ["node-a"]
@@ -51,7 +51,7 @@ async def test_nodes_of_deliveries_media_and_callbacks(harness: Any) -> None:
 async def test_without_the_header_nodes_are_none(harness: Any) -> None:
     fake, bridge = await harness(fake_kwargs={"hangup_after_audio_s": math.inf})
     call = await connected_call(fake, bridge)
-    await until(lambda: "MediaStreamingStarted" in bridge.callback_types())
+    await until(lambda: len(call.callbacks_by) == 3)
     assert call.incoming_deliveries == [{"node": None, "status": 200, "answering": None}]
     assert call.answered_by is None and call.media_by == [None]
     assert {c["node"] for c in call.callbacks_by} == {None}
