@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.communication.callautomation.aio import CallAutomationClient
 from fastapi import FastAPI
@@ -21,7 +21,6 @@ from voicebridge import __version__, logs, telemetry
 from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call, CallOutcome, CallRegistry
 from voicebridge.clock import Clock, RealClock
-from voicebridge.cluster.node import ClusterNode
 from voicebridge.config import Settings
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
@@ -32,6 +31,9 @@ from voicebridge.security import (
 )
 from voicebridge.stats import ServiceStats
 from voicebridge.voicelive.session import make_credential
+
+if TYPE_CHECKING:
+    from voicebridge.cluster.node import ClusterNode
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,11 @@ class AppContext:
             ),
         )
         # Many nodes (REDIS_URL): the shared call state; None runs one process alone.
-        self.cluster: ClusterNode | None = (
-            ClusterNode(settings, self.stats) if settings.clustered else None
-        )
+        self.cluster: ClusterNode | None = None
+        if settings.clustered:  # imported only then: redis imports the OpenTelemetry SDK
+            from voicebridge.cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(settings, self.stats)
         if self.cluster is not None:
             self.registry.on_end = self._shared_end
             logs.node = self.cluster.name
