@@ -324,6 +324,18 @@ def build_report(
         },
         "voicelive": _voicelive_report(bridge, emulator),
         "session": first_session_update(sessions),
+        "usage": bridge.get("usage"),
+        "call_control": {
+            k: bridge.get("counters", {}).get(k, 0)
+            for k in (
+                "tool_calls",
+                "tool_errors",
+                "dtmf_tones",
+                "dtmf_submitted",
+                "dtmf_actions",
+                "no_input_reprompts",
+            )
+        },
         "errors": _errors(call, sessions, summary),
     }
 
