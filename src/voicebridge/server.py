@@ -131,6 +131,13 @@ def run(args: argparse.Namespace, *, clock: Clock | None = None) -> int:
     count = getattr(args, "workers", None) or settings.workers
     if clock is not None or worker_of is not None or count == 1:
         return serve(settings, host, port, clock=clock, worker_of=worker_of)
+    if not settings.clustered:
+        log.warning(
+            "%d workers without REDIS_URL: each worker knows only the calls it answered, "
+            "so a callback or media socket that lands on another worker fails its call. "
+            "Set REDIS_URL (and CALL_URL_KEYS) for more than one worker",
+            count,
+        )
     return workers.supervise(count, host, port)
 
 

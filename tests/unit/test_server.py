@@ -167,12 +167,17 @@ def test_one_worker_serves_in_this_process(dispatch: list[tuple[str, Any]]) -> N
 
 
 def test_more_workers_start_the_supervisor(
-    dispatch: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch
+    dispatch: list[tuple[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server.run(serve_args("--workers", "3", "--host", "127.0.0.1"))
     monkeypatch.setenv("WORKERS", "2")
     server.run(serve_args())
     assert dispatch == [("supervise", (3, "127.0.0.1", 8000)), ("supervise", (2, "0.0.0.0", 8000))]
+    # Calls are per node until they are shared through Redis: said at every start.
+    warned = [r for r in caplog.records if "without REDIS_URL" in r.getMessage()]
+    assert len(warned) == 2 and warned[0].levelname == "WARNING"
 
 
 def test_a_worker_and_the_simulator_serve_in_their_own_process(
