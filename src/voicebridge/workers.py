@@ -18,10 +18,14 @@ Each worker binds its **own** listening socket on the same host:port with
 the connection's addresses. Why not ``uvicorn --workers`` (0.54): its workers run a
 plain ``uvicorn.Server``, so the drain on SIGTERM is lost (every media WebSocket closes
 with 1012 at each rollout), and they share one parent-bound accept socket, which
-spreads long-lived WebSockets unevenly — measured with 400 connections over 4
-workers: 44-146 per worker from the shared socket, 92-109 with ``SO_REUSEPORT``
-(reviews/scale-out.md §3.8). Caveat: a worker that stops listening drops the
-connections still in its own accept queue, unless ``net.ipv4.tcp_migrate_req=1``.
+spreads long-lived WebSockets unevenly — measured on the test machine with 400
+connections over 4 workers: 44-146 per worker from the shared socket, 92-109 with
+``SO_REUSEPORT`` (with 2 workers and 300 connections the two were alike). Caveat: a
+worker that stops listening drops the connections still in its own accept queue,
+unless ``net.ipv4.tcp_migrate_req=1``.
+
+If the supervisor itself dies (even by SIGKILL), Linux sends each worker SIGTERM
+(``PR_SET_PDEATHSIG``): they drain and exit rather than hold the port.
 
 Each worker is a distinct node: ``Settings.node_name`` defaults to ``<hostname>/<pid>``.
 """
