@@ -109,6 +109,7 @@ class EmulatedSession(ResponseStreaming):
             self._close_code = await self._connection_close_code(None)
         finally:
             self._receiving = False
+            self._save_audio_base()
             self.close_code = self._server_close_code or self._close_code
             for task in list(self._tasks):
                 task.cancel()
@@ -374,7 +375,11 @@ class EmulatedSession(ResponseStreaming):
         if isinstance(pre, dict):
             texts = [p.get("text") for p in pre.get("content") or [] if isinstance(p, dict)]
             text = " ".join(t for t in texts if isinstance(t, str))
-        self._start_response(trigger="client", pre_generated_text=text)
+        given = dict(params) if isinstance(params, dict) else {}
+        extra = event.get("additional_instructions")
+        if extra is not None:
+            given["additional_instructions"] = extra
+        self._start_response(trigger="client", pre_generated_text=text, params=given)
 
     async def _on_response_cancel(self, event: dict[str, Any]) -> None:
         active = self._active
@@ -391,6 +396,7 @@ class EmulatedSession(ResponseStreaming):
             raise Rejected("invalid_value", "conversation.item.create needs an item.", "item")
         created = {"object": "realtime.item", "status": "completed", **item}
         created.setdefault("id", new_id("item"))
+        self._take_item(item, created["id"])
         self._note_replay(item)
         await self._item_created(created)
 
@@ -527,12 +533,13 @@ class EmulatedSession(ResponseStreaming):
                 "content": [{"type": "input_audio", "transcript": None}],
             }
         )
-        transcript = next(self._transcripts, None)
+        transcript = self._turn_text(start_s, end_s)
         self._transcripts_used += 1
         self._turns += 1
         self._save_progress()
         if transcript is None:
             transcript = f"(speech {max(end_s - start_s, 0.0):.1f} s)"
+        self._heard(transcript)
         if not isinstance(self.config.get("input_audio_transcription"), dict):
             return  # transcription off (or refused): the service transcribes nothing
         self._mark("transcription", {"item_id": item_id, "transcript": transcript})
