@@ -137,6 +137,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 
 from voicebridge.sim.emulator.config import (
     INPUT_RATES,
@@ -155,8 +156,11 @@ from voicebridge.sim.emulator.data import (
 )
 from voicebridge.sim.emulator.server import CallFaults, VoiceLiveEmulator
 from voicebridge.sim.emulator.session import EmulatedSession
+from voicebridge.sim.emulator.tools import ToolRule, default_rules, load_rules
+from voicebridge.sim.emulator.usage import audio_tokens, audio_tokens_for, text_tokens
 from voicebridge.sim.emulator.vad import VAD_ONSET_MS, AppendedAudio, EnergyVad, threshold_dbfs
 from voicebridge.sim.faults import FAULTS, parse_faults
+from voicebridge.sim.script import caller_script, load_segments, sidecar_path
 from voicebridge.sim.wav import read_wav  # the one WAV reader, as before
 
 __all__ = [
@@ -172,15 +176,22 @@ __all__ = [
     "EnergyVad",
     "PromptAudio",
     "PromptSet",
+    "ToolRule",
     "VoiceLiveEmulator",
+    "audio_tokens",
+    "audio_tokens_for",
+    "build_emulator",
     "caller_texts",
     "configure",
     "default_config",
+    "default_rules",
     "load_prompts",
+    "load_rules",
     "prompt_pcm",
     "read_wav",
     "run",
     "supported_transcription_models",
+    "text_tokens",
     "threshold_dbfs",
 ]
 
@@ -207,11 +218,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="inject a voicelive-* fault (repeatable): "
         + ", ".join(info.usage for info in FAULTS.values() if info.target == "voicelive"),
     )
+    parser.add_argument(
+        "--tool-rules",
+        metavar="JSON",
+        help="the rule table deciding tool calls (default: sim/data/tool_rules.json, "
+        "for sessions that declare tools)",
+    )
+    parser.add_argument(
+        "--caller-script",
+        metavar="JSON",
+        help="the caller's segments (caller.json format; or X.wav for its sidecar X.json): "
+        "each caller turn is transcribed as the segment it overlaps",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-async def _serve_forever(args: argparse.Namespace) -> None:
-    emulator = VoiceLiveEmulator(
+def build_emulator(args: argparse.Namespace) -> VoiceLiveEmulator:
+    """The emulator ``voicebridge emulator`` runs (``ValueError`` for a bad option)."""
+    segments = None
+    if args.caller_script:
+        path = Path(args.caller_script)
+        segments = caller_script(path) if path.suffix.lower() == ".wav" else load_segments(path)
+        if segments is None:
+            raise ValueError(f"no caller script beside {path} (expected {sidecar_path(path)})")
+    return VoiceLiveEmulator(
         api_key=None if args.any_key else args.api_key,
         require_auth=not args.no_auth,
         speed=args.speed,
@@ -219,7 +249,12 @@ async def _serve_forever(args: argparse.Namespace) -> None:
         max_text_chars=args.max_text_chars,
         stall_s=args.stall_s,
         faults=parse_faults(args.fault).voicelive,
+        tool_rules=args.tool_rules,
+        caller_segments=segments,
     )
+
+
+async def _serve_forever(emulator: VoiceLiveEmulator, args: argparse.Namespace) -> None:
     await emulator.start(args.host, args.port)
     print(f"Voice Live emulator: connect(endpoint={emulator.endpoint!r}); Ctrl-C stops it.")
     stop = asyncio.Event()
@@ -247,6 +282,11 @@ def run(args: argparse.Namespace) -> int:
     if faults.acs:
         print(f"voicebridge emulator: not Voice Live faults: {', '.join(faults.acs)}")
         return 2
+    try:
+        emulator = build_emulator(args)
+    except (OSError, ValueError) as exc:
+        print(f"voicebridge emulator: {exc}")
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(args))
+        asyncio.run(_serve_forever(emulator, args))
     return 0
