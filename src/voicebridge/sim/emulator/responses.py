@@ -1,10 +1,12 @@
-"""Responses: one at a time, each a shipped prompt streamed as audio and transcript deltas.
+"""Responses: one at a time, each a shipped prompt streamed as audio and transcript deltas,
+or what a tool rule decided (a line, a function call, both or nothing).
 
 The greeting answers the first response of a session (and ``pre_generated_assistant_message``,
-with the given text), then ``answer_cycle`` in order. Audio goes out in chunks of 40-200 ms
-(seeded per session) about 3x faster than real time times ``speed``, the transcript's
-words slightly ahead of it; a cancel (barge-in, ``response.cancel``, a new
-``response.create``) ends it with the usual ``*.done`` events and status ``cancelled``.
+with the given text), then ``answer_cycle`` in order; a rule of :mod:`.tools` that matches
+the caller's newest input (or a function call output) wins over both. Audio goes out in
+chunks of 40-200 ms (seeded per session) about 3x faster than real time times ``speed``,
+the transcript's words slightly ahead of it; a cancel (barge-in, ``response.cancel``, a
+new ``response.create``) ends it with the usual ``*.done`` events and status ``cancelled``.
 """
 
 from __future__ import annotations

@@ -60,7 +60,13 @@ class EmulatedSession(ResponseStreaming):
     ``silenced`` | ``connection_closed``), ``reason`` (``turn_detected`` / ``client_cancelled``),
     ``prompt``, ``transcript``, ``item_id``, ``samples_sent``, ``samples_total``,
     ``output_rate``, ``started_audio_s`` / ``ended_audio_s`` (input-audio time at
-    response.created / response.done) and ``audio_end_ms`` (set if it was truncated).
+    response.created / response.done) and ``audio_end_ms`` (set if it was truncated),
+    ``rule`` (the tool rule that decided it, else None), ``tool_call`` (``{"name",
+    "call_id", "arguments"}`` of the function it called, else None) and ``usage`` (the
+    ``response.usage`` it reported, None until then). ``prompt`` is the shipped prompt
+    spoken, ``"synth"`` for a rule's line without one, None when nothing was said.
+    Conversation records (``tool_calls``, ``tool_outputs``, ``user_texts``,
+    ``usage_totals``, ``audio_base_s``): :class:`~.conversation.ConversationState`.
     Extras beyond the brief: ``path``, ``conversation_id``, ``resumed`` (the conversation id
     was seen in an earlier session of this emulator) and ``config`` (the current session config).
 
