@@ -67,13 +67,18 @@ class ConversationState(SessionConnection):
         self._calls: dict[str, str] = emu._calls.setdefault(self.conversation_id, {})
         self._pending_inputs: list[CallerInput] = []
         self._pending_outputs: list[ToolOutput] = []
+        self._turn_end_s = 0.0  # session audio time at which the last caller turn ended
 
     # --- what the caller said ------------------------------------------------------------
     def _turn_text(self, start_s: float, end_s: float) -> str | None:
         """The transcript of a caller turn (session audio times): with ``caller_segments``
-        the segment it overlaps, else the next text of the shipped script."""
+        the segment it overlaps, else the next text of the shipped script. The turn starts
+        no earlier than the previous one ended (a commit without VAD reports the start of
+        the session's audio)."""
+        start_s = min(max(start_s, self._turn_end_s), end_s)
+        self._turn_end_s = end_s
         self._save_audio_base()
-        self._meter.add_audio_s(max(end_s - start_s, 0.0))
+        self._meter.add_audio_s(end_s - start_s)
         if self._emu.caller_segments is None:
             return next(self._transcripts, None)
         return self._segment_text(self.audio_base_s + start_s, self.audio_base_s + end_s)

@@ -358,6 +358,7 @@ class EmulatedSession(ResponseStreaming):
     async def _on_clear(self, event: dict[str, Any]) -> None:
         self._configure_vad()
         self._turn_item = None
+        self._turn_end_s = self._audio_s  # the cleared audio is in no turn
         await self._send({"type": "input_audio_buffer.cleared"})
 
     async def _on_response_create(self, event: dict[str, Any]) -> None:

@@ -8,11 +8,12 @@ documented; the emulator's are *inferred* and deterministic, so a test can recom
 * ``audio_tokens(seconds) = ceil(10 x seconds)`` (gpt-realtime counts roughly 10 audio
   tokens a second); ``text_tokens(text) = ceil(len(text) / 4)``.
 * The **context** grows with the conversation: each caller turn adds the audio tokens of
-  its speech (``speech_stopped - speech_started``, or the committed stretch); each item the
-  client creates adds the text tokens of its text parts (a ``function_call`` item: its name
-  and arguments; a ``function_call_output``: its output); each response adds what it
-  output (audio tokens and function calls' name + arguments, not the transcript).
-  Truncation does not shrink it.
+  its speech (``speech_stopped - speech_started``; without VAD, the audio committed since
+  the previous turn or clear); each item the client creates adds the text tokens of its
+  text parts (a ``function_call`` item: its name and arguments; a ``function_call_output``:
+  its output); each response adds what it output (audio tokens and function calls' name +
+  arguments, not the transcript). Truncation does not shrink it. A resumed conversation
+  (agent mode, same conversation id) keeps its context; a new session otherwise starts empty.
 * A response's **input** is the context when it begins, plus the text tokens of the
   instructions in force (the response's ``instructions`` or else the session's, plus
   ``additional_instructions``) and of the declared tools (``json.dumps`` of the list,

@@ -113,3 +113,20 @@ async def test_usage_counts_text_items_tools_and_a_cancelled_response(emulators:
     assert usage.output_token_details.audio_tokens == sent
     assert emulator.usage_for_call("call-usage") == only_session(emulator).usage_totals
     assert emulator.usage_for_call("another-call")["responses"] == 0
+
+
+async def test_committed_turns_without_vad_count_their_own_audio(emulators: Factory) -> None:
+    """Without turn detection each commit is a turn of the audio since the previous one
+    (or a clear): 1 s, then 1 s after 0.5 s cleared, is 20 audio tokens, not 10 + 25."""
+    emulator = await emulators(speed=20)
+    async with vl_connect(emulator) as conn:
+        await update(conn, turn_detection=None)
+        await conn.input_audio_buffer.append(audio=b64(tone(1.0)))
+        await conn.send({"type": "input_audio_buffer.commit"})
+        await conn.input_audio_buffer.append(audio=b64(tone(0.5)))
+        await conn.send({"type": "input_audio_buffer.clear"})
+        await conn.input_audio_buffer.append(audio=b64(tone(1.0)))
+        await conn.send({"type": "input_audio_buffer.commit"})
+        await conn.response.create()
+        done = (await until(conn, "response.done"))[-1]
+    assert done.response.usage.input_token_details.audio_tokens == 20
