@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import numpy as np
+from azure.ai.voicelive.aio import ConnectionClosed
+from azure.ai.voicelive.models import ServerEvent
 
 from tests.unit.sim.emulator.client import (
     WHISPER,
     Factory,
     b64,
+    caller_at_24k,
     tone,
     until,
     update,
@@ -75,3 +81,45 @@ async def test_a_split_turn_and_a_turn_outside_every_segment(emulators: Factory)
     assert heard[0] == "one long sentence"
     assert heard[1].startswith("(speech ")
     assert heard[2] == "bravo"
+
+
+async def test_the_shipped_call_with_its_script_and_tools(emulators: Factory) -> None:
+    """caller.wav with caller.json as given segments: every turn lines up with its segment,
+    and with tools declared the farewell turn ends in goodbye + end_call."""
+    speed = 10.0
+    pcm, segments = caller_at_24k()
+    emulator = await emulators(speed=speed, caller_segments=segments)
+    tools = [{"type": "function", "name": "end_call", "parameters": {}}]
+    td = {"type": "server_vad", "auto_truncate": True}
+    loop = asyncio.get_running_loop()
+    async with vl_connect(emulator) as conn:
+        await update(conn, turn_detection=td, input_audio_transcription=WHISPER, tools=tools)
+        await conn.response.create()
+
+        async def drain() -> list[ServerEvent]:
+            seen: list[ServerEvent] = []
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    seen.append(await conn.recv())
+            return seen
+
+        reader = asyncio.create_task(drain())
+        chunk, t0 = 2_400, loop.time()
+        for at in range(0, len(pcm), chunk):
+            await asyncio.sleep(max(0.0, t0 + at / 24_000 / speed - loop.time()))
+            await conn.input_audio_buffer.append(audio=b64(pcm[at : at + chunk]))
+        await asyncio.sleep(0.3)
+        await conn.close()
+        events = await reader
+    transcripts = [e.transcript for e in events if e.type.endswith("transcription.completed")]
+    assert transcripts == [s["text"] for s in segments]
+    session = emulator.sessions[0]
+    assert [(r["prompt"], r["status"]) for r in session.responses] == [
+        ("greeting", "completed"),
+        ("answer_1", "completed"),
+        ("answer_long", "cancelled"),
+        ("answer_short", "completed"),
+        ("goodbye", "completed"),
+    ]
+    assert [c["name"] for c in session.tool_calls] == ["end_call"]
+    assert session.responses[-1]["rule"] == "farewell"
