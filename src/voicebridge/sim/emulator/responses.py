@@ -126,6 +126,7 @@ class ResponseStreaming(ConversationState):
             "reason": None,
             "prompt": None,
             "transcript": None,
+            "item_id": None,  # of the spoken message (none for a call alone)
             "samples_sent": 0,
             "samples_total": 0,
             "output_rate": self.output_rate,
