@@ -43,6 +43,7 @@ from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall
 from voicebridge.sim.faults import FAULT_HELP, parse_faults
 from voicebridge.sim.ports import free_socket
+from voicebridge.sim.script import caller_script
 from voicebridge.sim.wav import read_wav, resample, write_wav
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def load_caller(options: SimOptions) -> tuple[np.ndarray, list[dict[str, Any]]]:
         segments = json.loads(shipped("caller.json").read_text())
     else:
         pcm, rate = read_wav(options.caller_audio)
-        segments = None
+        segments = caller_script(options.caller_audio)  # the X.json beside X.wav, if any
     pcm = resample(pcm, rate, options.acs_rate, how="bridge")  # as the bridge would
     if segments is None:
         segments = speech_segments(pcm, options.acs_rate)
@@ -186,7 +187,10 @@ async def run_call(options: SimOptions) -> SimResult:
         raise ValueError("voicelive-* faults need the emulator, not --voicelive-endpoint")
     emulator: VoiceLiveEmulator | None = None
     if options.voicelive_endpoint is None:
-        emulator_kwargs = {"faults": faults.voicelive} | options.emulator
+        emulator_kwargs: dict[str, Any] = {"faults": faults.voicelive}
+        if options.caller_audio is not None and caller_script(options.caller_audio):
+            emulator_kwargs["caller_segments"] = segments  # what the emulator "hears"
+        emulator_kwargs |= options.emulator
         emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=speed, **emulator_kwargs)
         await emulator.start()
     acs = FakeAcs(acs_rate=options.acs_rate, speed=speed, faults=faults.acs)
