@@ -38,6 +38,7 @@ import uvicorn
 from voicebridge.app import create_app
 from voicebridge.config import Settings
 from voicebridge.server import uvicorn_options
+from voicebridge.sim import scenarios
 from voicebridge.sim.clock import ScaledClock
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall
@@ -670,6 +671,8 @@ def summary_text(report: dict[str, Any]) -> str:
         ),
         ("conserved", a["conserved"]),
         ("guard", f"sent {report['guard']['sent_by_type']}, blocked {report['guard']['blocked']}"),
+        ("call control", ", ".join(f"{k} {v}" for k, v in report["call_control"].items() if v)),
+        ("tokens", _usage_line(report.get("usage"))),
         ("errors", len(report["errors"])),
     ]
     width = max(len(k) for k, _ in rows)
@@ -677,6 +680,16 @@ def summary_text(report: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def _usage_line(usage: dict[str, Any] | None) -> str:
+    if not usage:
+        return "none reported"
+    return (
+        f"in {usage['input_text']} text + {usage['input_audio']} audio "
+        f"({usage['input_cached']} cached), out {usage['output_text']} text + "
+        f"{usage['output_audio']} audio: ~${usage['cost_usd']:.4f}"
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -692,6 +705,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a real Voice Live (credentials and mode from the environment), not the emulator",
     )
     parser.formatter_class = argparse.RawTextHelpFormatter  # keeps the fault list one per line
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(scenarios.SCENARIOS),
+        help="a call-control scenario (its own caller, settings and faults):\n"
+        + scenarios.scenario_help(),
+    )
     parser.add_argument(
         "--fault", action="append", default=[], metavar="NAME[=ARG]", help=FAULT_HELP
     )
@@ -721,8 +740,10 @@ def run(args: argparse.Namespace) -> int:
         progress=lambda msg: print(msg, flush=True),
         faults=args.fault,
     )
+    if args.scenario:
+        options = scenarios.build(args.scenario, options)
     try:
-        parse_faults(args.fault)
+        parse_faults(options.faults)
     except ValueError as exc:
         print(f"voicebridge simulate: {exc}", file=sys.stderr)
         return 2
