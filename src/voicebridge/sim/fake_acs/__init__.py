@@ -437,6 +437,13 @@ def _print_summary(call: FakeCall) -> None:
     print(f"  IncomingCall deliveries (node=status/answering): {deliveries or 'none'}")
     media_by = ", ".join(node or "?" for node in call.media_by) or "none"
     print(f"  answered by: {call.answered_by or '?'}; media sockets by: {media_by}")
+    if call.transfers or call.dtmf_sent or call.dtmf_suppressed:
+        transfers = ", ".join(f"{t['target']}={t['result']}" for t in call.transfers) or "none"
+        # Key presses as counts only: callers type card numbers (never print the keys).
+        print(
+            f"  transfers: {transfers}; keys pressed: {call.dtmf_sent}"
+            f" (suppressed: {call.dtmf_suppressed})"
+        )
     for error in call.errors[:10]:
         print(f"  protocol error: {error}")
 

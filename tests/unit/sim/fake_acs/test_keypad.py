@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.sim.fake_acs.bridgelet import connected_call, tone_frame, until
 from voicebridge.core import acs
-from voicebridge.sim.fake_acs import FakeAcs, dtmf_from_segments
+from voicebridge.sim.fake_acs import FakeAcs, FakeCall, _print_summary, dtmf_from_segments
 from voicebridge.sim.fake_acs.keypad import KEY_GAP_S, Keypad, check_dtmf
 from voicebridge.sim.simulate import shipped
 
@@ -29,7 +29,9 @@ def keyed(messages: list[str]) -> list[tuple[int, str]]:
     return out
 
 
-async def test_keys_are_pressed_on_the_media_clock(harness: Any) -> None:
+async def test_keys_are_pressed_on_the_media_clock(
+    harness: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake, bridge = await harness(fake_kwargs={"hangup_after_audio_s": 0.1}, inline_answer=True)
     plan = [(0.1, "12#"), (1.0, "*")]
     call = await fake.place_call(webhook_url=bridge.webhook, caller_pcm=b"", dtmf=plan)
@@ -56,6 +58,9 @@ async def test_keys_are_pressed_on_the_media_clock(harness: Any) -> None:
         {"keys": 1, "tick": 30},
         {"keys": 1, "tick": 50},
     ]
+    _print_summary(call)  # the CLI's report: counts only
+    printed = capsys.readouterr().out
+    assert "keys pressed: 4" in printed and "#" not in printed and "*" not in printed
 
 
 async def test_no_keys_without_dtmf_tones_enabled(harness: Any) -> None:
@@ -115,8 +120,6 @@ def test_dtmf_plans_are_checked() -> None:
 
 class FakeCallFactory:
     def make(self, **kwargs: Any) -> Any:
-        from voicebridge.sim.fake_acs import FakeCall
-
         return FakeCall(
             FakeAcs(),
             caller="+15551230001",

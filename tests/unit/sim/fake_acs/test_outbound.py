@@ -3,10 +3,14 @@ createCall refused; validation, repeatability, a hang-up while it rings."""
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
 import pytest
+from azure.communication.callautomation import PhoneNumberIdentifier
+from azure.communication.callautomation.aio import CallAutomationClient
+from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 
@@ -206,3 +210,17 @@ def test_expect_outbound_checks_its_arguments() -> None:
         fake.expect_outbound(CALLEE, faults={"acs-nope": None})
     with pytest.raises(ValueError, match="ring_s"):
         fake.expect_outbound(CALLEE, ring_s=-1)
+
+
+async def test_create_call_needs_the_hmac_signature(harness: Any) -> None:
+    fake, bridge = await harness()
+    wrong = AzureKeyCredential(base64.b64encode(b"not the key" * 4).decode())
+    async with CallAutomationClient(fake.endpoint, wrong, retry_total=0) as client:
+        with pytest.raises(HttpResponseError) as err:
+            await client.create_call(
+                PhoneNumberIdentifier(CALLEE),
+                bridge.callback_url,
+                source_caller_id_number=PhoneNumberIdentifier(ACS_NUMBER),
+            )
+    assert err.value.status_code == 401 and fake.requests[-1]["hmac_ok"] is False
+    assert fake.outbound_calls == []

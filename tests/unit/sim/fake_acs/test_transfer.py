@@ -14,8 +14,10 @@ from azure.communication.callautomation import (
     PhoneNumberIdentifier,
 )
 from azure.core.exceptions import HttpResponseError
+from azure.core.rest import HttpRequest
 
 from tests.unit.sim.fake_acs.bridgelet import Bridgelet, connected_call, tone_frame, until
+from voicebridge.acs import client as acs_client
 from voicebridge.core import acs
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall
 from voicebridge.sim.fake_acs.transfer import TRANSFER_RESULT_S
@@ -172,8 +174,6 @@ async def test_transfer_requests_are_validated(harness: Any) -> None:
 
 
 async def test_transfer_with_no_target_is_400(harness: Any) -> None:
-    from azure.core.rest import HttpRequest
-
     fake, bridge = await harness(fake_kwargs={"hangup_after_audio_s": math.inf})
     call = await connected_call(fake, bridge)
     path = f"/calling/callConnections/{call.call_connection_id}:transferToParticipant"
@@ -198,3 +198,17 @@ def test_fake_call_summary_without_transfers() -> None:
     summary = call.summary()
     assert summary["transfers"] == [] and summary["direction"] == "inbound"
     assert summary["target"] is None and summary["dtmf_sent"] == 0
+
+
+async def test_the_products_transfer_call_is_accepted(harness: Any) -> None:
+    """voicebridge.acs.client.transfer (what the relay calls) against the fake."""
+    fake, bridge = await harness(fake_kwargs={"hangup_after_audio_s": math.inf})
+    call = await connected_call(fake, bridge)
+    assert call.call_connection_id is not None
+    await acs_client.transfer(
+        bridge.client, call.call_connection_id, AGENT, caller_id=f"4:{ACS_NUMBER}"
+    )
+    await call.wait_ended(5)
+    assert call.end_reason == "transferred"
+    assert call.transfers[0]["source_caller_id"] == ACS_NUMBER
+    assert bridge.callback("CallTransferAccepted")["operationContext"] == "voicebridge-transfer"
