@@ -107,7 +107,8 @@ class FakeCall:
 
     Direction: :attr:`direction` is ``"inbound"`` or ``"outbound"``. For an outbound call
     :attr:`target` is the number called and :attr:`source_caller_id` the ACS number it was
-    called from (both None on an inbound call); ``caller`` is then the callee's number (the
+    called from (both None on an inbound call) and :attr:`create_request` the createCall
+    body (as :attr:`answer_request` is the answer's); ``caller`` is then the callee's number (the
     PSTN party whose audio the fake plays and whose ``participantRawID`` the frames carry) and
     ``recipient`` the source number.
 
