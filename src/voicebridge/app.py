@@ -342,4 +342,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             "DEBUG_ENDPOINTS=true: GET /debug/stats walks every object of the process on "
             "request. Leak hunting and load tests only; never on a public replica."
         )
+    if settings.phone_enabled:  # absent (404) unless PHONE_ENABLED=true (voicebridge.phone)
+        from voicebridge.phone import routes as phone
+
+        app.include_router(phone.router)
+        log.warning(
+            "PHONE_ENABLED=true: the browser phone is on /phone (calls need PHONE_TOKEN). "
+            "Development only; never on a public ingress without the token (docs/security.md)."
+        )
     return app

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "voicebridge.doctor",
         "check the configured Voice Live, ACS and public URL before the first real call",
     ),
+    "phone": (
+        "voicebridge.phone.command",
+        "talk to the agent from your browser: the bridge with the browser phone on loopback",
+    ),
     "emulator": ("voicebridge.sim.emulator", "run the local Voice Live emulator"),
     "fake-acs": ("voicebridge.sim.fake_acs", "run the local fake ACS (Call Automation + media)"),
     "resample": ("voicebridge.tools.resample", "stream a WAV through the production resampler"),

@@ -47,6 +47,9 @@ CALL_TOOLS = ("end_call", "transfer_to_human")
 #: What a DTMF action key may do (DTMF_ACTIONS).
 DTMF_ACTION_NAMES = ("transfer", "end")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+#: PHONE_TOKEN: 16-256 URL-safe characters, so it fits a URL fragment and a WebSocket
+#: subprotocol (RFC 6455: an HTTP token) unchanged.
+_PHONE_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")
 
 
 def parse_targets(value: str) -> dict[str, str]:
@@ -404,6 +407,14 @@ class Settings(BaseSettings):
     # report); off in production.
     expose_node_id: bool = Field(default=False, validation_alias=AliasChoices("EXPOSE_NODE_ID"))
 
+    # ---- the browser phone (voicebridge.phone; docs/phone.md): GET /phone, its calls and
+    # socket exist only with PHONE_ENABLED=true, and need PHONE_TOKEN. Development only:
+    # never set in Azure (docs/security.md "The browser phone").
+    phone_enabled: bool = Field(default=False, validation_alias=AliasChoices("PHONE_ENABLED"))
+    phone_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("PHONE_TOKEN")
+    )
+
     # ---- diagnostics: GET /debug/stats (object census, heap trim) for leak hunting only
     debug_endpoints: bool = Field(
         default=False,
@@ -471,6 +482,18 @@ class Settings(BaseSettings):
         secret = self.call_url_secret.get_secret_value() if self.call_url_secret else ""
         return [(LEGACY_KID, secret.encode())] if secret else None
 
+    @field_validator("phone_token")
+    @classmethod
+    def _phone_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not _PHONE_TOKEN.match(value.get_secret_value()):
+            raise ValueError(
+                "must be 16-256 of A-Z a-z 0-9 . _ ~ - (python -c 'import secrets; "
+                "print(secrets.token_urlsafe(24))')"
+            )
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -529,6 +552,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CALL_URL_KEYS: required when REDIS_URL is set (every node must verify the "
                 "per-call URLs every other node signed; docs/security.md)"
+            )
+        if self.phone_enabled and self.phone_token is None:
+            raise ValueError(
+                "PHONE_TOKEN: required when PHONE_ENABLED=true (`voicebridge phone` makes one)"
             )
         if self.owner_lost_after_s <= 2 * self.node_heartbeat_s:
             raise ValueError("OWNER_LOST_AFTER_S: must be more than twice NODE_HEARTBEAT_S")

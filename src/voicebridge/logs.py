@@ -128,10 +128,11 @@ def install_record_factory() -> None:
 
 # ---------------------------------------------------------------- redaction
 
-# /api/callbacks/<token> and /ws/media/<token>: a token "1.<kid>.<payload>.<mac>" keeps
-# its version and key id (rotation diagnostics); any other "<a>.<b...>" keeps "<a>".
+# /api/callbacks/<token>, /ws/media/<token> and /phone/ws/<token>: a token
+# "1.<kid>.<payload>.<mac>" keeps its version and key id (rotation diagnostics); any other
+# "<a>.<b...>" keeps "<a>".
 _URL_KEY = re.compile(
-    r"(/(?:api/callbacks|ws/media)/(?:1\.[A-Za-z0-9_-]{1,8}\.|[^/.\s\"'?]*\.))[^/\s\"'?&]+"
+    r"(/(?:api/callbacks|ws/media|phone/ws)/(?:1\.[A-Za-z0-9_-]{1,8}\.|[^/.\s\"'?]*\.))[^/\s\"'?&]+"
 )
 _QUERY_SECRET = re.compile(r"([?&](?:secret|sig|code|access_token|api-key)=)[^&\s\"']+", re.I)
 

@@ -195,7 +195,9 @@ DEFAULT_KID = "k0"  # the random per-process key when none is configured
 LEGACY_KID = "s0"  # CALL_URL_SECRET (deprecated) as a one-key ring
 PURPOSE_CALLBACK = b"c"
 PURPOSE_MEDIA = b"m"
-_PURPOSES = (PURPOSE_CALLBACK, PURPOSE_MEDIA)
+#: The browser phone's media socket (voicebridge.phone): never an ACS media URL.
+PURPOSE_PHONE = b"p"
+_PURPOSES = (PURPOSE_CALLBACK, PURPOSE_MEDIA, PURPOSE_PHONE)
 _CALL_ID_BYTES = 12
 _MAC_BYTES = 16
 _PAYLOAD = struct.Struct(">12sIc")  # call id, expiry (unix seconds), purpose: 17 bytes
@@ -251,7 +253,7 @@ class CallUrlSigner:
     """Signed, self-contained per-call URL tokens (docs/security.md "Per-call URLs")::
 
         token   = "1." + kid + "." + b64url(payload) + "." + b64url(mac)
-        payload = call id (12 random bytes) | expiry (uint32, unix s) | purpose (b"c", b"m")
+        payload = call id (12 random bytes) | expiry (uint32, unix s) | purpose (b"c", b"m", b"p")
         mac     = HMAC-SHA256(key[kid], b"vb1|" + kid + b"|" + payload)[:16]
 
     Any process holding the key ring verifies a token without a lookup. The first key
@@ -287,23 +289,36 @@ class CallUrlSigner:
         message = b"vb1|" + kid.encode("ascii") + b"|" + payload
         return hmac.new(self._keys[kid], message, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def issue(self, call_id: str, purpose: bytes, *, now: float | None = None) -> str:
+    def issue(
+        self,
+        call_id: str,
+        purpose: bytes,
+        *,
+        now: float | None = None,
+        lifetime_s: float | None = None,
+    ) -> str:
         """A token for ``call_id`` (as :meth:`new_call` returns it) and ``purpose``,
-        valid until ``now + lifetime_s``."""
+        valid until ``now + lifetime_s`` (default: the signer's ``lifetime_s``)."""
         if purpose not in _PURPOSES:
-            raise ValueError("purpose must be PURPOSE_CALLBACK or PURPOSE_MEDIA")
+            raise ValueError("purpose must be PURPOSE_CALLBACK, PURPOSE_MEDIA or PURPOSE_PHONE")
         raw_id = _b64d(call_id, _CALL_ID_BYTES)
         if raw_id is None:
             raise ValueError("call id must be 12 bytes, base64url")
         issued = time.time() if now is None else now
-        expiry = min(int(issued + self.lifetime_s), 0xFFFFFFFF)
+        lifetime = self.lifetime_s if lifetime_s is None else lifetime_s
+        expiry = min(int(issued + lifetime), 0xFFFFFFFF)
         payload = _PAYLOAD.pack(raw_id, expiry, purpose)
         kid = self.signing_kid
         return f"{URL_TOKEN_VERSION}.{kid}.{_b64e(payload)}.{_b64e(self._mac(kid, payload))}"
 
+    @staticmethod
+    def new_call_id() -> str:
+        """A fresh random call id (12 bytes, base64url)."""
+        return _b64e(secrets.token_bytes(_CALL_ID_BYTES))
+
     def new_call(self, *, now: float | None = None) -> tuple[str, str, str]:
         """A fresh ``(call id, callback token, media token)``."""
-        call_id = _b64e(secrets.token_bytes(_CALL_ID_BYTES))
+        call_id = self.new_call_id()
         return (
             call_id,
             self.issue(call_id, PURPOSE_CALLBACK, now=now),

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from starlette.websockets import WebSocket
+from starlette.types import Message
 
 from voicebridge import observations
 from voicebridge.calls import Call, CallOutcome
@@ -71,9 +71,27 @@ from voicebridge.voicelive.session import SEND_ERRORS, OpenSession, session_conf
 if TYPE_CHECKING:
     from voicebridge.cluster.node import ClusterNode
 
-__all__ = ["CallServices", "MediaRelay", "OpenVoiceLive", "bridge_for", "prompt_pcm"]
+__all__ = [
+    "CallServices",
+    "MediaRelay",
+    "MediaSocket",
+    "OpenVoiceLive",
+    "bridge_for",
+    "prompt_pcm",
+]
 
 log = logging.getLogger("voicebridge.relay")
+
+
+class MediaSocket(Protocol):
+    """The media socket as the relay uses it: starlette's ``WebSocket`` (ACS), or the
+    browser phone's wrapper of one (:class:`voicebridge.phone.socket.PhoneSocket`)."""
+
+    async def receive(self) -> Message: ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
 class OpenVoiceLive(Protocol):
@@ -155,7 +173,7 @@ class PendingReconnect:
 class MediaRelay:
     """Runs one call's media until the call ends; see the package docstring."""
 
-    def __init__(self, services: CallServices, call: Call, websocket: WebSocket) -> None:
+    def __init__(self, services: CallServices, call: Call, websocket: MediaSocket) -> None:
         self.services = services
         self.settings = services.settings
         self.clock = services.clock
@@ -175,8 +193,10 @@ class MediaRelay:
         self._started = self.clock.real_now()
         self.acs = AcsWatch(self._started)
         self._vl_lock = asyncio.Lock()
-        self._new_socket: asyncio.Future[WebSocket] = asyncio.get_running_loop().create_future()
+        self._new_socket: asyncio.Future[MediaSocket] = asyncio.get_running_loop().create_future()
         self._released: dict[int, asyncio.Event] = {}
+        #: Sees every core event after the relay (the browser phone's side channel).
+        self.observer: Callable[[BridgeEvent], None] | None = None
 
     async def run(self) -> CallOutcome:
         """Relay until the call ends; return the outcome."""
@@ -196,7 +216,7 @@ class MediaRelay:
 
     # ------------------------------------------------------------------ ACS sockets
 
-    def attach(self, websocket: WebSocket) -> asyncio.Event:
+    def attach(self, websocket: MediaSocket) -> asyncio.Event:
         """A new media socket for this call (ACS reconnected): it replaces the current
         one. Returns an event set once the relay no longer uses it."""
         released = asyncio.Event()
@@ -207,16 +227,16 @@ class MediaRelay:
         self._new_socket.set_result(websocket)
         return released
 
-    def new_socket(self) -> asyncio.Future[WebSocket]:
+    def new_socket(self) -> asyncio.Future[MediaSocket]:
         """Done once a new socket is attached (take it with :meth:`take_new_socket`)."""
         return self._new_socket
 
-    def take_new_socket(self) -> WebSocket:
+    def take_new_socket(self) -> MediaSocket:
         new = self._new_socket.result()
         self._new_socket = asyncio.get_running_loop().create_future()
         return new
 
-    def release(self, websocket: WebSocket) -> None:
+    def release(self, websocket: MediaSocket) -> None:
         """The relay no longer uses ``websocket``: its route handler may return."""
         released = self._released.pop(id(websocket), None)
         if released is not None:
@@ -282,6 +302,8 @@ class MediaRelay:
                 )
         if self.tracing.enabled:
             self.tracing.on_event(event)
+        if self.observer is not None:
+            self.observer(event)
 
     def reconnected(self) -> None:
         """The new session confirmed its configuration: the gap is over."""
