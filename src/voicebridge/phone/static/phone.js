@@ -52,7 +52,7 @@
       state: 'idle', message: 'Ready.', outcome: null, closeCode: null,
       sentFrames: 0, framesDropped: 0, heardSeconds: 0, queuedSeconds: 0, underruns: 0,
       stopAudios: 0, bargeIns: 0, flushedSeconds: 0, keysSent: 0,
-      transcript: [], turn: null, latenciesMs: [], badMessages: 0,
+      transcript: [], turn: null, agentSpeaking: false, latenciesMs: [], badMessages: 0,
     };
   }
 
@@ -85,8 +85,14 @@
     ui.heard.textContent = `${stats.heardSeconds.toFixed(1)} s`;
     ui.bargeins.textContent = String(stats.bargeIns);
     const l = stats.latenciesMs;
-    ui.latency.textContent = l.length
-      ? `${Math.round(l[l.length - 1])} ms (${l.length} answer${l.length > 1 ? 's' : ''})` : '—';
+    ui.latency.textContent = l.length ? `${Math.round(l[l.length - 1])} ms` : '—';
+    ui.latency.title = l.map((ms) => `${Math.round(ms)} ms`).join(', ');
+    // The bridge's turn state, except that agent audio still playing here is the agent
+    // speaking (the service finishes a response faster than it is played).
+    const shown = stats.agentSpeaking && ['listening', 'responding', 'thinking'].includes(stats.turn)
+      ? 'agent_speaking' : stats.turn;
+    ui.turn.textContent = TURNS[shown] || shown || '—';
+    ui.turn.dataset.turn = shown || '';
   }
 
   function addTranscript(role, text) {
@@ -105,6 +111,7 @@
   }
 
   const TURNS = {
+    connecting: 'Connecting', ended: 'Ended', error: 'Ended', agent_speaking: 'Agent speaking',
     listening: 'Listening', caller_speaking: 'You are speaking', thinking: 'Agent thinking',
     responding: 'Agent answering', tool: 'Agent using a tool', keypad: 'Keypad',
     reprompt: 'Agent checking in', giving_up: 'Ending (no input)', reconnecting: 'Reconnecting to Voice Live',
@@ -112,8 +119,7 @@
 
   function setTurn(state) {
     stats.turn = state;
-    ui.turn.textContent = TURNS[state] || state;
-    ui.turn.dataset.turn = state;
+    render();
   }
 
   // ------------------------------------------------------------------ calling
@@ -270,11 +276,17 @@
       stats.heardSeconds = msg.heardSeconds;
       stats.queuedSeconds = msg.queuedSeconds;
       stats.underruns = msg.underruns;
+      stats.agentSpeaking = msg.queuedSeconds > 0;
       render();
     } else if (msg.type === 'flushed') {
       if (msg.seconds > 0) { stats.bargeIns++; stats.flushedSeconds += msg.seconds; }
+      stats.agentSpeaking = false;
       render();
-    } else if (msg.type === 'playing' && !msg.gap && c.answerFrom !== null) {
+    } else if (msg.type === 'playing') {
+      stats.agentSpeaking = true;
+      render();
+    }
+    if (msg.type === 'playing' && !msg.gap && c.answerFrom !== null) {
       const outputMs = 1000 * ((c.ctx && c.ctx.outputLatency) || 0);
       stats.latenciesMs.push(performance.now() - c.answerFrom + outputMs);
       c.answerFrom = null;
@@ -349,6 +361,7 @@
       }
       if (c.player) c.player.port.postMessage({ type: 'stop' });
       if (c.ctx) c.ctx.close().catch(() => {});
+      stats.agentSpeaking = false;
       render();
     };
     close();
