@@ -41,6 +41,10 @@ NOT_IN_AZURE = {
     "DEBUG_ENDPOINTS",  # /debug/stats (object census, heap trim): load tests only; never on
     "NODE_ID",  # default <hostname>/<pid> is already unique per replica and worker
     "EXPOSE_NODE_ID",  # x-voicebridge-node header for the cluster simulator; off in production
+    # The browser phone (voicebridge phone) is a developer's tool on loopback: never on in
+    # Azure, where /phone would face the internet (docs/security.md "The browser phone").
+    "PHONE_ENABLED",
+    "PHONE_TOKEN",
 }
 
 # Env vars the Container App sets that are not Settings fields, and who reads them.
