@@ -186,6 +186,10 @@ async def test_a_whole_call_in_chromium(
         assert mid["state"] == "in_call"
         SCREENSHOT.parent.mkdir(exist_ok=True)
         await page.screenshot(path=str(SCREENSHOT))
+        # A screenshot holds the page's main thread, which feeds the player: a gap it
+        # causes (found when playback resumes) is the test's, not the phone's.
+        await asyncio.sleep(0.5)
+        test_gaps = (await stats(page))["underruns"] - mid["underruns"]
         s = await wait_for(page, lambda s: s["state"] in ("ended", "error"), 25, "the end")
         summary = await ended_on_the_bridge(bridge)
         sessions = bridge.emulator.sessions
@@ -209,7 +213,7 @@ async def test_a_whole_call_in_chromium(
     # a barge-in flushed the player: the answer was cut, what was queued was dropped
     assert s["bargeIns"] >= 1 and s["flushedSeconds"] > 0.02
     assert s["latenciesMs"] and all(0 < ms < 3000 for ms in s["latenciesMs"])
-    assert s["underruns"] == 0, "agent audio played with gaps"
+    assert s["underruns"] - test_gaps == 0, "agent audio played with gaps"
 
     # the bridge: the same call, the same numbers
     assert summary["outcome"] == "agent_hung_up"
@@ -250,11 +254,18 @@ async def test_hang_up_and_closing_the_tab_end_as_the_caller_hanging_up(
         page = await page_of(launched, bridge.url)
         await page.click("#call")
         await wait_for(page, lambda s: s["heardSeconds"] > 0.5, 15, "the greeting")
+        for key in "12#":  # keyboard digits are keypad tones (DtmfData)
+            await page.keyboard.press(key)
+        await wait_for(page, lambda s: s["keysSent"] == 3, 5, "the keys")
+        await asyncio.sleep(0.3)
         await page.click("#hangup")
         s = await wait_for(page, lambda s: s["state"] == "ended", 10, "the hang-up")
         assert s["message"] == "Call ended." and s["closeCode"] == 1000
         first = await ended_on_the_bridge(bridge)
         assert first["outcome"] == "caller_hung_up"
+        counters = first["report"]["counters"]
+        assert counters["dtmf_tones"] == 3 and counters["dtmf_submitted"] == 1
+        assert any("12" in str(t.get("text")) for t in bridge.emulator.sessions[0].user_texts)
         assert any(e["event"] == "phone_hangup" for e in events(bridge))
 
         page = await page_of(launched, bridge.url)
