@@ -676,12 +676,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a real Voice Live (credentials and mode from the environment), not the emulator",
     )
     parser.formatter_class = argparse.RawTextHelpFormatter  # keeps the fault list one per line
+    from voicebridge.sim.cluster.simulate import CLUSTER_FAULT_HELP
+
     parser.add_argument(
-        "--fault", action="append", default=[], metavar="NAME[=ARG]", help=FAULT_HELP
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[=ARG]",
+        help=FAULT_HELP + "\n" + CLUSTER_FAULT_HELP,
+    )
+    cluster = parser.add_argument_group(
+        "cluster (voicebridge.sim.cluster: needs redis-server and haproxy)"
+    )
+    cluster.add_argument(
+        "--replicas",
+        type=int,
+        help="run N bridge nodes behind HAProxy with Redis; writes cluster-report.json",
+    )
+    cluster.add_argument("--calls", type=int, help="with --replicas: calls (default 3)")
+    cluster.add_argument(
+        "--drain-mode",
+        choices=("wait", "migrate"),
+        help="with --replicas: the nodes' DRAIN_MODE (default wait)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "replicas", None) is not None:
+        from voicebridge.sim.cluster import simulate as cluster_simulate
+
+        return cluster_simulate.run(args)
+    if getattr(args, "calls", None) is not None or getattr(args, "drain_mode", None):
+        print("voicebridge simulate: --calls and --drain-mode go with --replicas", file=sys.stderr)
+        return 2
     from voicebridge import logs
 
     # Console: warnings, as text. The bridge's own log, as the service writes it (JSON,

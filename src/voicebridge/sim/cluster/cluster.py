@@ -29,6 +29,7 @@ import numpy as np
 from voicebridge.sim.cluster.haproxy import HAProxy, ServerSlot
 from voicebridge.sim.cluster.node import BridgeNode
 from voicebridge.sim.cluster.redis_server import RedisServer
+from voicebridge.sim.cluster.report import call_report, final_outcome, read_segments
 from voicebridge.sim.emulator import VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall
 from voicebridge.sim.faults import FaultValue
@@ -365,6 +366,84 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"calls without an owner: {owned}")
             await asyncio.sleep(0.1)
+
+    # ---------------------------------------------------------------- outcomes
+
+    def segments(self) -> dict[str, list[dict[str, Any]]]:
+        """Every node's conversation logs, by correlation id
+        (:func:`~voicebridge.sim.cluster.report.read_segments`)."""
+        merged: dict[str, list[dict[str, Any]]] = {}
+        for node in self.nodes.values():
+            for corr, segs in read_segments(node.name, node.log_dir).items():
+                merged.setdefault(corr, []).extend(segs)
+        return merged
+
+    async def records(self) -> dict[str, dict[str, Any]]:
+        """The Redis call records by correlation id, each with its ``cid`` ({} while
+        Redis is down)."""
+        with contextlib.suppress(Exception):
+            return {
+                r["corr"]: r | {"cid": cid}
+                for cid, r in (await self.redis.call_records()).items()
+                if r.get("corr")
+            }
+        return {}
+
+    async def outcomes(self, calls: Iterable[FakeCall]) -> dict[str, str | None]:
+        """Correlation id -> the bridge's final outcome of the call (the last
+        non-``moved`` one in the nodes' logs, else the Redis record's), or None yet."""
+        segments, records = self.segments(), await self.records()
+        return {
+            c.correlation_id: final_outcome(
+                segments.get(c.correlation_id, []), records.get(c.correlation_id)
+            )[0]
+            for c in calls
+        }
+
+    async def wait_outcomes(
+        self, calls: Iterable[FakeCall], timeout_s: float = 15.0
+    ) -> dict[str, str | None]:
+        """:meth:`outcomes` once every call has one, or when ``timeout_s`` is up (a
+        bounded wait: whatever is known then)."""
+        calls = list(calls)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = await self.outcomes(calls)
+            if all(found.values()) or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.2)
+
+    async def call_reports(
+        self, calls: Iterable[FakeCall], *, killed: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Per call its entry of ``cluster-report.json``'s ``calls[]``
+        (:func:`~voicebridge.sim.cluster.report.call_report`); ``killed``: nodes that
+        were SIGKILLed (their segments cannot be counted)."""
+        segments, records = self.segments(), await self.records()
+        out = []
+        for call in calls:
+            ids = {call.call_connection_id, call.correlation_id} - {None}
+            sessions = [s for s in self.emulator.sessions if s.call_id in ids]
+            out.append(
+                call_report(
+                    call,
+                    segments.get(call.correlation_id, []),
+                    records.get(call.correlation_id),
+                    sessions,
+                    voicelive_rate=self.options.voicelive_rate,
+                    killed=set(killed),
+                )
+            )
+        return out
+
+    async def heal(self, env: dict[str, dict[str, str]] | None = None) -> None:
+        """Start again every node that has exited (``env[name]`` on top of its
+        environment), and wait until each is UP at the balancer."""
+        dead = [n for n in self.nodes.values() if not n.running]
+        for node in dead:
+            node.env |= (env or {}).get(node.name, {})
+        await asyncio.gather(*(n.start() for n in dead))
+        await self.wait_up(n.name for n in dead)
 
     async def scale_metric(self, node: BridgeNode, *, token: str | None = None) -> tuple[int, Any]:
         """``GET /api/scale-metric`` on ``node`` with the bearer token (``token=""``:
