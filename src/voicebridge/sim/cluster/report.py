@@ -253,7 +253,7 @@ def call_report(
         "redis": {k: v for k, v in (record or {}).items() if k in _RECORD_FIELDS} or None,
         "conserved": conv["conserved"],
         "audio": conv,
-        "longest_silence_s": longest_silence_s(call),
+        "media_gaps_s": media_gaps_s(call),
     }
 
 
@@ -283,22 +283,24 @@ def conversation_kept(sessions: list[Any]) -> bool | None:
     return True
 
 
-def longest_silence_s(call: Any) -> float | None:
-    """The longest run of silence in what the caller heard between the first and the
-    last agent audio (call seconds): how long a takeover's gap was, at most."""
-    import numpy as np
+#: Fake ACS timeline entries that end a media socket.
+_SOCKET_ENDS = ("media_dropped", "media_closed", "media_closed_by_bridge")
 
-    heard = np.asarray(call.heard)
-    rate = int(call.acs_rate)
-    block = rate // 50
-    n = len(heard) // block
-    if n == 0:
-        return None
-    rms = np.sqrt(np.mean(heard[: n * block].astype(np.float64).reshape(n, block) ** 2, axis=1))
-    loud = np.flatnonzero(rms > 64)
-    if loud.size < 2:
-        return None
-    return round(float(np.max(np.diff(loud)) - 1) * 0.02, 2)
+
+def media_gaps_s(call: Any) -> list[float]:
+    """Per media socket after the first: call seconds between the end of the previous
+    socket (dropped, closed) and this one's connection, from the fake's timeline: how
+    long the caller had no media path during a re-dial or a migration."""
+    gaps: list[float] = []
+    last_end: float | None = None
+    for t, what, detail in call.timeline:
+        if what in _SOCKET_ENDS:
+            last_end = float(t)
+        elif what == "media_connected" and int(detail.get("socket", 1)) > 1:
+            if last_end is not None:
+                gaps.append(round(float(t) - last_end, 3))
+            last_end = None
+    return gaps
 
 
 def node_summary(

@@ -14,7 +14,7 @@ nodes have written their outcomes, the report is built (:mod:`.report`):
   ``outcomes_by_node``, ``conserved`` and ``audio`` (sample accounting summed over the
   nodes' segments, :func:`.report.conservation`), ``answered_by``, ``media_by``,
   ``callbacks_by`` (the fake ACS's node attribution), ``media_sockets``,
-  ``voicelive_sessions``, ``conversation_kept``, ``longest_silence_s``, ``redis``;
+  ``voicelive_sessions``, ``conversation_kept``, ``media_gaps_s``, ``redis``;
 * ``nodes[]``: per node what it answered, owned and ended, the balancer's session counts,
   ERROR lines and unhandled exceptions in its log, its exit status;
 * ``fault_actions`` (what the harness did, when), ``balancer``, ``redis`` (commands
