@@ -382,14 +382,15 @@ def metric_sums(texts: Iterable[str], prefix: str = "voicebridge_") -> dict[str,
     return sums
 
 
-def histogram_quantile(sums: dict[str, float], name: str, q: float) -> float | None:
-    """The ``q`` quantile (upper bucket bound) of histogram ``name`` in ``sums`` (all
-    label sets merged); None without observations."""
+def histogram_quantile(sums: dict[str, float], name: str, q: float, **labels: str) -> float | None:
+    """The ``q`` quantile (upper bucket bound) of histogram ``name`` in ``sums``, over
+    the series with these ``labels`` (the others merged); None without observations."""
     buckets: dict[float, float] = {}
     pattern = re.compile(re.escape(name) + r'_bucket\{(?:[^}]*,)?le="(?P<le>[^"]+)"')
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
     for key, value in sums.items():
         match = pattern.match(key)
-        if match is not None:
+        if match is not None and all(w in key for w in wanted):
             le = float("inf") if match["le"] == "+Inf" else float(match["le"])
             buckets[le] = buckets.get(le, 0.0) + value
     if not buckets:

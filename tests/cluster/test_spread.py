@@ -1,0 +1,119 @@
+"""S1 spread, S2 Event Grid duplicates, S3 callback before media, S10 scale metric
+(scale-out.md §6.4) on one shared 3-node cluster: none of them stops a node."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from tests.cluster.conftest import running
+from tests.cluster.helpers import (
+    answer_requests_for,
+    callback_nodes,
+    ended,
+    eventually,
+    media_nodes,
+)
+from voicebridge.sim.cluster import Cluster
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster() -> AsyncIterator[Cluster]:
+    async with running("spread", replicas=3) as c:
+        yield c
+
+
+async def test_s1_calls_spread_over_every_node_and_callbacks_are_forwarded(
+    cluster: Cluster, short_pcm: np.ndarray
+) -> None:
+    """S1 (12 calls instead of 30): every call ends normally and conserved; every node
+    owned calls; calls whose answerer is not their owner work; callbacks of one call land
+    on several nodes; a CallDisconnected that reached a non-owner still ends the call as
+    caller_hung_up (forwarded); the forward latency is measured."""
+    calls = await cluster.place_calls(12, short_pcm, stagger_s=0.15)
+    outcomes = await ended(cluster, calls, 60)
+    reports = await cluster.call_reports(calls)
+    assert all(o == "caller_hung_up" for o in outcomes.values()), outcomes
+    assert all(r["conserved"] and r["audio"]["countable"] for r in reports), [
+        r["audio"]["checks"] for r in reports if not r["conserved"]
+    ]
+    owners = Counter(media_nodes(c)[-1] for c in calls if media_nodes(c))
+    assert set(owners) == {"r1", "r2", "r3"}, owners
+    elsewhere = [c for c in calls if c.answered_by and c.answered_by != media_nodes(c)[-1]]
+    assert len(elsewhere) >= 2, [(c.answered_by, media_nodes(c)) for c in calls]
+    spread = [c for c in calls if len(callback_nodes(c)) >= 2]
+    assert len(spread) > len(calls) / 2
+    forwarded = [
+        c
+        for c in calls
+        if any(
+            cb["type"] == "CallDisconnected" and cb["node"] != media_nodes(c)[-1]
+            for cb in c.callbacks_by
+        )
+    ]
+    assert forwarded, "no CallDisconnected reached a node other than the call's owner"
+    assert all(outcomes[c.correlation_id] == "caller_hung_up" for c in forwarded)
+    metrics = [await node.get("/metrics") for node in cluster.live_nodes()]
+    assert any("voicebridge_forward_latency_seconds" in str(body) for _, body, _ in metrics)
+
+
+async def test_s2_event_grid_retries_answer_each_call_once(
+    cluster: Cluster, short_pcm: np.ndarray
+) -> None:
+    """S2 (6 calls instead of 10): every IncomingCall delivered 3 more times (the
+    balancer spreads the retries over the nodes): one answer request per call."""
+    calls = []
+    for _ in range(6):
+        call = await cluster.place_call(short_pcm)
+        await cluster.redeliver(call, 3)
+        calls.append(call)
+    outcomes = await ended(cluster, calls, 60)
+    assert answer_requests_for(cluster, calls) == 6
+    assert all(len(c.incoming_deliveries) == 4 for c in calls)
+    assert all(c.answered.is_set() for c in calls)
+    assert all(o == "caller_hung_up" for o in outcomes.values()), outcomes
+
+
+async def test_s3_callback_before_media_refuses_the_socket(
+    cluster: Cluster, short_pcm: np.ndarray
+) -> None:
+    """S3: CallDisconnected arrives before ACS dials the media socket: the upgrade is
+    refused with 403 and no Voice Live session is opened for the call."""
+    call = await cluster.place_call(short_pcm, faults={"acs-disconnect-before-media": None})
+    await cluster.wait_ended([call], 30)
+    assert call.media_refused_status == 403
+    ids = {call.call_connection_id, call.correlation_id}
+    assert not [s for s in cluster.emulator.sessions if s.call_id in ids]
+
+
+async def test_s10_every_node_serves_the_same_scale_metric(
+    cluster: Cluster, long_pcm: np.ndarray
+) -> None:
+    """S10: with calls live, every node's /api/scale-metric says the same activeCalls;
+    it drops to 0 once they end; 401 without or with a wrong bearer token."""
+    nodes = cluster.live_nodes()
+    for token in ("", "wrong-token"):
+        status, _ = await cluster.scale_metric(nodes[0], token=token)
+        assert status == 401
+    calls = await cluster.place_calls(3, long_pcm, stagger_s=0.1)
+
+    async def metrics() -> list[object]:
+        return [(await cluster.scale_metric(n))[1] for n in nodes]
+
+    def all_say(active: int) -> object:
+        return lambda seen: all(
+            isinstance(m, dict) and m.get("activeCalls") == active for m in seen
+        )
+
+    seen = await eventually(metrics, all_say(3), 20, "every node reports 3 active calls")
+    for body in seen:
+        assert isinstance(body, dict)
+        assert body["readyNodes"] == 3 and body["capacity"] >= 3
+    await cluster.wait_ended(calls, 60)
+    await eventually(metrics, all_say(0), 20, "every node reports 0 active calls")
