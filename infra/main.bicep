@@ -4,11 +4,15 @@
 //   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.parameters.json \
 //     -p containerImage=<acr>.azurecr.io/voicebridge:<tag> registryName=<acr>
 //
+//   (plus callUrlKeys=... scaleMetricToken=..., required @secure() values: docs/deploy.md)
+//
 // Creates: Log Analytics + Application Insights, a Container Apps environment, a
-// user-assigned identity, a Key Vault (RBAC) with the app's secrets, the Container App,
-// role assignments (Foundry, ACS, Key Vault, ACR), an Event Grid system topic on ACS and
-// an IncomingCall subscription to /api/incoming-call. ACS and the Foundry resource are
-// created, or existing ones are used (createAcs / createFoundry = false).
+// user-assigned identity, a Key Vault (RBAC) with the app's secrets, Azure Managed Redis
+// (the nodes' shared call state, Entra ID access for the identity), the Container App
+// (2 or more replicas, scaled on live calls), role assignments (Foundry, ACS, Key Vault,
+// ACR), an Event Grid system topic on ACS and an IncomingCall subscription to
+// /api/incoming-call. ACS and the Foundry resource are created, or existing ones are used
+// (createAcs / createFoundry = false).
 // Prerequisite not created here: the container registry holding the image (the image
 // must exist before the app starts; `az acr build` pushes it).
 //
@@ -56,15 +60,58 @@ param cpuCores string = '1.0'
 @description('Memory per replica; must pair with cpuCores (e.g. 1.0 -> 2Gi).')
 param memory string = '2Gi'
 
-@description('Call state is per replica: keep min = max (and 1 per phone number) unless docs/deploy.md "Scaling" applies.')
-@minValue(1)
-param minReplicas int = 1
+// ============================================================== scale-out (docs/deploy.md "Scale-out")
 
-@minValue(1)
-param maxReplicas int = 1
+@description('Replicas always running. At least 2: one replica restarting or draining leaves another to answer calls and take migrated ones; never 0 (Event Grid must reach a live app within seconds).')
+@minValue(2)
+param minReplicas int = 2
 
-@description('HTTP scale rule threshold (concurrent requests per replica); only acts when maxReplicas > minReplicas.')
-param scaleConcurrentRequests int = 20
+@description('Replica ceiling: size it to peak calls / callsPerReplica plus headroom. Each replica is cpuCores of the environment\'s core quota (100 by default).')
+@minValue(2)
+@maxValue(1000)
+param maxReplicas int = 30
+
+@description('Scale rule target: live calls per replica. ~100 per core measured offline without TLS; 60 leaves room for uneven routing, start-up lag and slow VMs.')
+@minValue(1)
+param callsPerReplica int = 60
+
+@description('WORKERS: `voicebridge serve` processes per replica, each a node. Keep 1 on 1-vCPU Consumption replicas; more only for bigger replicas.')
+@minValue(1)
+@maxValue(64)
+param workersPerReplica int = 1
+
+@description('Azure Managed Redis SKU (shared call state).')
+param redisSku string = 'Balanced_B1'
+
+@description('REDIS_AUTH: entra = the app identity (access keys disabled on the database); key = an access key in Key Vault as REDIS_PASSWORD.')
+@allowed([
+  'entra'
+  'key'
+])
+param redisAuth string = 'entra'
+
+@description('DRAIN_MODE on SIGTERM: wait = live calls finish here (up to drainGraceS); migrate = move them to other replicas by restarting ACS media streaming (unverified on real ACS: docs/deploy.md).')
+@allowed([
+  'wait'
+  'migrate'
+])
+param drainMode string = 'wait'
+
+@description('DRAIN_ROUTE_SETTLE_S: readiness stays 503 this long before calls move, so the ingress stops sending new sockets (readiness period 5 s x failureThreshold 2, plus margin).')
+@minValue(0)
+param drainRouteSettleS int = 12
+
+@description('DRAIN_MIGRATE_DEADLINE_S: how long moving calls may take (migrate mode); what is left then waits like wait mode.')
+@minValue(0)
+param drainMigrateDeadlineS int = 20
+
+@description('NODE_HEARTBEAT_S: each node\'s heartbeat in Redis.')
+@minValue(1)
+param nodeHeartbeatS int = 5
+
+@description('OWNER_LOST_AFTER_S: a call whose owner is silent this long is checked with ACS (more than twice nodeHeartbeatS).')
+@minValue(3)
+param ownerLostAfterS int = 30
 
 @allowed([
   'Single'
@@ -72,10 +119,10 @@ param scaleConcurrentRequests int = 20
 ])
 param revisionsMode string = 'Single'
 
-@description('Optional revision suffix (lowercase letters, digits, dashes).')
+@description('Optional revision suffix (lowercase letters, digits, dashes). A new suffix forces a new revision, which is how replicas pick up a changed Key Vault secret (a secret change alone does not restart them).')
 param revisionSuffix string = ''
 
-@description('Seconds added to DRAIN_GRACE_S for terminationGracePeriodSeconds (uvicorn and process exit after the drain).')
+@description('Seconds added for uvicorn and process exit after the drain: terminationGracePeriodSeconds = drainRouteSettleS + drainMigrateDeadlineS + drainGraceS + shutdownMarginS (107 s by default; keep it at or under 120 s until the platform is seen honouring more).')
 @minValue(5)
 param shutdownMarginS int = 15
 
@@ -221,10 +268,15 @@ param acsJwtIssuer string = 'https://acscallautomation.communication.azure.com'
 param acsOpenidConfigUrl string = 'https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration'
 param acsJwksUrl string = ''
 param jwtLeewayS int = 60
-@description('CALL_URL_KEYS: per-call URL token keys "kid:base64key,kid2:base64key2", the first signs, all verify ("" = unset). Key: openssl rand -base64 32')
+@description('CALL_URL_KEYS (required): per-call URL token keys "kid:base64key,kid2:base64key2", the first signs, all verify; every replica and revision shares them. Key: openssl rand -base64 32. Pass the same value on every deployment (rotation: docs/security.md "Per-call URLs").')
 @secure()
-param callUrlKeys string = ''
-@description('CALL_URL_SECRET (deprecated, used only while callUrlKeys is empty): one HMAC key for per-call URLs ("" = app default).')
+@minLength(1)
+param callUrlKeys string
+@description('SCALE_METRIC_TOKEN (required): bearer token the scale rule sends to GET /api/scale-metric. openssl rand -hex 32; pass the same value on every deployment.')
+@secure()
+@minLength(16)
+param scaleMetricToken string
+@description('CALL_URL_SECRET (deprecated): one HMAC key for per-call URLs, which the app uses only without CALL_URL_KEYS; callUrlKeys is required here, so leave this "".')
 @secure()
 param callUrlSecret string = ''
 param eventgridEntraOpenidConfigUrl string = ''
@@ -235,8 +287,8 @@ param maxMediaMessageBytes int = 65536
 param maxConcurrentCalls int = 100
 param mediaIdleTimeoutS int = 120
 param maxCallDurationS int = 3600
-@description('DRAIN_GRACE_S: on SIGTERM the replica stops taking calls and waits this long for live ones.')
-param drainGraceS int = 120
+@description('DRAIN_GRACE_S: how long live calls may still run on a draining replica (after the settle and migrate steps). 60 here (the app\'s default is 120) keeps terminationGracePeriodSeconds at or under 120 s: the platform killed replicas 60-80 s after SIGTERM on KEDA scale-in in microsoft/azure-container-apps#1824.')
+param drainGraceS int = 60
 
 // service
 param logDir string = './logs'
@@ -316,7 +368,22 @@ var secretNames = {
   eventGridSharedSecret: 'eventgrid-shared-secret'
   callUrlSecret: 'call-url-secret'
   callUrlKeys: 'call-url-keys'
+  scaleMetricToken: 'scale-metric-token'
+  redisUrl: 'redis-url'
+  redisPassword: 'redis-password'
   appInsightsConnectionString: 'appinsights-connection-string'
+}
+
+module redis 'modules/redis.bicep' = {
+  name: 'redis'
+  params: {
+    name: 'amr-${baseName}-${suffix}'
+    location: location
+    tags: tags
+    skuName: redisSku
+    principalId: identity.properties.principalId
+    accessKeysEnabled: redisAuth == 'key'
+  }
 }
 
 module vault 'modules/keyvault.bicep' = {
@@ -337,6 +404,10 @@ module vault 'modules/keyvault.bicep' = {
     eventGridSharedSecret: eventGridSharedSecret
     callUrlSecret: callUrlSecret
     callUrlKeys: callUrlKeys
+    scaleMetricToken: scaleMetricToken
+    redisUrl: redis.outputs.url
+    storeRedisKey: redisAuth == 'key'
+    redisName: redis.outputs.name
   }
   dependsOn: [
     acs
@@ -369,6 +440,8 @@ var publicBaseUrl = empty(customPublicBaseUrl)
   ? 'https://${appName}.${containerEnv.outputs.defaultDomain}'
   : customPublicBaseUrl
 var webhookUrl = '${publicBaseUrl}/api/incoming-call'
+// The scale rule polls the app itself: any replica answers from Redis.
+var scaleMetricUrl = '${publicBaseUrl}/api/scale-metric'
 
 // Secrets: Key Vault references only (keyVaultUrl + identity), never values.
 var keyVaultSecrets = concat(
@@ -408,16 +481,31 @@ var keyVaultSecrets = concat(
         }
       ]
     : [],
-  !empty(callUrlKeys)
+  redisAuth == 'key'
     ? [
         {
-          name: secretNames.callUrlKeys
-          keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.callUrlKeys}'
+          name: secretNames.redisPassword
+          keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.redisPassword}'
           identity: identity.id
         }
       ]
     : [],
   [
+    {
+      name: secretNames.callUrlKeys
+      keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.callUrlKeys}'
+      identity: identity.id
+    }
+    {
+      name: secretNames.scaleMetricToken
+      keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.scaleMetricToken}'
+      identity: identity.id
+    }
+    {
+      name: secretNames.redisUrl
+      keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.redisUrl}'
+      identity: identity.id
+    }
     {
       name: secretNames.appInsightsConnectionString
       keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.appInsightsConnectionString}'
@@ -459,15 +547,27 @@ var secretEnv = concat(
         }
       ]
     : [],
-  !empty(callUrlKeys)
+  redisAuth == 'key'
     ? [
         {
-          name: 'CALL_URL_KEYS'
-          secretRef: secretNames.callUrlKeys
+          name: 'REDIS_PASSWORD'
+          secretRef: secretNames.redisPassword
         }
       ]
     : [],
   [
+    {
+      name: 'CALL_URL_KEYS'
+      secretRef: secretNames.callUrlKeys
+    }
+    {
+      name: 'SCALE_METRIC_TOKEN'
+      secretRef: secretNames.scaleMetricToken
+    }
+    {
+      name: 'REDIS_URL'
+      secretRef: secretNames.redisUrl
+    }
     {
       name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
       secretRef: secretNames.appInsightsConnectionString
@@ -480,7 +580,8 @@ var agentOwnsSession = !empty(agentName) && !agentSessionOverrides
 
 // Plain settings. Entries whose value is '' are dropped (= not set).
 // Deliberately not set in Azure (dev/test only, see tests/infra/test_bicep.py):
-// VOICELIVE_BEARER_TOKEN, HOST, PORT.
+// VOICELIVE_BEARER_TOKEN, HOST, PORT, DEBUG_ENDPOINTS, NODE_ID (the default
+// <hostname>/<pid> is unique per replica and worker), EXPOSE_NODE_ID.
 var plainEnv = [
   // Voice Live
   {
@@ -697,6 +798,40 @@ var plainEnv = [
     name: 'DRAIN_GRACE_S'
     value: string(drainGraceS)
   }
+  // many nodes (docs/deploy.md "Scale-out"); REDIS_URL, CALL_URL_KEYS and
+  // SCALE_METRIC_TOKEN are in secretEnv
+  {
+    name: 'REDIS_AUTH'
+    value: redisAuth
+  }
+  {
+    name: 'WORKERS'
+    value: string(workersPerReplica)
+  }
+  {
+    name: 'MAX_NODES'
+    value: string(maxReplicas * workersPerReplica)
+  }
+  {
+    name: 'DRAIN_MODE'
+    value: drainMode
+  }
+  {
+    name: 'DRAIN_ROUTE_SETTLE_S'
+    value: string(drainRouteSettleS)
+  }
+  {
+    name: 'DRAIN_MIGRATE_DEADLINE_S'
+    value: string(drainMigrateDeadlineS)
+  }
+  {
+    name: 'NODE_HEARTBEAT_S'
+    value: string(nodeHeartbeatS)
+  }
+  {
+    name: 'OWNER_LOST_AFTER_S'
+    value: string(ownerLostAfterS)
+  }
   // service
   {
     name: 'LOG_DIR'
@@ -739,14 +874,17 @@ module app 'modules/containerapp.bicep' = {
     memory: memory
     minReplicas: minReplicas
     maxReplicas: maxReplicas
-    scaleConcurrentRequests: scaleConcurrentRequests
+    callsPerReplica: callsPerReplica
+    scaleMetricUrl: scaleMetricUrl
+    scaleMetricSecretName: secretNames.scaleMetricToken
     revisionsMode: revisionsMode
     revisionSuffix: revisionSuffix
-    terminationGracePeriodSeconds: drainGraceS + shutdownMarginS
+    terminationGracePeriodSeconds: drainRouteSettleS + drainMigrateDeadlineS + drainGraceS + shutdownMarginS
   }
   dependsOn: [
     registryPull
     vault
+    redis
   ]
 }
 
@@ -791,3 +929,7 @@ output keyVaultName string = vault.outputs.name
 output identityClientId string = identity.properties.clientId
 output identityPrincipalId string = identity.properties.principalId
 output eventGridSystemTopicName string = events.outputs.systemTopicName
+@description('Azure Managed Redis host name (REDIS_URL = rediss://<host>:10000).')
+output redisHost string = redis.outputs.hostName
+@description('What the active-calls scale rule polls (bearer token required).')
+output scaleMetricUrl string = scaleMetricUrl

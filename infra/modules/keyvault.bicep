@@ -3,13 +3,17 @@
 // is ever written into the Container App resource.
 //
 // Values come from the resources themselves where possible (ACS connection string,
-// Foundry key, App Insights connection string), or from @secure() deployment
-// parameters (Event Grid shared secret, call-URL secret). A secret is created only
-// when the configuration uses it.
+// Foundry key, App Insights connection string, Redis URL and access key), or from
+// @secure() deployment parameters (Event Grid shared secret, call-URL keys, scale-metric
+// token). A secret is created only when the configuration uses it.
+//
+// REDIS_URL is a SecretStr in the app (a URL may carry a password), so it goes through
+// Key Vault like every secret setting, although the URL written here has none.
 //
 // API versions: Microsoft.KeyVault/vaults@2023-07-01, .../secrets@2023-07-01,
 //   Microsoft.Communication/communicationServices@2023-04-01 (listKeys),
 //   Microsoft.CognitiveServices/accounts@2025-06-01 (listKeys),
+//   Microsoft.Cache/redisEnterprise(/databases)@2025-04-01 (database listKeys),
 //   Microsoft.Insights/components@2020-02-02, Microsoft.Authorization/roleAssignments@2022-04-01.
 
 param name string
@@ -38,8 +42,22 @@ param eventGridSharedSecret string = ''
 @secure()
 param callUrlSecret string = ''
 
+@description('CALL_URL_KEYS: required, every node must verify the URLs every other node signed.')
 @secure()
-param callUrlKeys string = ''
+@minLength(1)
+param callUrlKeys string
+
+@description('SCALE_METRIC_TOKEN: bearer token of GET /api/scale-metric (the scale rule).')
+@secure()
+@minLength(16)
+param scaleMetricToken string
+
+@description('REDIS_URL (no credentials in it).')
+param redisUrl string
+
+@description('Store the Redis access key as REDIS_PASSWORD (redisAuth = key).')
+param storeRedisKey bool
+param redisName string
 
 // Key Vault Secrets User: read secret contents (built-in role).
 var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
@@ -69,6 +87,15 @@ resource acs 'Microsoft.Communication/communicationServices@2023-04-01' existing
 resource foundry 'Microsoft.CognitiveServices/accounts@2025-06-01' existing = {
   name: foundryName
   scope: resourceGroup(foundryResourceGroup)
+}
+
+resource redisCluster 'Microsoft.Cache/redisEnterprise@2025-04-01' existing = {
+  name: redisName
+}
+
+resource redisDatabase 'Microsoft.Cache/redisEnterprise/databases@2025-04-01' existing = {
+  parent: redisCluster
+  name: 'default'
 }
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
@@ -111,12 +138,39 @@ resource callUrl 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(cal
   }
 }
 
-resource callUrlKeyRing 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(callUrlKeys)) {
+resource callUrlKeyRing 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   parent: vault
   name: secretNames.callUrlKeys
   properties: {
     value: callUrlKeys
     contentType: 'Per-call URL token keys (kid:base64key, first signs)'
+  }
+}
+
+resource scaleMetric 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: secretNames.scaleMetricToken
+  properties: {
+    value: scaleMetricToken
+    contentType: 'Bearer token of GET /api/scale-metric'
+  }
+}
+
+resource redisUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: secretNames.redisUrl
+  properties: {
+    value: redisUrl
+    contentType: 'Redis URL (no credentials)'
+  }
+}
+
+resource redisKey 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (storeRedisKey) {
+  parent: vault
+  name: secretNames.redisPassword
+  properties: {
+    value: redisDatabase.listKeys().primaryKey
+    contentType: 'Azure Managed Redis access key'
   }
 }
 

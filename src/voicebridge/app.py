@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -20,6 +21,7 @@ from voicebridge import __version__, logs, telemetry
 from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call, CallOutcome, CallRegistry
 from voicebridge.clock import Clock, RealClock
+from voicebridge.cluster.node import ClusterNode
 from voicebridge.config import Settings
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
@@ -53,6 +55,13 @@ class AppContext:
                 lifetime_s=settings.max_call_duration_s + URL_TOKEN_GRACE_S,
             ),
         )
+        # Many nodes (REDIS_URL): the shared call state; None runs one process alone.
+        self.cluster: ClusterNode | None = (
+            ClusterNode(settings, self.stats) if settings.clustered else None
+        )
+        if self.cluster is not None:
+            self.registry.on_end = self._shared_end
+            logs.node = self.cluster.name
         self.acs_tokens = acs_token_validator(settings)
         self.eventgrid_tokens = eventgrid_token_validator(settings)
         # AzureKeyCredential, a static token or DefaultAzureCredential (make_credential).
@@ -83,6 +92,13 @@ class AppContext:
                 self.settings.agent_name,
             )
         self.ready = True
+        if self.cluster is not None:
+            from voicebridge.cluster import service
+
+            self.cluster.local_calls = lambda: self.registry.active
+            self.cluster.orphan = functools.partial(service.end_orphan, self)
+            self.cluster.ready = True
+            await self.cluster.start()
 
     async def stop(self) -> None:
         self.ready = False
@@ -94,6 +110,8 @@ class AppContext:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for call in list(self.registry.by_id.values()):  # never got media: close their logs
             self.registry.end(call, CallOutcome.SHUTDOWN)
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.acs is not None:
             await self.acs.close()
         close = getattr(self.voicelive_credential, "close", None)
@@ -119,6 +137,13 @@ class AppContext:
         so Container Apps stops routing new work here (docs/reliability.md)."""
         self.draining = True
         self.ready = False
+        if self.cluster is not None:
+            self.cluster.ready = False
+            await self.cluster.beat()  # other nodes stop counting this one's capacity
+            if self.settings.drain_mode == "migrate":
+                from voicebridge.cluster import service
+
+                await service.migrate_calls(self)
         active = self.registry.active
         log.warning("draining: %d live call(s), up to %.0f s to finish", active, grace_s)
         with contextlib.suppress(TimeoutError):
@@ -143,10 +168,32 @@ class AppContext:
         return await acs_client.call_state(self.acs, call.call_connection_id)
 
     async def hang_up(self, call: Call) -> None:
-        """Hang up ``call`` through Call Automation (idempotent, never raises)."""
+        """Hang up ``call`` through Call Automation (idempotent, never raises). Never a
+        call that another node has taken over since: it goes on there."""
+        if self.cluster is not None and await self.cluster.moved_away(call):
+            log.info("call %s moved to another node: not hanging up", call.label)
+            call.moved.set()
+            return
         call.we_hung_up = True  # the CallDisconnected that follows is our own doing
         if call.call_connection_id and self.acs is not None:
             await acs_client.hang_up(self.acs, call.call_connection_id)
+
+    async def transfer(self, call: Call, target: str) -> None:
+        """Ask Call Automation to transfer ``call`` to ``target`` (E.164 or an ACS user),
+        with the number that was called as caller id; raises if ACS refuses."""
+        if not call.call_connection_id or self.acs is None:
+            raise RuntimeError("the call has no connection id yet")
+        await acs_client.transfer(self.acs, call.call_connection_id, target, caller_id=call.callee)
+
+    def _shared_end(self, call: Call) -> None:
+        """Many nodes: the call record learns the outcome (unless the call moved on)."""
+        assert self.cluster is not None
+        self.cluster.disown(call)
+        if call.outcome is not None and call.outcome is not CallOutcome.MOVED:
+            self.spawn(
+                self.cluster.ended(call.id, call.outcome, we_hung_up=call.we_hung_up),
+                name=f"ended-{call.id}",
+            )
 
 
 async def _prefetch(keys: JwksCache, name: str) -> None:
@@ -215,7 +262,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     """The bridge service for ``settings``. ``clock``: the relay's clock (default real
     time; the simulator passes ``voicebridge.sim.clock.ScaledClock(speed)``)."""
     from voicebridge import deps
-    from voicebridge.routes import calls, debug, health, media, metrics
+    from voicebridge.routes import assets, calls, debug, health, media, metrics
 
     logs.install_record_factory()  # call ids on every record, whoever set up logging
     ctx = AppContext(settings, clock)
@@ -245,10 +292,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         telemetry={"operation_spans": False},
     )
     app.state.ctx = ctx  # read by voicebridge.deps.get_ctx only
+    if ctx.cluster is not None:  # callbacks other nodes forward to the calls run here
+        ctx.cluster.deliver = functools.partial(calls.deliver, ctx)
     app.add_exception_handler(deps.Refused, deps.refused)
     app.include_router(calls.router)
     app.include_router(media.router)
     app.include_router(health.router)
+    app.include_router(assets.router)
     app.include_router(metrics.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

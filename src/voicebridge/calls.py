@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -54,6 +54,19 @@ class CallOutcome(StrEnum):
     MEDIA_FAILED = "media_failed"
     #: The process stopped under a call that had no media yet.
     SHUTDOWN = "shutdown"
+    #: The call's media socket was claimed by another node (ACS re-dialled it, or this
+    #: node migrated it while draining): this node let go without hanging up. Not an
+    #: end of the call, which goes on elsewhere.
+    MOVED = "moved"
+    #: The node that held the call died; another node ended it politely (apology,
+    #: hang-up) after ACS said its media was gone.
+    OWNER_LOST = "owner_lost"
+    #: The agent ended the call (``end_call``, or a keypad action) after its goodbye played.
+    AGENT_HUNG_UP = "agent_hung_up"
+    #: ACS accepted the transfer to a person (``CallTransferAccepted``): the bridge let go.
+    TRANSFERRED = "transferred"
+    #: The caller said and keyed nothing through every re-prompt: goodbye, hang-up.
+    NO_INPUT = "no_input"
 
     @property
     def failed(self) -> bool:
@@ -69,6 +82,7 @@ _FAILED = frozenset(
         CallOutcome.MEDIA_FAILED,
         CallOutcome.MEDIA_LOST,
         CallOutcome.APOLOGY_HANGUP,
+        CallOutcome.OWNER_LOST,
     }
 )
 
@@ -121,7 +135,8 @@ class Call:
 
     id: str  # random; the registry key
     # Signed per-call tokens (security.CallUrlSigner): the unguessable part of the
-    # callback URL and of the media URL, each valid only for its own route.
+    # callback URL and of the media URL, each valid only for its own route ("" on a
+    # node that took the call over: only the answering node builds the URLs).
     callback_token: str
     media_token: str
     correlation_id: str
@@ -129,6 +144,7 @@ class Call:
     caller: str
     log: ConversationLog
     call_connection_id: str | None = None
+    callee: str = ""  # the number (raw id) that was called: the caller id of a transfer
     connected: bool = False
     started: float = field(default_factory=time.monotonic)
     media_task: asyncio.Task[Any] | None = None
@@ -141,6 +157,16 @@ class Call:
     report: dict[str, Any] | None = None
     conversation_id: str | None = None
     span: Span | None = None  # the call's trace span, ended with the call
+    # Many nodes (voicebridge.cluster): the generation this node claimed the media at,
+    # set when a newer claim elsewhere took the call, and what a takeover resumes.
+    gen: int = 0
+    moved: asyncio.Event = field(default_factory=asyncio.Event)
+    resume: bool = False  # taken over mid-call: no greeting; replay ``history``
+    migrating: bool = False  # this (draining) node asked ACS to dial the media again
+    media_closed: asyncio.Event = field(default_factory=asyncio.Event)  # the ACS socket closed
+    # A transfer to a person in progress: its CallTransferAccepted/Failed callback.
+    transfer: asyncio.Future[Any] | None = None
+    history: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -169,6 +195,8 @@ class CallRegistry:
         self.finished: deque[dict[str, Any]] = deque(maxlen=200)
         # Ids of recently ended calls, so late events for them still log with their ids.
         self._ended: OrderedDict[str, CallIds] = OrderedDict()
+        #: Called once per ended call (many nodes: the shared record learns the outcome).
+        self.on_end: Callable[[Call], None] | None = None
 
     def seen_before(self, event_id: str) -> bool:
         """True if ``event_id`` was delivered within the TTL (Event Grid retries)."""
@@ -183,8 +211,17 @@ class CallRegistry:
         self._seen[event_id] = now
         return False
 
-    def new_call(self, *, correlation_id: str, server_call_id: str, caller: str) -> Call:
-        call_id, callback_token, media_token = self.signer.new_call()
+    def new_call(
+        self,
+        *,
+        correlation_id: str,
+        server_call_id: str,
+        caller: str,
+        ids: tuple[str, str, str] | None = None,
+    ) -> Call:
+        """A call this node answers; ``ids``: the signer's (call id, callback token,
+        media token), when drawn before (admission counts the call id)."""
+        call_id, callback_token, media_token = ids or self.signer.new_call()
         call = Call(
             id=call_id,
             callback_token=callback_token,
@@ -197,6 +234,44 @@ class CallRegistry:
         self.by_id[call_id] = call
         self.empty.clear()
         return call
+
+    def adopt(
+        self,
+        call_id: str,
+        *,
+        correlation_id: str,
+        server_call_id: str,
+        caller: str,
+        call_connection_id: str | None,
+    ) -> Call:
+        """A call answered by another node whose media socket landed here."""
+        call = Call(
+            id=call_id,
+            callback_token="",
+            media_token="",
+            correlation_id=correlation_id,
+            server_call_id=server_call_id,
+            caller=caller,
+            log=ConversationLog(self.log_dir, correlation_id or call_id),
+            call_connection_id=call_connection_id,
+        )
+        self.by_id[call_id] = call
+        self.empty.clear()
+        return call
+
+    def hand_off(self, call: Call) -> None:
+        """This node answered ``call`` and is done with it: whichever node gets its media
+        socket runs it (many nodes). Not an end: nothing is counted."""
+        if self.by_id.pop(call.id, None) is None:
+            return
+        self._ended[call.id] = CallIds(call.correlation_id, call.call_connection_id)
+        if not self.by_id:
+            self.empty.set()
+        self.stats.cluster["handed_off"] += 1
+        call.log.write("handed_off")
+        call.log.close()
+        if call.span is not None:
+            call.span.end()
 
     def get(self, call_id: str) -> Call | None:
         return self.by_id.get(call_id)
@@ -227,6 +302,8 @@ class CallRegistry:
             "report": call.report,
         }
         self.finished.append(summary)
+        if self.on_end is not None:
+            self.on_end(call)
         call.log.write("call_ended", outcome=call.outcome)
         call.log.close()
         if call.span is not None:

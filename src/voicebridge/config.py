@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -39,6 +40,51 @@ ACS_OPENID_CONFIG_URL = f"{ACS_JWT_ISSUER}/calling/.well-known/acsopenidconfigur
 #: The switch for the debug routes (:mod:`voicebridge.routes.debug`): the load test's
 #: leak check sets it in the bridge it starts.
 DEBUG_ENDPOINTS_ENV = "DEBUG_ENDPOINTS"
+
+
+#: Call-control tools the bridge implements (CALL_TOOLS).
+CALL_TOOLS = ("end_call", "transfer_to_human")
+#: What a DTMF action key may do (DTMF_ACTIONS).
+DTMF_ACTION_NAMES = ("transfer", "end")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+
+def parse_targets(value: str) -> dict[str, str]:
+    """TRANSFER_TARGETS: ``reason=target`` pairs, comma-separated; a target is an E.164
+    number or an ACS user id (``8:acs:...``)."""
+    targets: dict[str, str] = {}
+    for pair in value.split(","):
+        if not pair.strip():
+            continue
+        reason, sep, target = pair.partition("=")
+        reason, target = reason.strip().lower(), target.strip()
+        if not sep or not reason or not target:
+            raise ValueError(f"expected reason=target, got {pair.strip()!r}")
+        if not (_E164.match(target) or target.startswith("8:acs:")):
+            raise ValueError(
+                f"transfer target for {reason!r} must be an E.164 number (+15551234567) "
+                "or an ACS user id (8:acs:...)"
+            )
+        targets[reason] = target
+    return targets
+
+
+def parse_dtmf_actions(value: str) -> dict[str, str]:
+    """DTMF_ACTIONS: ``key=action`` pairs (``0=transfer,9=end``)."""
+    actions: dict[str, str] = {}
+    for pair in value.split(","):
+        if not pair.strip():
+            continue
+        key, sep, action = pair.partition("=")
+        key, action = key.strip(), action.strip().lower()
+        if not sep or len(key) != 1 or key not in "0123456789ABCD":
+            raise ValueError(f"expected key=action with a keypad digit, got {pair.strip()!r}")
+        if action not in DTMF_ACTION_NAMES:
+            raise ValueError(
+                f"unknown action {action!r}: choose from {', '.join(DTMF_ACTION_NAMES)}"
+            )
+        actions[key] = action
+    return actions
 
 
 def _env(*names: str) -> Any:
@@ -223,6 +269,72 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("EVENTGRID_ENTRA_OPENID_CONFIG_URL")
     )
 
+    # ---- call control (docs/call-control.md): tools the agent may call, keypad, silence
+    # Tools declared to the model (model mode; an agent brings its own): end_call,
+    # transfer_to_human (needs TRANSFER_TARGETS). Empty: none.
+    call_tools: str = Field(
+        default="end_call,transfer_to_human", validation_alias=AliasChoices("CALL_TOOLS")
+    )
+    # "reason=target,...": a phone number in E.164 (+15551234567) or an ACS user
+    # (8:acs:...), per reason the agent gives; "default" serves any other reason.
+    transfer_targets: str | None = Field(
+        default=None, validation_alias=AliasChoices("TRANSFER_TARGETS")
+    )
+    transfer_announcement: str = Field(
+        default="Connecting you to a person now. Please stay on the line.",
+        validation_alias=AliasChoices("TRANSFER_ANNOUNCEMENT"),
+    )
+    # Spoken when a tool takes longer than TOOL_FILLER_AFTER_S, so the caller never
+    # hears dead air; a tool that takes longer than TOOL_TIMEOUT_S fails.
+    tool_filler_text: str = Field(
+        default="One moment, please.", validation_alias=AliasChoices("TOOL_FILLER_TEXT")
+    )
+    tool_filler_after_s: float = Field(
+        default=1.5, ge=0, validation_alias=AliasChoices("TOOL_FILLER_AFTER_S")
+    )
+    tool_timeout_s: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("TOOL_TIMEOUT_S")
+    )
+    # Keypad: # submits, * clears; an entry also ends after DTMF_INTER_DIGIT_TIMEOUT_S
+    # without a key or at DTMF_MAX_DIGITS. DTMF_ACTIONS "0=transfer,9=end": a key pressed
+    # on an empty entry acts without the model.
+    dtmf_inter_digit_timeout_s: float = Field(
+        default=3.0, gt=0, validation_alias=AliasChoices("DTMF_INTER_DIGIT_TIMEOUT_S")
+    )
+    dtmf_max_digits: int = Field(
+        default=20, ge=1, le=64, validation_alias=AliasChoices("DTMF_MAX_DIGITS")
+    )
+    dtmf_actions: str | None = Field(default=None, validation_alias=AliasChoices("DTMF_ACTIONS"))
+    # Silent caller: after the agent's last audio, NO_INPUT_REPROMPT_S of nothing (0: off)
+    # gets a re-prompt (NO_INPUT_PROMPT verbatim, else the model is asked to check in),
+    # at most NO_INPUT_MAX_REPROMPTS times; then goodbye and hang-up (outcome no_input).
+    no_input_reprompt_s: float = Field(
+        default=8.0, ge=0, validation_alias=AliasChoices("NO_INPUT_REPROMPT_S")
+    )
+    no_input_max_reprompts: int = Field(
+        default=2, ge=0, le=10, validation_alias=AliasChoices("NO_INPUT_MAX_REPROMPTS")
+    )
+    no_input_prompt: str | None = Field(
+        default=None, validation_alias=AliasChoices("NO_INPUT_PROMPT")
+    )
+    # Estimated cost per call, USD per million tokens (defaults: OpenAI's published
+    # gpt-realtime prices of 2025-08; Azure's may differ: set yours).
+    price_input_text_per_m: float = Field(
+        default=4.0, ge=0, validation_alias=AliasChoices("PRICE_INPUT_TEXT_PER_M")
+    )
+    price_input_audio_per_m: float = Field(
+        default=32.0, ge=0, validation_alias=AliasChoices("PRICE_INPUT_AUDIO_PER_M")
+    )
+    price_input_cached_per_m: float = Field(
+        default=0.4, ge=0, validation_alias=AliasChoices("PRICE_INPUT_CACHED_PER_M")
+    )
+    price_output_text_per_m: float = Field(
+        default=16.0, ge=0, validation_alias=AliasChoices("PRICE_OUTPUT_TEXT_PER_M")
+    )
+    price_output_audio_per_m: float = Field(
+        default=64.0, ge=0, validation_alias=AliasChoices("PRICE_OUTPUT_AUDIO_PER_M")
+    )
+
     # ---- limits
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, validation_alias=AliasChoices("MAX_BODY_BYTES")
@@ -319,6 +431,29 @@ class Settings(BaseSettings):
         if parsed.scheme not in ("http", "https", "ws", "wss") or not parsed.netloc:
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("call_tools")
+    @classmethod
+    def _tools(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(CALL_TOOLS))
+        if unknown:
+            raise ValueError(f"unknown tool {unknown[0]!r}: choose from {', '.join(CALL_TOOLS)}")
+        return ",".join(names)
+
+    @field_validator("transfer_targets")
+    @classmethod
+    def _targets(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_targets(value)
+        return value
+
+    @field_validator("dtmf_actions")
+    @classmethod
+    def _dtmf_actions(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_dtmf_actions(value)
+        return value
 
     @field_validator("call_url_keys")
     @classmethod
@@ -455,6 +590,22 @@ class Settings(BaseSettings):
     @property
     def voicelive_host(self) -> str:
         return urlparse(self.voicelive_endpoint).netloc
+
+    @property
+    def tools(self) -> tuple[str, ...]:
+        """The call-control tools in use (transfer only with somewhere to transfer to)."""
+        names = [n for n in self.call_tools.split(",") if n]
+        if not self.transfer_targets:
+            names = [n for n in names if n != "transfer_to_human"]
+        return tuple(names)
+
+    @property
+    def transfer_target_map(self) -> dict[str, str]:
+        return parse_targets(self.transfer_targets) if self.transfer_targets else {}
+
+    @property
+    def dtmf_action_map(self) -> dict[str, str]:
+        return parse_dtmf_actions(self.dtmf_actions) if self.dtmf_actions else {}
 
     @property
     def clustered(self) -> bool:

@@ -148,6 +148,8 @@ def redact(text: str) -> str:
 #: Set by :mod:`voicebridge.telemetry` while tracing is on: ``() -> (trace_id, span_id)``
 #: of the current span as hex, or None.
 trace_ids: Callable[[], tuple[str, str] | None] | None = None
+#: Many nodes: this process's node id, on every JSON line (set by the app when REDIS_URL is).
+node: str | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -160,6 +162,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        if node is not None:
+            line["node"] = node
         call_connection_id = getattr(record, "call_connection_id", None)
         if call_connection_id:
             line["call_connection_id"] = call_connection_id

@@ -106,6 +106,57 @@ FAMILIES: tuple[Family, ...] = (
         read=lambda s, a: _by("outcome", list(s.outcomes.items())),
     ),
     Family(
+        "voicebridge_cluster_events_total",
+        "counter",
+        "Many nodes (REDIS_URL): takeover (this node took a call's media over), "
+        "forwarded / forward_undelivered (callbacks for calls run elsewhere), handed_off "
+        "(calls answered here and run elsewhere), redis_error, janitor (calls ended "
+        "after their node died).",
+        read=lambda s, a: _by("event", sorted(s.cluster.items())),
+    ),
+    Family(
+        "voicebridge_tokens_total",
+        "counter",
+        "Voice Live tokens of finished calls (response.usage), by direction and kind; "
+        "cached input tokens are also counted in their kind.",
+        read=lambda s, a: [
+            ((("direction", d), ("kind", k)), s.counters.get(f"tokens_{d}_{k}", 0))
+            for d, k in (
+                ("input", "text"),
+                ("input", "audio"),
+                ("input", "cached"),
+                ("output", "text"),
+                ("output", "audio"),
+            )
+        ],
+    ),
+    Family(
+        "voicebridge_estimated_cost_usd_total",
+        "counter",
+        "Estimated cost of finished calls' tokens at the configured PRICE_* (USD).",
+        read=lambda s, a: _one(s.cost_usd),
+    ),
+    Family(
+        "voicebridge_call_control_total",
+        "counter",
+        "Call control of finished calls: tool calls and tool errors, keypad tones, "
+        "entries and actions, silent-caller re-prompts.",
+        read=lambda s, a: _by(
+            "event",
+            [
+                (name, s.counters.get(name, 0))
+                for name in (
+                    "tool_calls",
+                    "tool_errors",
+                    "dtmf_tones",
+                    "dtmf_submitted",
+                    "dtmf_actions",
+                    "no_input_reprompts",
+                )
+            ],
+        ),
+    ),
+    Family(
         "voicebridge_calls_not_conserved_total",
         "counter",
         "Calls whose audio sample accounting did not balance (expected 0).",

@@ -31,6 +31,17 @@ SUMMED = (
     "stop_audio_sent",
     "responses_created",
     "guard_rejections",
+    "tool_calls",
+    "tool_errors",
+    "dtmf_tones",
+    "dtmf_submitted",
+    "dtmf_actions",
+    "no_input_reprompts",
+    "tokens_input_text",
+    "tokens_input_audio",
+    "tokens_input_cached",
+    "tokens_output_text",
+    "tokens_output_audio",
 )
 
 
@@ -91,6 +102,10 @@ class ServiceStats:
         self.voicelive_errors: Counter[str] = Counter()
         self.guard: Counter[str] = Counter()
         self.calls_not_conserved = 0
+        #: Many nodes (voicebridge.cluster): takeovers, forwarded callbacks, Redis errors...
+        self.cluster: Counter[str] = Counter()
+        #: Estimated cost of the finished calls' tokens (USD, configured prices).
+        self.cost_usd = 0.0
 
     def call_finished(
         self, report: dict[str, Any], inbound_ms: Histogram, outbound_ms: Histogram
@@ -102,6 +117,7 @@ class ServiceStats:
         for name in SUMMED:
             self.counters[name] += int(counters.get(name, 0))
         self.voicelive_errors.update(counters.get("voicelive_errors", {}))
+        self.cost_usd += float(report.get("usage", {}).get("cost_usd", 0.0))
         guard = report.get("guard", {})
         self.guard["coerced"] += guard.get("coerced", 0)
         self.guard["truncated"] += guard.get("truncated", 0)

@@ -119,6 +119,15 @@ class Telemetry:
     def observe(self, stats: ServiceStats, active_calls: Callable[[], int]) -> None:
         """Point the exported metrics at this app's stats."""
 
+    def traceparent(self, span: Span | None) -> str | None:
+        """``span`` as a W3C ``traceparent`` (many nodes: the node that runs the call
+        continues the trace the answering node started)."""
+        return None
+
+    def remote(self, traceparent: str | None) -> Span | None:
+        """A parent for :meth:`start` from a ``traceparent`` another node wrote."""
+        return None
+
 
 DISABLED = Telemetry()
 
@@ -185,6 +194,26 @@ class _OtelTelemetry(Telemetry):
 
     def observe(self, stats: ServiceStats, active_calls: Callable[[], int]) -> None:
         self._source = (stats, active_calls)
+
+    def traceparent(self, span: Span | None) -> str | None:
+        if not isinstance(span, _Span):
+            return None
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(
+            carrier, context=self._trace.set_span_in_context(span.otel)
+        )
+        return carrier.get("traceparent")
+
+    def remote(self, traceparent: str | None) -> Span | None:
+        if not traceparent:
+            return None
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        context = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+        parent = self._trace.get_current_span(context)
+        return _Span(parent) if parent.get_span_context().is_valid else None
 
     def read(self) -> tuple[ServiceStats, int] | None:
         source = self._source

@@ -3,8 +3,9 @@
 They hold the deployment to what the code needs: every setting the app reads is an env
 var of the Container App with the app's default; secrets reach the app only as Key
 Vault references; probes, the webhook path and the Event Grid filter match the app's
-routes; the termination grace period covers the drain. What they cannot check (does
-Azure accept these resources?) is listed in docs/deploy.md.
+routes; the termination grace period covers the drain; Redis holds control state (no
+eviction) behind Entra ID; the scale rule counts live calls. What they cannot check
+(does Azure accept these resources?) is listed in docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ NOT_IN_AZURE = {
     "HOST",  # read by `voicebridge serve` only; the image's uvicorn CMD binds 0.0.0.0
     "PORT",  # likewise: the CMD listens on 8000 = ingress targetPort
     "DEBUG_ENDPOINTS",  # /debug/stats (object census, heap trim): load tests only; never on
+    "NODE_ID",  # default <hostname>/<pid> is already unique per replica and worker
+    "EXPOSE_NODE_ID",  # x-voicebridge-node header for the cluster simulator; off in production
 }
 
 # Env vars the Container App sets that are not Settings fields, and who reads them.
 # Where the deployment deliberately differs from the app's default (the app has none).
 DEPLOYMENT_DEFAULTS = {
     "VOICELIVE_MODEL": "gpt-realtime",  # the app needs a model or an agent; deploy model mode
+    "REDIS_AUTH": "entra",  # the app identity; the database has access keys disabled
+    # keeps terminationGracePeriodSeconds <= 120 s (see test_termination_grace_...)
+    "DRAIN_GRACE_S": 60,
 }
 
 EXTRA_ENV = {
@@ -246,7 +252,7 @@ def test_secrets_reach_the_app_only_as_key_vault_references(
 
 def test_no_secret_value_is_ever_written_into_a_container_app(main: BicepFile) -> None:
     secure = {name for name, p in main.params().items() if p.secure}
-    assert {"eventGridSharedSecret", "callUrlSecret", "callUrlKeys"} <= secure
+    assert {"eventGridSharedSecret", "callUrlSecret", "callUrlKeys", "scaleMetricToken"} <= secure
     # (They may appear in conditions, e.g. `!empty(callUrlSecret) ? [...]`, not in values.)
     for var in ("plainEnv", "secretEnv", "keyVaultSecrets"):
         for entry in objects(main.var(var)):
@@ -307,18 +313,63 @@ def test_ingress_carries_the_media_websocket_to_port_8000(
     assert app_params["targetPort"] == "8000"
 
 
+# The longest grace the platform is known to honour on scale-in: replicas were killed
+# 60-80 s after SIGTERM with terminationGracePeriodSeconds=600 (issue
+# microsoft/azure-container-apps#1824). Raise only once a real test shows more.
+GRACE_CEILING_S = 120
+GRACE_TERMS = ["drainRouteSettleS", "drainMigrateDeadlineS", "drainGraceS", "shutdownMarginS"]
+
+
+def _app_params(main: BicepFile) -> dict[str, str]:
+    return object_body(object_body(main.declaration("module", "app"))["params"])
+
+
+def _defaults(main: BicepFile) -> dict[str, Any]:
+    """Parameter defaults, overridden by infra/main.parameters.json (what deploys)."""
+    values = {name: p.default_value for name, p in main.params().items()}
+    given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))
+    values.update({name: v["value"] for name, v in given["parameters"].items()})
+    return values
+
+
 def test_termination_grace_covers_the_drain(main: BicepFile, containerapp: BicepFile) -> None:
-    params = main.params()
-    app_params = object_body(object_body(main.declaration("module", "app"))["params"])
-    expr = app_params["terminationGracePeriodSeconds"]
+    """SIGTERM -> settle (readiness 503) -> migrate (deadline) -> wait (drain grace) ->
+    uvicorn exit: the grace period is their sum, and stays under what the platform
+    has been seen to honour."""
+    expr = _app_params(main)["terminationGracePeriodSeconds"]
     terms = [t.strip() for t in expr.split("+")]
-    assert all(t in params for t in terms), expr
-    grace = sum(params[t].default_value for t in terms)
-    assert "drainGraceS" in terms
-    drain = Settings.model_fields["drain_grace_s"].default
-    assert grace >= drain + 10, f"terminationGracePeriodSeconds {grace} vs DRAIN_GRACE_S {drain}"
+    assert terms == GRACE_TERMS, expr
+    params = main.params()
+    for values in ({n: p.default_value for n, p in params.items()}, _defaults(main)):
+        grace = sum(values[t] for t in terms)
+        assert grace <= GRACE_CEILING_S, (
+            f"terminationGracePeriodSeconds {grace} > {GRACE_CEILING_S}"
+        )
+        drain = (
+            values["drainRouteSettleS"] + values["drainMigrateDeadlineS"] + values["drainGraceS"]
+        )
+        assert grace >= drain + 10, "no margin left for uvicorn and process exit"
+    # Each term is the env var the app drains by.
+    env = _entries(main, "plainEnv")
+    for name, pname in [
+        ("DRAIN_ROUTE_SETTLE_S", "drainRouteSettleS"),
+        ("DRAIN_MIGRATE_DEADLINE_S", "drainMigrateDeadlineS"),
+        ("DRAIN_GRACE_S", "drainGraceS"),
+    ]:
+        assert env[name]["value"] == f"string({pname})", name
     template = containerapp.declaration("resource", "app")
     assert re.search(r"terminationGracePeriodSeconds:\s*terminationGracePeriodSeconds", template)
+
+
+def test_drain_settle_outlasts_readiness(main: BicepFile, containerapp: BicepFile) -> None:
+    """The ingress stops routing to a replica only after readiness fails failureThreshold
+    times; calls must not move before that, or the re-dialled socket lands back here."""
+    probes = {literal(p["type"]): p for p in objects(containerapp.text, "type") if "httpGet" in p}
+    readiness = probes["Readiness"]
+    unready_after = int(readiness["periodSeconds"]) * int(readiness["failureThreshold"])
+    settle = main.params()["drainRouteSettleS"].default_value
+    assert settle == Settings.model_fields["drain_route_settle_s"].default
+    assert settle > unready_after, f"DRAIN_ROUTE_SETTLE_S {settle} <= {unready_after} s"
 
 
 # ---------------------------------------------------------------- Event Grid
@@ -400,6 +451,212 @@ def test_parameters_file_matches_main(main: BicepFile) -> None:
     params = main.params()
     given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
     assert set(given) <= set(params), f"unknown parameters: {set(given) - set(params)}"
-    required = {name for name, p in params.items() if p.default is None}
+    # Required secure values (callUrlKeys, scaleMetricToken) go on the command line.
+    required = {name for name, p in params.items() if p.default is None and not p.secure}
     assert required <= set(given), f"required parameters missing: {required - set(given)}"
     assert not {name for name in given if params[name].secure}, "secure values in a JSON file"
+    runbook = (ROOT / "docs/deploy.md").read_text(encoding="utf-8")
+    for name, p in params.items():
+        if p.default is None and p.secure:
+            assert f"{name}=" in runbook, f"docs/deploy.md: show how to pass {name}"
+
+
+# ---------------------------------------------------------------- many nodes
+
+
+@pytest.fixture(scope="module")
+def redis() -> BicepFile:
+    assert (INFRA / "modules/redis.bicep").is_file(), "no infra/modules/redis.bicep"
+    return BicepFile.load("modules/redis.bicep")
+
+
+def _properties(bicep: BicepFile, resource: str) -> dict[str, str]:
+    return object_body(object_body(bicep.declaration("resource", resource))["properties"])
+
+
+def test_redis_holds_control_state_not_cache(main: BicepFile, redis: BicepFile) -> None:
+    """Call records must never be evicted; one endpoint (no cluster client); TLS only."""
+    assert main.modules().get("redis") == "modules/redis.bicep"
+    types = {rtype for rtype, _ in redis.resources().values()}
+    assert {
+        "Microsoft.Cache/redisEnterprise",
+        "Microsoft.Cache/redisEnterprise/databases",
+        "Microsoft.Cache/redisEnterprise/databases/accessPolicyAssignments",
+    } <= types
+    database = object_body(redis.declaration("resource", "database"))
+    assert literal(database["name"]) == "default"  # the only name AMR accepts
+    props = _properties(redis, "database")
+    assert literal(props["evictionPolicy"]) == "NoEviction"
+    assert literal(props["clusteringPolicy"]) == "EnterpriseCluster"
+    assert literal(props["clientProtocol"]) == "Encrypted"
+    assert literal(props["port"]) == 10000
+    persistence = object_body(props["persistence"])
+    assert persistence == {"aofEnabled": "false", "rdbEnabled": "false"}
+    cluster = _properties(redis, "cluster")
+    assert literal(cluster["minimumTlsVersion"]) == "1.2"
+    sku = object_body(object_body(redis.declaration("resource", "cluster"))["sku"])
+    redis_params = object_body(object_body(main.declaration("module", "redis"))["params"])
+    assert sku["name"] == "skuName" and redis_params["skuName"] == "redisSku"
+    assert main.params()["redisSku"].default_value == "Balanced_B1"
+
+
+def test_redis_access_keys_are_off_and_the_app_identity_has_entra_access(
+    main: BicepFile, redis: BicepFile, plain_env: dict[str, dict[str, str]]
+) -> None:
+    props = _properties(redis, "database")
+    assert re.fullmatch(
+        r"accessKeysEnabled\s*\?\s*'Enabled'\s*:\s*'Disabled'", props["accessKeysAuthentication"]
+    )
+    assert redis.params()["accessKeysEnabled"].default_value is False
+    redis_params = object_body(object_body(main.declaration("module", "redis"))["params"])
+    assert redis_params["accessKeysEnabled"] == "redisAuth == 'key'"
+    assert main.params()["redisAuth"].default_value == "entra"
+    assert plain_env["REDIS_AUTH"]["value"] == "redisAuth"
+    # The app's identity gets the built-in data access policy on the database.
+    assignment = object_body(redis.declaration("resource", "appAccess"))
+    assert assignment["parent"] == "database"
+    access = _properties(redis, "appAccess")
+    assert literal(access["accessPolicyName"]) == "default"
+    assert object_body(access["user"])["objectId"] == "principalId"
+    assert redis_params["principalId"] == "identity.properties.principalId"
+    # Assignment names are letters and digits only in the 2025-04-01 spec.
+    assert assignment["name"] == "replace(principalId, '-', '')"
+    # The identity azure-identity picks is the same one (AZURE_CLIENT_ID).
+    assert plain_env["AZURE_CLIENT_ID"]["value"] == "identity.properties.clientId"
+
+
+def test_redis_url_reaches_the_app_from_key_vault(
+    main: BicepFile, redis: BicepFile, secret_env: dict[str, dict[str, str]]
+) -> None:
+    assert redis.outputs()["url"] == "'rediss://${cluster.properties.hostName}:10000'"
+    vault_params = object_body(object_body(main.declaration("module", "vault"))["params"])
+    assert vault_params["redisUrl"] == "redis.outputs.url"
+    assert secret_env["REDIS_URL"]["secretRef"] == "secretNames.redisUrl"
+    keyvault = BicepFile.load("modules/keyvault.bicep")
+    stored = _properties(keyvault, "redisUrlSecret")
+    assert stored["value"] == "redisUrl"
+    # An access key only in key mode, and only from the database itself.
+    assert "redisAuth == 'key'" in main.var("secretEnv")
+    assert re.search(r"resource redisKey '[^']+' = if \(storeRedisKey\)", keyvault.text), (
+        "the Redis key secret must be conditional"
+    )
+    assert _properties(keyvault, "redisKey")["value"] == "redisDatabase.listKeys().primaryKey"
+    assert vault_params["storeRedisKey"] == "redisAuth == 'key'"
+    assert main.outputs()["redisHost"] == "redis.outputs.hostName"
+
+
+def test_the_app_waits_for_redis_access(main: BicepFile) -> None:
+    """The access policy assignment must exist before the first replica connects."""
+    depends = object_body(main.declaration("module", "app"))["dependsOn"]
+    assert "redis" in re.findall(r"\w+", depends)
+
+
+def _scale(containerapp: BicepFile) -> dict[str, str]:
+    template = object_body(object_body(containerapp.declaration("resource", "app"))["properties"])[
+        "template"
+    ]
+    return object_body(object_body(template)["scale"])
+
+
+def _rules(containerapp: BicepFile) -> dict[str, dict[str, str]]:
+    return {literal(r["name"]): r for r in objects(_scale(containerapp)["rules"])}
+
+
+def test_scale_rule_counts_live_calls_through_the_scale_metric_route(
+    main: BicepFile, containerapp: BicepFile
+) -> None:
+    """KEDA metrics-api on the app's /api/scale-metric: desired = ceil(activeCalls / 60)."""
+    rules = _rules(containerapp)
+    assert set(rules) == {"active-calls", "cpu-safety"}
+    calls = rules["active-calls"]
+    assert set(calls) == {"name", "custom"}
+    custom = object_body(calls["custom"])
+    assert literal(custom["type"]) == "metrics-api"
+    metadata = object_body(custom["metadata"])
+    assert metadata["url"] == "scaleMetricUrl"
+    assert literal(metadata["valueLocation"]) == "activeCalls"
+    assert metadata["targetValue"] == "string(callsPerReplica)"
+    assert literal(metadata["authMode"]) == "bearer"
+    (auth,) = objects(custom["auth"], "secretRef")
+    assert literal(auth["triggerParameter"]) == "token"
+    assert auth["secretRef"] == "scaleMetricSecretName"
+    # Wiring in main.bicep: the app's own URL, 60 calls per replica, the token's secret.
+    app_params = _app_params(main)
+    assert main.var("scaleMetricUrl") == "'${publicBaseUrl}/api/scale-metric'"
+    assert app_params["scaleMetricUrl"] == "scaleMetricUrl"
+    assert main.outputs()["scaleMetricUrl"] == "scaleMetricUrl"
+    assert app_params["callsPerReplica"] == "callsPerReplica"
+    assert main.params()["callsPerReplica"].default_value == 60
+    assert app_params["scaleMetricSecretName"] == "secretNames.scaleMetricToken"
+    kv_secrets = {o["name"] for o in objects(main.var("keyVaultSecrets"))}
+    assert "secretNames.scaleMetricToken" in kv_secrets
+    # The app checks the same token (a 404 while SCALE_METRIC_TOKEN is unset).
+    secret_env = _entries(main, "secretEnv")
+    assert secret_env["SCALE_METRIC_TOKEN"]["secretRef"] == "secretNames.scaleMetricToken"
+
+
+def test_scale_metric_route_is_served(app_routes: Route) -> None:
+    if not app_routes("GET", "/api/scale-metric"):
+        pytest.skip("GET /api/scale-metric is not in this tree yet (written in parallel)")
+
+
+def test_no_http_scale_rule_and_a_cpu_safety_net(containerapp: BicepFile) -> None:
+    """The HTTP rule counts requests per 15 s: a 10-minute call barely registers."""
+    scale = _scale(containerapp)
+    for rule in objects(scale["rules"]):
+        assert "http" not in rule and "tcp" not in rule, rule["name"]
+        custom = object_body(rule["custom"])
+        assert literal(custom["type"]) not in ("http", "tcp"), rule["name"]
+    cpu = object_body(_rules(containerapp)["cpu-safety"]["custom"])
+    assert literal(cpu["type"]) == "cpu"
+    metadata = object_body(cpu["metadata"])
+    assert literal(metadata["type"]) == "Utilization"
+    assert metadata["value"] == "string(cpuScalePercent)"
+    assert containerapp.params()["cpuScalePercent"].default_value == 70
+    # Poll faster than the 30 s default; keep the documented 300 s cooldown.
+    assert scale["pollingInterval"] == "pollingIntervalS"
+    assert scale["cooldownPeriod"] == "cooldownPeriodS"
+    assert containerapp.params()["pollingIntervalS"].default_value == 15
+    assert containerapp.params()["cooldownPeriodS"].default_value == 300
+
+
+def test_at_least_two_replicas_and_nodes_add_up(
+    main: BicepFile, containerapp: BicepFile, plain_env: dict[str, dict[str, str]]
+) -> None:
+    params = main.params()
+    minimum = params["minReplicas"]
+    assert minimum.default_value >= 2
+    assert "@minValue(2)" in minimum.decorators
+    assert params["maxReplicas"].default_value > minimum.default_value
+    assert "@minValue(2)" in containerapp.params()["minReplicas"].decorators
+    assert _defaults(main)["minReplicas"] >= 2
+    scale = _scale(containerapp)
+    assert scale["minReplicas"] == "minReplicas" and scale["maxReplicas"] == "maxReplicas"
+    app_params = _app_params(main)
+    assert app_params["minReplicas"] == "minReplicas"
+    assert app_params["maxReplicas"] == "maxReplicas"
+    # MAX_NODES: every worker of every replica is a node.
+    assert plain_env["MAX_NODES"]["value"] == "string(maxReplicas * workersPerReplica)"
+    assert plain_env["WORKERS"]["value"] == "string(workersPerReplica)"
+    assert params["workersPerReplica"].default_value == Settings.model_fields["workers"].default
+
+
+def test_call_url_keys_are_required_and_a_key_vault_reference(
+    main: BicepFile, secret_env: dict[str, dict[str, str]]
+) -> None:
+    """Every node verifies URLs that other nodes signed: one shared key ring, always."""
+    params = main.params()
+    keyvault = BicepFile.load("modules/keyvault.bicep")
+    for pname, env, secret, resource in [
+        ("callUrlKeys", "CALL_URL_KEYS", "callUrlKeys", "callUrlKeyRing"),
+        ("scaleMetricToken", "SCALE_METRIC_TOKEN", "scaleMetricToken", "scaleMetric"),
+    ]:
+        assert params[pname].secure and params[pname].default is None, f"{pname}: required"
+        assert secret_env[env] == {"name": f"'{env}'", "secretRef": f"secretNames.{secret}"}
+        # Not behind a condition (the earlier `!empty(callUrlKeys) ? [...] : []`).
+        assert f"!empty({pname})" not in main.text
+        assert re.search(rf"resource {resource} '[^']+' = \{{", keyvault.text), resource
+    kv_secrets = {o["name"]: o for o in objects(main.var("keyVaultSecrets"))}
+    assert kv_secrets["secretNames.callUrlKeys"]["keyVaultUrl"] == (
+        "'${vault.outputs.vaultUri}secrets/${secretNames.callUrlKeys}'"
+    )

@@ -206,3 +206,15 @@ def test_a_malformed_call_url_keys_stops_startup_in_one_line(
     with pytest.raises(ConfigError, match=r"^CALL_URL_KEYS: entry \d") as info:
         load_settings()
     assert "\n" not in str(info.value) and URL_KEY_1 not in str(info.value)
+
+
+def test_many_nodes_need_shared_url_keys(env: pytest.MonkeyPatch) -> None:
+    """REDIS_URL means other nodes verify the URLs this one signs: a per-process random
+    key would fail every callback and media socket that lands on another node."""
+    env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="CALL_URL_KEYS"):
+        load_settings()
+    env.setenv("CALL_URL_KEYS", "k1:" + base64.b64encode(b"k" * 32).decode())
+    s = load_settings()
+    assert s.clustered and s.node_name
+    assert "6379" not in repr(s)  # the URL may hold the access key: a secret

@@ -131,3 +131,70 @@ async def call_state(client: CallAutomationClient, call_connection_id: str) -> s
     raw = getattr(props, "call_connection_state", None)
     state = str(getattr(raw, "value", raw) or "").lower()
     return "gone" if state in ("", "disconnected") else state
+
+
+async def media_streaming_state(client: CallAutomationClient, call_connection_id: str) -> str:
+    """The call and its media as Call Automation reports them: ``gone`` (ACS no longer
+    knows the call, or it is disconnected), ``unknown`` (ACS could not be asked),
+    ``media_active`` (connected, media streaming active) or ``media_inactive``."""
+    try:
+        props = await client.get_call_connection(call_connection_id).get_call_properties()
+    except HttpResponseError as exc:
+        if exc.status_code == 404:
+            return "gone"
+        log.warning("call properties %s: HTTP %s", call_connection_id, exc.status_code)
+        return "unknown"
+    except AzureError as exc:
+        log.warning("call properties %s failed: %s", call_connection_id, type(exc).__name__)
+        return "unknown"
+    raw = getattr(props, "call_connection_state", None)
+    if str(getattr(raw, "value", raw) or "").lower() in ("", "disconnected"):
+        return "gone"
+    media = getattr(props, "media_streaming_subscription", None)
+    state = getattr(media, "state", None)
+    state = str(getattr(state, "value", state) or "").lower()
+    return "media_active" if state == "active" else "media_inactive"
+
+
+async def play_file(client: CallAutomationClient, call_connection_id: str, url: str) -> bool:
+    """Play the WAV at ``url`` to everyone on the call (Call Automation fetches it)."""
+    from azure.communication.callautomation import FileSource
+
+    try:
+        await client.get_call_connection(call_connection_id).play_media_to_all(
+            FileSource(url=url), operation_context="voicebridge-prompt"
+        )
+    except AzureError as exc:
+        log.warning("play %s failed: %s", call_connection_id, type(exc).__name__)
+        return False
+    return True
+
+
+def identifier(raw_id: str) -> Any:
+    """A Communication identifier for an E.164 number (``+1...`` or ``4:+1...``) or an
+    ACS user id (``8:acs:...``)."""
+    from azure.communication.callautomation import (
+        CommunicationUserIdentifier,
+        PhoneNumberIdentifier,
+    )
+
+    raw = raw_id.strip()
+    if raw.startswith("4:"):
+        raw = raw[2:]
+    if raw.startswith("+"):
+        return PhoneNumberIdentifier(raw)
+    return CommunicationUserIdentifier(raw)
+
+
+async def transfer(
+    client: CallAutomationClient, call_connection_id: str, target: str, *, caller_id: str
+) -> None:
+    """Transfer the call to ``target``; the caller id shown is ``caller_id`` when it is
+    a phone number (the ACS number that was called). Raises on a refusal: the
+    outcome arrives later as ``CallTransferAccepted`` / ``CallTransferFailed``."""
+    source = identifier(caller_id) if caller_id.removeprefix("4:").startswith("+") else None
+    await client.get_call_connection(call_connection_id).transfer_call_to_participant(
+        identifier(target),
+        operation_context="voicebridge-transfer",
+        source_caller_id_number=source,
+    )

@@ -63,6 +63,18 @@ class Counters:
     responses_done: Counter[str] = field(default_factory=Counter)
     turn_anomalies: int = 0
     guard_rejections: int = 0
+    # Call control
+    tool_calls: int = 0
+    tool_errors: int = 0  # bad arguments, unknown tool, failure or timeout
+    dtmf_submitted: int = 0
+    dtmf_actions: int = 0
+    no_input_reprompts: int = 0
+    # Token usage, summed over every response.done (response.usage)
+    tokens_input_text: int = 0
+    tokens_input_audio: int = 0
+    tokens_input_cached: int = 0
+    tokens_output_text: int = 0
+    tokens_output_audio: int = 0
 
 
 class Accounting:

@@ -32,13 +32,22 @@ The bridge is a facade over four parts, each readable and testable alone:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from voicebridge.core import acs
 from voicebridge.core import voicelive as vl
 from voicebridge.core.accounting import Accounting
+from voicebridge.core.control import (
+    DtmfCollector,
+    DtmfConfig,
+    DtmfResult,
+    NoInput,
+    NoInputConfig,
+    ToolCalls,
+    parse_arguments,
+)
 from voicebridge.core.events import (
     AcsMalformed,
     AcsMetadata,
@@ -50,6 +59,11 @@ from voicebridge.core.events import (
     CallerSpeechStopped,
     Dtmf,
     ReplaceReason,
+    ToolAnswered,
+    ToolRequested,
+)
+from voicebridge.core.events import (
+    NoInput as NoInputEvent,
 )
 from voicebridge.core.guard import GuardLimits
 from voicebridge.core.playout import Playout, PlayoutConfig
@@ -67,14 +81,40 @@ from voicebridge.errors import RemoteProtocolError
 
 __all__ = [
     "CallBridge",
+    "Control",
+    "DtmfConfig",
     "Greeting",
     "GuardLimits",
     "History",
+    "NoInputConfig",
     "PlayoutConfig",
     "Rates",
+    "Reprompt",
     "Timeouts",
     "UplinkConfig",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Reprompt:
+    """What a silent caller hears: ``text`` verbatim, else a response with ``instructions``."""
+
+    text: str = ""
+    instructions: str = (
+        "The caller has said nothing for a while. In one short sentence, ask whether "
+        "they are still there and how you can help."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Call-control settings of the core (keypad, silent caller)."""
+
+    dtmf: DtmfConfig = field(default_factory=DtmfConfig)
+    #: The user turn a keypad entry becomes; ``{digits}`` is replaced by the keys.
+    dtmf_text: str = "The caller typed on the keypad: {digits}"
+    no_input: NoInputConfig = field(default_factory=NoInputConfig)
+    reprompt: Reprompt = field(default_factory=Reprompt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +141,12 @@ class CallBridge:
         timeouts: Timeouts | None = None,
         limits: GuardLimits | None = None,
         cancel_on_barge_in: bool | None = None,
+        control: Control | None = None,
     ) -> None:
         """``session_config`` is the ``session`` object of the one ``session.update``;
         ``cancel_on_barge_in`` None means: only when the session does not interrupt
-        responses by itself (``turn_detection.interrupt_response``)."""
+        responses by itself (``turn_detection.interrupt_response``); ``control``: keypad,
+        silent-caller and tool settings."""
         rates = rates or Rates()
         self.voicelive_in_hz = rates.voicelive_in_hz
         self.voicelive_out_hz = rates.voicelive_out_hz
@@ -139,6 +181,17 @@ class CallBridge:
             config=playout,
         )
         self.ended = False
+        control = control or Control()
+        self._dtmf = DtmfCollector(control.dtmf)
+        self._dtmf_text = control.dtmf_text
+        self._no_input = NoInput(control.no_input)
+        self._reprompt = control.reprompt
+        self._tools = ToolCalls()
+        self._keyed: tuple[str, str] | None = None  # a message waiting for its turn
+        self._busy = False
+        self._now = 0.0  # media time of the last poll or Voice Live frame
+        #: The silent-caller watchdog gave up: the relay says goodbye and hangs up.
+        self.giving_up = False
 
     # ------------------------------------------------------------------ ACS -> Voice Live
 
@@ -166,7 +219,7 @@ class CallBridge:
                 self._events.append(AcsRateMismatch(expected=acs_hz, got=event.sample_rate))
         elif type(event) is acs.DtmfData:
             c.dtmf_tones += 1
-            self._events.append(Dtmf(tone=event.data))
+            self._key(event.data, self._now)
         else:
             c.acs_unknown_kinds += 1
 
@@ -185,6 +238,7 @@ class CallBridge:
             case vl.AudioDelta():
                 self._playout.agent_audio(ev, now)
             case vl.SpeechStarted():
+                self._no_input.caller_active(now)
                 self.barge_in(now)
             case vl.ResponseCreated():
                 session.response_created(ev)
@@ -192,6 +246,10 @@ class CallBridge:
             case vl.ResponseDone():
                 self._playout.response_done(ev.response_id, now)
                 session.response_done(ev)
+                self._no_input.busy_until(now)
+                self._respond_if_due()
+            case vl.FunctionCall():
+                self._function_call(ev)
             case vl.AudioDone():
                 self._playout.end_stream(ev.response_id, now)
             case vl.InputCommitted():
@@ -217,6 +275,127 @@ class CallBridge:
                 pass  # on purpose: response.audio_transcript.done carries the whole text
             case vl.Other():
                 self._accounting.counters.voicelive_other_types[ev.type] += 1
+
+    # ------------------------------------------------------------------ call control
+
+    def _function_call(self, ev: vl.FunctionCall) -> None:
+        """The model called a tool: the relay runs it (:meth:`tool_result` answers)."""
+        self._accounting.counters.tool_calls += 1
+        parsed = parse_arguments(ev.arguments)
+        error = parsed if isinstance(parsed, str) else None
+        self._tools.started(ev.call_id, ev.name)
+        self._events.append(
+            ToolRequested(
+                call_id=ev.call_id,
+                tool=ev.name,
+                arguments=None if isinstance(parsed, str) else parsed,
+                error=error,
+            )
+        )
+
+    def tool_result(
+        self, call_id: str, output: str, *, ok: bool = True, respond: bool = True
+    ) -> None:
+        """A tool's result (plain text; the guard coerces and caps it) goes back as a
+        function-call output; with ``respond``, exactly one ``response.create`` follows
+        once no response is active (a tool reply is a turn of its own)."""
+        tool = self._tools.running.get(call_id, "?")
+        if not ok:
+            self._accounting.counters.tool_errors += 1
+        self._tools.finished(call_id, respond=respond)
+        self._session.send(vl.function_call_output(call_id, output))
+        self._events.append(ToolAnswered(call_id=call_id, tool=tool, ok=ok, respond=respond))
+        self._respond_if_due()
+
+    def _respond_if_due(self) -> None:
+        session = self._session
+        if session.responses.is_idle and session.ready and self._tools.take_response():
+            session.responses.user_turn()
+            session.request_response()
+        if session.responses.is_idle and session.ready and self._keyed is not None:
+            (role, text), self._keyed = self._keyed, None
+            session.responses.user_turn()
+            session.send(vl.message_item_create(role, text))
+            session.request_response()
+
+    def inform(self, text: str) -> None:
+        """Tell the model something that happened (e.g. a keypad transfer failed) as a
+        system message, followed by one response once none is active."""
+        self._keyed = ("system", text)
+        self._respond_if_due()
+
+    def _key(self, key: str, now: float) -> None:
+        """A keypad key: it interrupts the agent like speech; a submitted entry goes to
+        the agent as one user turn; an action key acts without the model."""
+        self._no_input.caller_active(now)
+        result = self._dtmf.press(key, now)
+        if result.kind == "ignored":
+            self._events.append(Dtmf(kind="ignored", length=result.length))
+            return
+        self.barge_in(now)
+        self._dtmf_result(result)
+
+    def _dtmf_result(self, result: DtmfResult) -> None:
+        c = self._accounting.counters
+        if result.kind == "submitted":
+            c.dtmf_submitted += 1
+            self._keyed = ("user", self._dtmf_text.format(digits=result.digits))
+            self._respond_if_due()
+        elif result.kind == "action":
+            c.dtmf_actions += 1
+        self._events.append(Dtmf(kind=result.kind, length=result.length, action=result.action))
+
+    def say(self, text: str) -> bool:
+        """Speak ``text`` verbatim now (a filler, an announcement); False if a response
+        is active or no session is ready."""
+        session = self._session
+        return session.ready and session.say(text)
+
+    def set_busy(self, busy: bool) -> None:
+        """The relay runs something the caller waits on (a tool, a transfer): the
+        silent-caller watchdog pauses."""
+        self._busy = busy
+
+    @property
+    def tools_running(self) -> bool:
+        return self._tools.busy
+
+    def _control_poll(self, now: float) -> None:
+        """Keypad timeout, a result waiting for its response, the silent caller."""
+        submitted = self._dtmf.poll(now)
+        if submitted is not None:
+            self._dtmf_result(submitted)
+        self._respond_if_due()
+        session = self._session
+        self._no_input.busy_until(self._playout.playing_until)
+        idle = (
+            session.ready
+            and session.responses.is_idle
+            and not self._busy
+            and not self._tools.busy
+            and self._keyed is None
+            and self._dtmf.pending == 0
+            and self._playout.frames_queued == 0
+        )
+        action = self._no_input.poll(now, idle=idle)
+        if action is None:
+            return
+        count = self._no_input.reprompts
+        self._events.append(NoInputEvent(action=action, count=count))
+        if action == "reprompt":
+            self._accounting.counters.no_input_reprompts += 1
+            session.responses.user_turn()
+            if self._reprompt.text:
+                session.send(vl.greeting_pre_generated(self._reprompt.text))
+            else:
+                session.request_response(self._reprompt.instructions)
+        else:
+            self.giving_up = True
+
+    def resume(self, history: Iterable[tuple[str, str]] = ()) -> None:
+        """The call was taken over from another node: no greeting; ``history`` (model
+        mode: the transcript so far, oldest first) is replayed into the first session."""
+        self._session.resume(history)
 
     def barge_in(self, now: float) -> None:
         """The caller spoke: stop playback now, drop queued and late agent audio, and
@@ -268,7 +447,9 @@ class CallBridge:
         or ``SESSION_EXPIRING`` — else None.
         """
         session = self._session
+        self._now = now
         reason = session.poll(now)
+        self._control_poll(now)
         if (
             reason is None
             and wall_now is not None

@@ -30,6 +30,7 @@ __all__ = [
     "Dtmf",
     "GuardBlocked",
     "HistoryReplayed",
+    "NoInput",
     "ReplaceReason",
     "ResponseEnded",
     "ResponseNudged",
@@ -37,6 +38,8 @@ __all__ = [
     "SessionLost",
     "SessionReady",
     "SessionStarted",
+    "ToolAnswered",
+    "ToolRequested",
     "TurnAnomaly",
     "UserTranscript",
     "VoiceLiveError",
@@ -105,8 +108,14 @@ class AcsRateMismatch:
 
 @dataclass(frozen=True, slots=True)
 class Dtmf:
+    """A keypad key, as :class:`~voicebridge.core.control.DtmfCollector` took it: ``kind``
+    is ``collecting``, ``cleared``, ``submitted``, ``action`` or ``ignored``. Never the
+    digits (callers type card and account numbers): only the entry's ``length``."""
+
     name: ClassVar[str] = "dtmf"
-    tone: str
+    kind: str
+    length: int
+    action: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +216,8 @@ class ResponseEnded:
     response_id: str
     status: str
     reason: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +279,42 @@ class AgentTruncated:
     audio_end_ms: int
 
 
+# --------------------------------------------------------------------------- call control
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRequested:
+    """The model called a function tool (``response.function_call_arguments.done``):
+    ``arguments`` parsed, or ``error`` (plain text the model gets back as the result)."""
+
+    name: ClassVar[str] = "tool_requested"
+    call_id: str
+    tool: str
+    arguments: dict[str, Any] | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAnswered:
+    """A tool's result went back to Voice Live (``respond``: a response follows)."""
+
+    name: ClassVar[str] = "tool_answered"
+    call_id: str
+    tool: str
+    ok: bool
+    respond: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NoInput:
+    """The caller said and keyed nothing for ``NO_INPUT_REPROMPT_S`` after the agent's
+    last audio: ``reprompt`` (the ``count``-th) or ``give_up`` (goodbye and hang-up)."""
+
+    name: ClassVar[str] = "no_input"
+    action: str
+    count: int
+
+
 BridgeEvent = (
     AcsMalformed
     | AcsMetadata
@@ -291,6 +338,9 @@ BridgeEvent = (
     | AgentTranscript
     | CallerSpeechStopped
     | AgentTruncated
+    | ToolRequested
+    | ToolAnswered
+    | NoInput
 )
 
 

@@ -22,7 +22,7 @@ session, while the user-turn count and the conversation go on.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +143,7 @@ class VoiceLiveSession:
         self._turn_deadline: float | None = None
         self._nudged = False
         self._greeted = False
+        self._resumed = False  # taken over from another node: replay from the first session
         self._expiry_seen: float | None = None  # the expires_at _lifetime belongs to
         self._lifetime = 0.0
 
@@ -198,7 +199,8 @@ class VoiceLiveSession:
         self.new_session()
         self.send(vl.session_update(self.session_config))
         self._awaiting_update_since = now
-        if self.sessions > 1 and self._history.replay and self.transcript:
+        replaying = self.sessions > 1 or self._resumed
+        if replaying and self._history.replay and self.transcript:
             for role, text in self.transcript:
                 self.send(vl.message_item_create(role, text))
             self._emit(HistoryReplayed(items=len(self.transcript)))
@@ -217,6 +219,13 @@ class VoiceLiveSession:
             self.send(vl.greeting_pre_generated(greeting.text))
         else:
             self.send(vl.response_create(instructions=greeting.instructions))
+
+    def resume(self, history: Iterable[tuple[str, str]]) -> None:
+        """The call began on another node: it was greeted there, and ``history`` (the
+        conversation so far, model mode) is replayed into the first session here."""
+        self._greeted = True
+        self._resumed = True
+        self.transcript.extend(history)
 
     def new_session(self) -> None:
         """A new (or no) session: ``session.update`` must go first again and no
@@ -290,9 +299,41 @@ class VoiceLiveSession:
         self._emit(ResponseStarted(response_id=ev.response_id, turn=self.responses.turn))
 
     def response_done(self, ev: vl.ResponseDone) -> None:
-        self._accounting.counters.responses_done[ev.status] += 1
+        c = self._accounting.counters
+        c.responses_done[ev.status] += 1
         self._respond(Trigger.DONE, ev.response_id)
-        self._emit(ResponseEnded(response_id=ev.response_id, status=ev.status, reason=ev.reason))
+        usage = ev.usage or vl.Usage()
+        c.tokens_input_text += usage.input_text
+        c.tokens_input_audio += usage.input_audio
+        c.tokens_input_cached += usage.input_cached
+        c.tokens_output_text += usage.output_text
+        c.tokens_output_audio += usage.output_audio
+        self._emit(
+            ResponseEnded(
+                response_id=ev.response_id,
+                status=ev.status,
+                reason=ev.reason,
+                input_tokens=usage.input_text + usage.input_audio,
+                output_tokens=usage.output_text + usage.output_audio,
+            )
+        )
+
+    @property
+    def ready(self) -> bool:
+        """A session is open and its configuration confirmed."""
+        return (
+            self.sessions > 0
+            and self._awaiting_update_since is None
+            and self.guard.session_configured
+        )
+
+    def say(self, text: str) -> bool:
+        """Speak ``text`` verbatim (a filler, an announcement): a new turn with one
+        guarded response; False if a response is active (or the guard refused)."""
+        if not self.responses.is_idle:
+            return False
+        self.responses.user_turn()
+        return self.send(vl.greeting_pre_generated(text))
 
     def error(self, ev: vl.Error, now: float) -> None:
         self._accounting.counters.voicelive_errors[ev.code] += 1

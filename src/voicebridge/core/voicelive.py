@@ -131,10 +131,38 @@ class ResponseCreated:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """``response.done``'s ``response.usage`` (token counts; 0 where the service left a
+    field out)."""
+
+    input_text: int = 0
+    input_audio: int = 0
+    input_cached: int = 0
+    output_text: int = 0
+    output_audio: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_text + self.input_audio + self.output_text + self.output_audio
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     response_id: str
     status: str
     reason: str | None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """``response.function_call_arguments.done``: the model calls a function tool."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it (maybe not valid JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +220,7 @@ ServerEvent = (
     | TranscriptionCompleted
     | ResponseCreated
     | ResponseDone
+    | FunctionCall
     | AudioDelta
     | AudioDone
     | TranscriptDelta
@@ -273,6 +302,33 @@ def _response_done(ev: Mapping[str, Any]) -> ResponseDone:
         response_id=_str(r, "id"),
         status=_opt_str(r, "status") or "unknown",
         reason=reason if isinstance(reason, str) else None,
+        usage=_usage(r.get("usage")),
+    )
+
+
+def _count(obj: Any, key: str) -> int:
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _usage(usage: Any) -> Usage | None:
+    """``response.usage`` (SDK ``ResponseUsage``); None if absent. A malformed count
+    reads 0: usage is for accounting, never a reason to drop the event."""
+    if not isinstance(usage, Mapping):
+        return None
+    inp, out = usage.get("input_token_details"), usage.get("output_token_details")
+    input_text, input_audio = _count(inp, "text_tokens"), _count(inp, "audio_tokens")
+    if not isinstance(inp, Mapping):  # no breakdown: count it all as text
+        input_text = _count(usage, "input_tokens")
+    output_text, output_audio = _count(out, "text_tokens"), _count(out, "audio_tokens")
+    if not isinstance(out, Mapping):
+        output_text = _count(usage, "output_tokens")
+    return Usage(
+        input_text=input_text,
+        input_audio=input_audio,
+        input_cached=_count(inp, "cached_tokens"),
+        output_text=output_text,
+        output_audio=output_audio,
     )
 
 
@@ -306,6 +362,13 @@ _CLASSIFIERS: dict[str, Callable[[Mapping[str, Any]], ServerEvent]] = {
     ),
     "response.created": lambda ev: ResponseCreated(response_id=_str(_obj(ev, "response"), "id")),
     "response.done": _response_done,
+    "response.function_call_arguments.done": lambda ev: FunctionCall(
+        response_id=_opt_str(ev, "response_id") or "",
+        item_id=_opt_str(ev, "item_id") or "",
+        call_id=_str(ev, "call_id"),
+        name=_str(ev, "name"),
+        arguments=_opt_str(ev, "arguments") or "",
+    ),
     "response.audio.delta": lambda ev: AudioDelta(
         response_id=_str(ev, "response_id"),
         item_id=_opt_str(ev, "item_id") or "",
@@ -466,6 +529,25 @@ def greeting_pre_generated(text: str) -> dict[str, Any]:
                 "content": [{"type": "text", "text": text}],
             },
         },
+    }
+
+
+def function_call_output(call_id: str, output: Any) -> dict[str, Any]:
+    """``conversation.item.create`` with a tool's result (the guard coerces ``output``
+    to a string and caps its size)."""
+    return {
+        "type": ITEM_CREATE,
+        "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+    }
+
+
+def function_tool(name: str, description: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """One function tool of ``session.update``'s ``tools``."""
+    return {
+        "type": "function",
+        "name": name,
+        "description": description,
+        "parameters": dict(parameters),
     }
 
 

@@ -44,6 +44,7 @@ class IncomingCall:
     correlation_id: str
     server_call_id: str
     caller_raw_id: str
+    callee_raw_id: str = ""  # the number (or ACS identity) that was called
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,7 @@ def parse_delivery(body: bytes | str) -> list[DeliveryEvent]:
             ):
                 out.append(Ignored(etype, "no data.incomingCallContext"))
                 continue
-            caller = data.get("from")
+            caller, callee = data.get("from"), data.get("to")
             out.append(
                 IncomingCall(
                     event_id=_str(event.get("id")),
@@ -115,6 +116,7 @@ def parse_delivery(body: bytes | str) -> list[DeliveryEvent]:
                     correlation_id=_str(data.get("correlationId")),
                     server_call_id=_str(data.get("serverCallId")),
                     caller_raw_id=_str(caller.get("rawId")) if isinstance(caller, Mapping) else "",
+                    callee_raw_id=_str(callee.get("rawId")) if isinstance(callee, Mapping) else "",
                 )
             )
         else:

@@ -29,28 +29,39 @@ from starlette.websockets import WebSocket
 from voicebridge import observations
 from voicebridge.calls import Call, CallOutcome
 from voicebridge.clock import Clock
+from voicebridge.cluster.node import ClusterNode
 from voicebridge.config import Settings
 from voicebridge.core.bridge import (
     CallBridge,
+    Control,
+    DtmfConfig,
     Greeting,
     GuardLimits,
     History,
+    NoInputConfig,
     PlayoutConfig,
     Rates,
+    Reprompt,
     Timeouts,
     UplinkConfig,
 )
 from voicebridge.core.events import (
     AcsMalformed,
+    AgentTranscript,
     BridgeEvent,
+    Dtmf,
     GuardBlocked,
+    NoInput,
     ReplaceReason,
     SessionReady,
     SessionStarted,
+    ToolRequested,
+    UserTranscript,
     VoiceLiveError,
     VoiceLiveMalformed,
     as_record,
 )
+from voicebridge.relay.control import CallControl
 from voicebridge.relay.prompts import prompt_pcm
 from voicebridge.relay.pumps import AcsWatch, PacerAlarm
 from voicebridge.relay.tracing import CallTracing
@@ -86,6 +97,10 @@ class CallServices:
     hang_up: Callable[[Call], Awaitable[None]]
     #: ``connected`` / ``gone`` / ``unknown`` (or another ACS state).
     call_state: Callable[[Call], Awaitable[str]]
+    #: Transfer the call to a phone number or ACS user (Call Automation); raises on failure.
+    transfer: Callable[[Call, str], Awaitable[None]]
+    #: Many nodes: where the transcript and conversation id go for a takeover.
+    cluster: ClusterNode | None = None
 
 
 def bridge_for(s: Settings) -> CallBridge:
@@ -110,6 +125,17 @@ def bridge_for(s: Settings) -> CallBridge:
             expiry_margin_s=s.session_expiry_margin_s,
         ),
         limits=GuardLimits(max_text_bytes=s.max_text_bytes, max_message_bytes=s.max_message_bytes),
+        control=Control(
+            dtmf=DtmfConfig(
+                inter_digit_timeout_s=s.dtmf_inter_digit_timeout_s,
+                max_digits=s.dtmf_max_digits,
+                actions=s.dtmf_action_map,
+            ),
+            no_input=NoInputConfig(
+                reprompt_s=s.no_input_reprompt_s, max_reprompts=s.no_input_max_reprompts
+            ),
+            reprompt=Reprompt(text=s.no_input_prompt or ""),
+        ),
     )
 
 
@@ -134,6 +160,9 @@ class MediaRelay:
         self.call = call
         self.ws = websocket
         self.bridge = bridge_for(self.settings)
+        self.control = CallControl(self)
+        if call.resume:  # taken over from another node mid-call
+            self.bridge.resume(call.history)
         self.session: OpenSession | None = None
         self.voicelive_close_code: int | None = None
         self.reconnects: list[dict[str, Any]] = []
@@ -225,13 +254,30 @@ class MediaRelay:
         match event:
             case AcsMalformed() | VoiceLiveMalformed() | VoiceLiveError() | GuardBlocked():
                 log.warning("call %s: %s %s", self.call.label, event.name, _brief(event))
+            case UserTranscript() | AgentTranscript() if self.services.cluster is not None:
+                role = "user" if isinstance(event, UserTranscript) else "assistant"
+                self.services.cluster.said(self.call, role, event.text)
             case SessionStarted():
                 if event.conversation_id:
+                    if self.services.cluster is not None and (
+                        event.conversation_id != self.call.conversation_id
+                    ):
+                        self.services.cluster.conversation(self.call, event.conversation_id)
                     self.call.conversation_id = event.conversation_id
                 if self.settings.mode == "agent":
                     observations.observe("agent_conversation_id", field=event.conversation_id_field)
             case SessionReady() if self.pending_reconnect is not None:
                 self.reconnected()
+            case ToolRequested():
+                self.control.requested(event)
+            case Dtmf() if event.kind != "ignored":
+                self.alarm.queued(self.bridge.next_acs_due())  # StopAudio: the key interrupts
+                if event.kind == "action":
+                    self.control.action(event.action)
+            case NoInput():
+                log.info(
+                    "call %s: silent caller: %s %d", self.call.label, event.action, event.count
+                )
         if self.tracing.enabled:
             self.tracing.on_event(event)
 

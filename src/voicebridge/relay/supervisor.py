@@ -25,6 +25,8 @@ When the call ends (a :class:`CallOutcome`, every exit in :meth:`Supervisor.run`
 * ``MEDIA_LOST``: the ACS socket closed without ``CallDisconnected`` and no new one came
   within ``ACS_RECONNECT_GRACE_S`` (a second socket for the call replaces the first);
 * ``DRAINED``: SIGTERM's ``DRAIN_GRACE_S`` is over (goodbye first);
+* ``MOVED``: another node claimed the call's media (many nodes): no hang-up, the call
+  goes on there;
 * ``ERROR``: the pacer failed.
 
 Limits are in real time, the core's timers in media time (:mod:`voicebridge.clock`).
@@ -39,6 +41,7 @@ from typing import Any
 
 from voicebridge import observations
 from voicebridge.calls import CallOutcome
+from voicebridge.config import Settings
 from voicebridge.core.events import ReplaceReason
 from voicebridge.core.stats import Histogram
 from voicebridge.errors import UpstreamUnavailable
@@ -53,6 +56,36 @@ log = logging.getLogger("voicebridge.relay")
 PROMPT_DEADLINE_S = 15.0
 
 Tasks = dict[str, asyncio.Task[Any]]
+
+
+def usage(counters: dict[str, Any], s: Settings) -> dict[str, Any]:
+    """The call's token use (summed ``response.usage``) and its estimated cost in USD at
+    the configured per-million prices. Cached input tokens are part of the input
+    tokens, charged at the cached price instead."""
+    tokens = {
+        "input_text": counters.get("tokens_input_text", 0),
+        "input_audio": counters.get("tokens_input_audio", 0),
+        "input_cached": counters.get("tokens_input_cached", 0),
+        "output_text": counters.get("tokens_output_text", 0),
+        "output_audio": counters.get("tokens_output_audio", 0),
+    }
+    inputs = tokens["input_text"] + tokens["input_audio"]
+    cached = min(tokens["input_cached"], inputs)
+    # Cached tokens are charged at the cached price, taken off audio first (the bulk).
+    cached_audio = min(cached, tokens["input_audio"])
+    cached_text = cached - cached_audio
+    cost = (
+        (tokens["input_text"] - cached_text) * s.price_input_text_per_m
+        + (tokens["input_audio"] - cached_audio) * s.price_input_audio_per_m
+        + cached * s.price_input_cached_per_m
+        + tokens["output_text"] * s.price_output_text_per_m
+        + tokens["output_audio"] * s.price_output_audio_per_m
+    ) / 1e6
+    return {
+        **tokens,
+        "total": inputs + tokens["output_text"] + tokens["output_audio"],
+        "cost_usd": round(cost, 6),
+    }
 
 
 class Supervisor:
@@ -108,6 +141,7 @@ class Supervisor:
             tasks["drain"] = asyncio.create_task(call.drain_now.wait(), name="drain")
             tasks["timers"] = asyncio.create_task(self.timers(), name=f"timers-{call.label}")
             tasks["newsock"] = asyncio.ensure_future(self.relay.new_socket())
+            tasks["moved"] = asyncio.create_task(call.moved.wait(), name="moved")
             try:
                 await self._first_connect()
             except UpstreamUnavailable as exc:
@@ -126,6 +160,8 @@ class Supervisor:
         call, tasks = self.call, self.tasks
         while True:
             done, _ = await asyncio.wait(set(tasks.values()), return_when=asyncio.FIRST_COMPLETED)
+            if tasks["moved"] in done:
+                return await self._let_go()
             if tasks["hangup"] in done:
                 return await self._finish(call.outcome or CallOutcome.CALLER_HUNG_UP)
             if tasks["newsock"] in done:
@@ -184,6 +220,9 @@ class Supervisor:
                 return CallOutcome.MEDIA_IDLE_TIMEOUT
             if now - relay._started > s.max_call_duration_s:
                 return CallOutcome.MAX_DURATION
+            ending = self._ending(now)
+            if ending is not None:
+                return ending
             if relay.session is None:
                 continue
             reason = bridge.poll(clock.media_now(), clock.wall_now())
@@ -194,13 +233,25 @@ class Supervisor:
             if reason is not None:
                 return reason
 
+    def _ending(self, now: float) -> CallOutcome | None:
+        """The agent ended the call and its goodbye has played (or took too long to);
+        or the silent-caller watchdog gave up."""
+        control, bridge = self.relay.control, self.bridge
+        if control.ending:
+            heard = bridge.responses.is_idle and bridge.played_out(self.clock.media_now())
+            if heard or now - control.ending_since > PROMPT_DEADLINE_S:
+                return CallOutcome.AGENT_HUNG_UP
+        if bridge.giving_up:
+            return CallOutcome.NO_INPUT
+        return None
+
     # ------------------------------------------------------------------ Voice Live
 
     async def _first_connect(self) -> None:
         """Connect, unless the call ends first (then ``relay.session`` stays None)."""
         tasks = self.tasks
         connect = asyncio.create_task(self._open(), name=f"connect-{self.call.label}")
-        enders = {tasks["acs"], tasks["hangup"], tasks["timers"], tasks["drain"]}
+        enders = {tasks["acs"], tasks["hangup"], tasks["timers"], tasks["drain"], tasks["moved"]}
         done, _ = await asyncio.wait({connect, *enders}, return_when=asyncio.FIRST_COMPLETED)
         if connect not in done:
             connect.cancel()
@@ -317,6 +368,7 @@ class Supervisor:
         relay.release(old)
         relay.sockets += 1
         relay.acs.last_rx = self.clock.real_now()
+        self.call.media_closed.clear()
         log.info("call %s: media socket replaced (socket %d)", self.call.label, relay.sockets)
         self.call.log.write("media_socket_replaced", socket=relay.sockets)
         self.bridge.acs_socket_replaced(self.clock.media_now())
@@ -325,12 +377,17 @@ class Supervisor:
 
     async def _await_acs_reconnect(self) -> bool:
         """The ACS socket closed: True if a new one came within the grace period."""
-        if self.call.disconnected.is_set():
+        call = self.call
+        call.media_closed.set()
+        if call.disconnected.is_set():
             return False
         tasks = self.tasks
+        grace = self.settings.acs_reconnect_grace_s
+        if call.migrating:  # the new socket goes to another node, which takes the call
+            grace = max(grace, self.settings.drain_migrate_deadline_s)
         done, _ = await asyncio.wait(
-            {tasks["newsock"], tasks["hangup"]},
-            timeout=self.settings.acs_reconnect_grace_s,
+            {tasks["newsock"], tasks["hangup"], tasks["moved"]},
+            timeout=grace,
             return_when=asyncio.FIRST_COMPLETED,
         )
         if tasks["newsock"] in done:
@@ -363,20 +420,34 @@ class Supervisor:
         timers = tasks["timers"]
         if timers.done() and isinstance(limit := timers.result(), CallOutcome):
             return await self._limit_reached(limit)
+        if call.moved.is_set():
+            return await self._let_go()
         if tasks["drain"].done():
             await self._say_and_hang_up("goodbye")
             return await self._finish(CallOutcome.DRAINED)
         if lost and not call.disconnected.is_set():
             log.warning("call %s: media socket lost and not reopened: hanging up", call.label)
-            await self.services.hang_up(call)
+            await self.services.hang_up(call)  # not if another node has it now
+            if call.moved.is_set():
+                return await self._let_go()
             return await self._finish(CallOutcome.MEDIA_LOST)
         return await self._finish(call.outcome or CallOutcome.CALLER_HUNG_UP)
 
+    async def _let_go(self) -> CallOutcome:
+        """Another node claimed the call's media (many nodes): stop here, no hang-up."""
+        log.info("call %s: taken over by another node: letting go", self.call.label)
+        self.call.log.write("moved")
+        return await self._finish(CallOutcome.MOVED)
+
     async def _limit_reached(self, outcome: CallOutcome) -> CallOutcome:
-        log.warning("call %s: %s, ending the call", self.call.label, outcome)
-        self.call.log.write("limit_reached", limit=outcome)
-        if outcome is CallOutcome.MAX_DURATION:  # the caller is there: say goodbye first
-            await self._say_and_hang_up("goodbye")
+        if outcome is CallOutcome.AGENT_HUNG_UP:
+            log.info("call %s: the agent ended the call", self.call.label)
+            self.call.log.write("agent_hung_up")
+        else:
+            log.warning("call %s: %s, ending the call", self.call.label, outcome)
+            self.call.log.write("limit_reached", limit=outcome)
+        if outcome in (CallOutcome.MAX_DURATION, CallOutcome.NO_INPUT):
+            await self._say_and_hang_up("goodbye")  # the caller is there: goodbye first
         else:
             await self.services.hang_up(self.call)
         return await self._finish(outcome)
@@ -410,6 +481,7 @@ class Supervisor:
         report = bridge.report()
         report["inbound_latency_ms"] = relay.acs.latency_ms.summary()
         self._observe_acs(report["counters"])
+        report["usage"] = usage(report["counters"], self.settings)
         # The core measured outbound latency on the media clock: back to real ms.
         scale = self.clock.real_seconds(1.0)
         outbound = Histogram()
@@ -425,6 +497,7 @@ class Supervisor:
         report["conversation_id"] = bridge.conversation_id
         report["reconnects"] = relay.reconnects
         report["media_sockets"] = relay.sockets
+        relay.control.close()
         self.call.report = report
         self._log_counters(outcome, report)
         return outcome

@@ -14,6 +14,7 @@ checked before the body is read).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -22,6 +23,7 @@ from voicebridge import logs, observations
 from voicebridge.acs import client as acs_client
 from voicebridge.app import AppContext
 from voicebridge.calls import Call, CallOutcome
+from voicebridge.cluster import service
 from voicebridge.core import webhooks
 from voicebridge.deps import AcsCallbackDep, CtxDep
 from voicebridge.errors import WebhookError
@@ -100,19 +102,41 @@ async def incoming_call(request: Request, ctx: CtxDep) -> Response:
             log.info("ignoring Event Grid event %s (%s)", event.event_type, event.why)
         elif isinstance(event, webhooks.IncomingCall):
             with logs.call_context(logs.CallIds(event.correlation_id)):
-                if event.event_id and ctx.registry.seen_before(event.event_id):
+                if event.event_id and not await _first_delivery(ctx, event):
                     log.info(
                         "IncomingCall %s delivered again (aeg-delivery-count=%s): ignored",
                         event.event_id,
                         request.headers.get("aeg-delivery-count", "?"),
                     )
                     continue
-                if ctx.registry.active >= s.max_concurrent_calls:
+                ids = ctx.registry.signer.new_call()
+                if not await _admit(ctx, ids[0]):
                     _reject(ctx, event, "busy")
                 else:
-                    _start_answer(ctx, event)
+                    _start_answer(ctx, event, ids)
                     answering += 1
     return JSONResponse({"answering": answering})
+
+
+async def _first_delivery(ctx: AppContext, event: webhooks.IncomingCall) -> bool:
+    """False for an Event Grid retry of a call some node (this one alone, without Redis)
+    has already taken."""
+    if ctx.cluster is not None:
+        first = await ctx.cluster.first_delivery(event.event_id, event.server_call_id)
+        if first is not None:
+            return first
+    return not ctx.registry.seen_before(event.event_id)
+
+
+async def _admit(ctx: AppContext, call_id: str) -> bool:
+    """One process: below MAX_CONCURRENT_CALLS. Many nodes: MAX_CONCURRENT_CALLS is per
+    node, and a call is refused only when every node is full and no more nodes can come
+    (MAX_NODES); the node that gets the media socket runs the call anyway."""
+    if ctx.cluster is not None:
+        admitted = await ctx.cluster.admit(call_id)
+        if admitted is not None:
+            return admitted
+    return ctx.registry.active < ctx.settings.max_concurrent_calls
 
 
 async def _check_event_grid(ctx: AppContext, request: Request) -> Response | None:
@@ -153,12 +177,14 @@ async def _reject_call(ctx: AppContext, incoming_call_context: str) -> None:
         log.error("reject_call failed: %s %s", type(exc).__name__, getattr(exc, "status_code", ""))
 
 
-def _start_answer(ctx: AppContext, event: webhooks.IncomingCall) -> Call:
+def _start_answer(ctx: AppContext, event: webhooks.IncomingCall, ids: tuple[str, str, str]) -> Call:
     call: Call = ctx.registry.new_call(
         correlation_id=event.correlation_id,
         server_call_id=event.server_call_id,
         caller=event.caller_raw_id,
+        ids=ids,
     )
+    call.callee = event.callee_raw_id
     call.log.write("incoming_call", correlation_id=call.correlation_id)
     # The call's trace starts here and ends in CallRegistry.end (a no-op when tracing is off).
     call.span = ctx.telemetry.start(
@@ -176,6 +202,8 @@ def _start_answer(ctx: AppContext, event: webhooks.IncomingCall) -> Call:
 
 async def _answer(ctx: AppContext, call: Call, incoming_call_context: str) -> None:
     s = ctx.settings
+    if ctx.cluster is not None:  # the record first: the media socket may land anywhere
+        await ctx.cluster.answering(call, traceparent=ctx.telemetry.traceparent(call.span))
     with ctx.telemetry.use("answer", call.span) as span:
         try:
             assert ctx.acs is not None  # built by AppContext.start, before any request
@@ -198,6 +226,10 @@ async def _answer(ctx: AppContext, call: Call, incoming_call_context: str) -> No
         span.set_attribute("voicebridge.call_connection_id", call.call_connection_id)
     log.info("answered call %s (correlation %s)", call.call_connection_id, call.correlation_id)
     call.log.write("answered", call_connection_id=call.call_connection_id)
+    if ctx.cluster is not None and call.call_connection_id:
+        await ctx.cluster.update(call.id, ccid=call.call_connection_id)
+        if call.media_task is None and not call.ended.is_set():
+            ctx.registry.hand_off(call)  # whichever node gets the media socket runs it
 
 
 @router.post("/api/callbacks/{url_key}")
@@ -216,6 +248,9 @@ async def callbacks(call_id: AcsCallbackDep, request: Request, ctx: CtxDep) -> R
         log.warning("callback refused: %s", exc)
         return _error(400, str(exc))
     call = ctx.registry.get(call_id)
+    if call is None and ctx.cluster is not None:
+        await _forward(ctx, call_id, body, events)
+        return Response(status_code=204)
     span = call.span if call is not None else None
     with logs.call_context(call or ctx.registry.ids_of(call_id)), ctx.telemetry.activate(span):
         if call is None:
@@ -226,6 +261,65 @@ async def callbacks(call_id: AcsCallbackDep, request: Request, ctx: CtxDep) -> R
         for event in events:
             await _callback(ctx, call, event)
     return Response(status_code=204)
+
+
+async def _forward(
+    ctx: AppContext, call_id: str, body: bytes, events: list[webhooks.CallbackEvent]
+) -> None:
+    """Many nodes: a callback for a call this node does not run. What must survive a
+    lost message goes into the record first (the call ended; its connection id); then
+    the delivery goes to the owner, which handles it as if it had come in itself. With
+    no owner listening, a ``MediaStreamingFailed`` is this node's to end: apology and
+    hang-up through Call Automation."""
+    cluster = ctx.cluster
+    assert cluster is not None
+    record = await cluster.record(call_id)
+    ccid = next((e.call_connection_id for e in events if e.call_connection_id), None)
+    with logs.call_context(logs.CallIds((record or {}).get("corr", ""), ccid)):
+        if record is not None:
+            if ccid and not record.get("ccid"):
+                await cluster.update(call_id, ccid=ccid)
+                record["ccid"] = ccid
+            for event in events:
+                if event.type == "CallDisconnected" and not record.get("we_hung_up"):
+                    await cluster.ended(call_id, CallOutcome.CALLER_HUNG_UP, we_hung_up=False)
+                elif event.type == "AnswerFailed":
+                    await cluster.ended(call_id, CallOutcome.ANSWER_FAILED, we_hung_up=False)
+        received = await cluster.forward(call_id, body)
+        types = [e.type for e in events]
+        if received:
+            log.info("callback %s forwarded to the call's node", types)
+            return
+        log.info("callback %s for call %s: no node holds it", types, call_id)
+        if record is None or record.get("state") == "ended":
+            return
+        if "MediaStreamingFailed" in types and received == 0:
+            ctx.spawn(
+                service.end_orphan(ctx, call_id, record, media_gone=True),
+                name=f"orphan-{call_id}",
+            )
+
+
+async def deliver(ctx: AppContext, call: Call, message: dict[str, Any]) -> None:
+    """A message for a call this node runs, from another node (or the record, after a
+    pub/sub gap): a forwarded callback delivery, or "the call has ended"."""
+    with logs.call_context(call), ctx.telemetry.activate(call.span):
+        if message.get("t") == "callbacks":
+            try:
+                events = webhooks.parse_callbacks(str(message.get("body", "")).encode())
+            except WebhookError as exc:
+                log.warning("forwarded callback refused: %s", exc)
+                return
+            for event in events:
+                await _callback(ctx, call, event)
+        elif message.get("t") == "ended":
+            log.info("call %s ended while this node was not listening", call.label)
+            if call.we_hung_up and call.relay is not None:
+                call.disconnected.set()
+            else:
+                outcome = str(message.get("outcome") or "")
+                known = outcome in {o.value for o in CallOutcome}
+                _end(ctx, call, CallOutcome(outcome) if known else CallOutcome.CALLER_HUNG_UP)
 
 
 async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) -> None:
@@ -267,6 +361,18 @@ async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) 
         if etype == "MediaStreamingFailed":
             await ctx.hang_up(call)
             _end(ctx, call, CallOutcome.MEDIA_FAILED)
+    elif etype in ("CallTransferAccepted", "CallTransferFailed"):
+        log.log(
+            logging.INFO if etype == "CallTransferAccepted" else logging.WARNING,
+            "call %s: %s code=%s subCode=%s: %s",
+            call.label,
+            etype,
+            event.result_code,
+            event.sub_code,
+            event.message,
+        )
+        if call.transfer is not None and not call.transfer.done():
+            call.transfer.set_result(event)
     elif etype == "AnswerFailed":
         log.error("call %s: answer failed: %s", call.label, event.message)
         _end(ctx, call, CallOutcome.ANSWER_FAILED)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from voicebridge import __version__
 from voicebridge.deps import CtxDep, SettingsDep
 from voicebridge.diagnostics import process_snapshot
+from voicebridge.security import constant_time_equal
 
 router = APIRouter(tags=["health"])
 
@@ -45,6 +46,15 @@ async def status(ctx: CtxDep, s: SettingsDep) -> dict[str, object]:
         "voicelive_audio_rate": s.voicelive_audio_rate,
         "active_calls": ctx.registry.active,
         "calls_by_outcome": dict(ctx.stats.outcomes),
+        "cluster": None
+        if ctx.cluster is None
+        else {
+            "node": ctx.cluster.name,
+            "redis": "up" if ctx.cluster.redis_up else "down",
+            "calls_owned": len(ctx.cluster.owned),
+            "view": ctx.cluster.view.as_metric() if ctx.cluster.view else None,
+            "drain_mode": s.drain_mode,
+        },
     }
 
 
@@ -58,3 +68,30 @@ async def stats(ctx: CtxDep) -> dict[str, object]:
     snapshot: dict[str, object] = ctx.stats.snapshot(ctx.registry.active)
     snapshot["process"] = process_snapshot()
     return snapshot
+
+
+@router.get("/api/scale-metric")
+async def scale_metric(ctx: CtxDep, request: Request, response: Response) -> dict[str, object]:
+    """The scale rule's input (a KEDA ``metrics-api`` rule reads ``activeCalls``): live
+    calls across every node, from the nodes' shared heartbeats (this node's own count
+    without Redis, or the last value read while Redis is unreachable). Bearer
+    ``SCALE_METRIC_TOKEN``; 404 while no token is configured."""
+    token = ctx.settings.scale_metric_token
+    if token is None:
+        response.status_code = 404
+        return {"error": "not found"}
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not constant_time_equal(value, token.get_secret_value()):
+        response.status_code = 401
+        return {"error": "unauthorized"}
+    cluster = ctx.cluster
+    if cluster is None or cluster.view is None:
+        ready = 1 if ctx.ready else 0
+        return {
+            "activeCalls": ctx.registry.active,
+            "readyNodes": ready,
+            "nodes": 1,
+            "capacity": ctx.settings.max_concurrent_calls * ready,
+        }
+    return dict(cluster.view.as_metric())

@@ -32,6 +32,11 @@ router = APIRouter(tags=["media"])
 async def media(websocket: WebSocket, call_id: AcsMediaDep, ctx: CtxDep) -> None:
     """Relay one call's audio between ACS and Voice Live until the call ends."""
     call = ctx.registry.get(call_id)
+    if ctx.cluster is not None and (call is None or call.relay is None):
+        call = await _claim(ctx, websocket, call_id, call)
+        if call is None:
+            await websocket.close(code=POLICY_VIOLATION)
+            return
     if call is None:
         with logs.call_context(ctx.registry.ids_of(call_id)):
             log.warning("media socket for an ended call %s: refused", call_id)
@@ -71,6 +76,87 @@ async def _media(ctx: AppContext, websocket: WebSocket, call: Call) -> None:
         call.relay = None  # the relay (and its CallBridge) can go now
 
 
+async def _claim(
+    ctx: AppContext, websocket: WebSocket, call_id: str, call: Call | None
+) -> Call | None:
+    """Many nodes: the call lives where its media socket lands. Claim it in the shared
+    record (a new generation); a call another node held is taken over — resumed without
+    a second greeting, its old node told to let go. None if the record says the call is
+    over (or unknown), so the socket is refused. Redis down: this node owns the call
+    from what the socket's headers say, as one process alone would."""
+    cluster = ctx.cluster
+    assert cluster is not None
+    if call is not None:
+        call.media_task = asyncio.current_task()  # the answering node keeps it (no hand-off)
+    headers = websocket.headers
+    claim = await cluster.claim(call_id)
+    if claim is not None and claim.refused == "unknown":
+        # A valid token for a call Redis does not know (it restarted empty): the record
+        # is rebuilt from what the socket says, and claimed.
+        await cluster.restore(
+            call_id,
+            corr=headers.get("x-ms-call-correlation-id", ""),
+            ccid=headers.get("x-ms-call-connection-id", ""),
+            state="answering",
+        )
+        claim = await cluster.claim(call_id)
+    if claim is not None and claim.refused is not None:
+        with logs.call_context(call or ctx.registry.ids_of(call_id)):
+            log.warning("media socket for call %s refused: %s call", call_id, claim.refused)
+        if call is not None:
+            call.media_task = None
+            outcome = claim.previous_owner
+            ctx.registry.end(
+                call, CallOutcome(outcome) if outcome in _OUTCOMES else CallOutcome.CALLER_HUNG_UP
+            )
+        return None
+    record = (await cluster.record(call_id) if claim is not None else None) or {}
+    if call is None:
+        call = ctx.registry.adopt(
+            call_id,
+            correlation_id=record.get("corr") or headers.get("x-ms-call-correlation-id", ""),
+            server_call_id=record.get("scid", ""),
+            caller=record.get("caller", ""),
+            call_connection_id=record.get("ccid") or headers.get("x-ms-call-connection-id"),
+        )
+        call.callee = record.get("callee", "")
+        # The call's trace goes on here, under the answering node's span.
+        call.span = ctx.telemetry.start(
+            "call",
+            ctx.telemetry.remote(record.get("traceparent")),
+            **{
+                "voicebridge.correlation_id": call.correlation_id,
+                "voicebridge.node": cluster.name,
+            },
+        )
+    gen = claim.gen if claim is not None else 0
+    call.gen = gen
+    cluster.own(call, gen)
+    previous = claim.previous_owner if claim is not None else ""
+    if gen > 1:  # the call had media before, here or elsewhere: resume it
+        call.resume = True
+        call.conversation_id = record.get("conversation_id") or call.conversation_id
+        if ctx.settings.mode == "model":
+            call.history = await cluster.transcript(call_id)
+        with logs.call_context(call):
+            log.info(
+                "call %s: taken over from node %s (generation %d, %d turns to replay)",
+                call.label,
+                previous or "(unknown)",
+                gen,
+                len(call.history),
+            )
+        call.log.write("taken_over", previous_node=previous, gen=gen, turns=len(call.history))
+        if previous and previous != cluster.name:
+            await cluster.announce_takeover(call_id, gen)
+    if call.call_connection_id and not record.get("ccid") and claim is not None:
+        await cluster.update(call_id, ccid=call.call_connection_id)
+    return call
+
+
+_OUTCOMES = frozenset(o.value for o in CallOutcome)
+
+
 def services(ctx: AppContext) -> CallServices:
     """What a relay may use of the app: settings, stats, telemetry, the clock, and the
     calls out (Voice Live connect with the app's credential, hang-up, call state)."""
@@ -82,4 +168,6 @@ def services(ctx: AppContext) -> CallServices:
         open_session=functools.partial(open_session, ctx.settings, ctx.voicelive_credential),
         hang_up=ctx.hang_up,
         call_state=ctx.call_state,
+        transfer=ctx.transfer,
+        cluster=ctx.cluster,
     )

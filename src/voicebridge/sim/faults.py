@@ -166,13 +166,34 @@ _REGISTRY = (
         None,
         "caller hang-up: the media socket closes, 1 s later CallDisconnected",
     ),
+    FaultInfo(
+        "acs-redial-on-drop",
+        "acs",
+        None,
+        "media socket dropped by the bridge (1006): re-dial transportUrl 0.5 s later (3 tries)",
+    ),
+    FaultInfo(
+        "acs-silent-on-drop",
+        "acs",
+        None,
+        "media socket dropped by the bridge (1006): no callback, no re-dial, call stays up",
+    ),
+    FaultInfo(
+        "acs-disconnect-before-media",
+        "acs",
+        None,
+        "caller hangs up at the answer: CallConnected, CallDisconnected, then the media dial",
+    ),
 )
 
 #: Every fault by name, in help order.
 FAULTS: dict[str, FaultInfo] = {info.name: info for info in _REGISTRY}
 
 #: Pairs that cannot be combined (they describe contradictory behaviours).
-_EXCLUSIVE = (("acs-disconnect-first", "acs-close-first"),)
+_EXCLUSIVE = (
+    ("acs-disconnect-first", "acs-close-first"),
+    ("acs-redial-on-drop", "acs-silent-on-drop"),
+)
 
 
 def _help_text() -> str:

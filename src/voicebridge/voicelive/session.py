@@ -36,6 +36,7 @@ from azure.core.credentials import AccessToken, AzureKeyCredential
 from voicebridge.config import Settings
 from voicebridge.core.voicelive import build_session_config
 from voicebridge.errors import UpstreamUnavailable
+from voicebridge.voicelive import tools
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def session_config(settings: Settings) -> dict[str, Any]:
             settings.explicitly_set(name) for name in AGENT_OWNED[field]
         )
 
-    return build_session_config(
+    config = build_session_config(
         input_hz=settings.voicelive_audio_rate,
         output_hz=settings.voicelive_audio_rate,
         voice=settings.voice_name if wanted("voice") else None,
@@ -116,6 +117,10 @@ def session_config(settings: Settings) -> dict[str, Any]:
         transcription_language=settings.transcription_language,
         interim_response=settings.interim_response,
     )
+    if settings.mode == "model" and settings.tools:
+        config["tools"] = tools.declarations(settings.tools, settings.transfer_target_map)
+        config["tool_choice"] = "auto"
+    return config
 
 
 def connect_kwargs(settings: Settings, *, conversation_id: str | None = None) -> dict[str, Any]:

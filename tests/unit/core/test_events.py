@@ -37,6 +37,9 @@ LOG_NAMES = {
     "agent_transcript",
     "speech_stopped",
     "truncated",
+    "tool_requested",
+    "tool_answered",
+    "no_input",
 }
 
 
@@ -62,6 +65,8 @@ def test_a_record_is_the_fields_then_the_name() -> None:
         ("response_id", "r1"),
         ("status", "completed"),
         ("reason", None),
+        ("input_tokens", 0),
+        ("output_tokens", 0),
         ("event", "response_done"),
     ]
     assert as_record(events.AcsSocketReplaced()) == {"event": "acs_socket_replaced"}

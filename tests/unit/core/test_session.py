@@ -154,3 +154,24 @@ def test_a_session_without_expires_at_never_expires() -> None:
     b = make(greeting=Greeting(mode="none"))
     start_session(b)
     assert b.poll(0.0, 4e9) is None
+
+
+def test_a_call_taken_over_is_not_greeted_again_and_replays_its_history() -> None:
+    """Many nodes: the call moved here mid-conversation. The first session of this node
+    gets the conversation so far, and no second greeting."""
+    b = make(greeting=Greeting(mode="text", text="Hi there"))
+    b.resume([("user", "I need a plumber"), ("assistant", "Which day suits you?")])
+    out = start_session(b)
+    assert [m["type"] for m in out] == [
+        "session.update",
+        "conversation.item.create",
+        "conversation.item.create",
+    ]
+    assert out[1]["item"]["role"] == "user"
+    assert vl.greeting_pre_generated("Hi there") not in out
+
+
+def test_a_call_taken_over_in_agent_mode_replays_nothing() -> None:
+    b = make(history=History(replay=False))
+    b.resume()
+    assert [m["type"] for m in start_session(b)] == ["session.update"]

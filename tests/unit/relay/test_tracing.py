@@ -83,6 +83,7 @@ async def relay(tmp_path: Any) -> AsyncIterator[MediaRelay]:
         open_session=unused,
         hang_up=unused,
         call_state=unused,
+        transfer=unused,
     )
     call = Call(
         id="c1",

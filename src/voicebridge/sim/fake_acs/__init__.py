@@ -61,6 +61,55 @@ timeline entry.
   ``CallDisconnected`` is posted and the media socket is closed 1 s (call time) later, or the
   socket is closed and ``CallDisconnected`` posted 1 s later. Bridge hang-ups are unchanged.
 
+**Drops by the bridge.** A media socket *drops* when it ends without a close frame (the fake
+reads close code 1006: the bridge process was killed) and the fake did not close it itself (a
+hang-up, ``stopMediaStreaming``, ``acs-drop``/``acs-reconnect``); each counts in
+:attr:`FakeCall.media_drops`. By default a drop is treated like any socket the bridge closed:
+the bridge gets :data:`~.flow.MEDIA_FAILURE_GRACE_S` wall seconds to hang up, then
+``MediaStreamingFailed`` (``streamConnectionInterrupted``) and the end as ``media_failed``.
+Two exclusive faults change that:
+
+* ``acs-redial-on-drop``: streaming stops and the play queue is discarded (counted in
+  ``samples_flushed_by_drop``); :data:`~.flow.RECONNECT_GAP_S` of call time later the fake dials
+  the same ``transportUrl`` again, as ``acs-reconnect`` does after its own abort: a fresh JWT,
+  the same ``x-ms-call-*`` headers, ``AudioMetadata`` again, streaming on at the current call
+  time, the caller audio of the gap counted in ``caller_samples_lost_in_gap``, no callback for
+  the new socket. Up to :data:`~.flow.REDIAL_ATTEMPTS` dials, ``RECONNECT_GAP_S`` apart; if all
+  fail, ``MediaStreamingFailed`` (``streamConnectionUnsuccessful``, or
+  ``authenticationFailure`` after a 401/403) and the end as ``media_failed`` unless the bridge
+  hangs up first. Every drop of every socket of the call is handled so; each is a fault firing.
+* ``acs-silent-on-drop``: streaming stops and the play queue is discarded (as above); nothing
+  is posted and nothing re-dialled. The call stays connected, its properties show the media
+  subscription ``inactive``; it ends when the bridge hangs up (``bridge_hung_up``,
+  ``CallDisconnected`` posted) or the caller does (:meth:`FakeCall.hang_up`), else as
+  ``media_dropped`` (nothing posted) :data:`~.flow.SILENT_DROP_END_S` of call time after the
+  drop if media has not been restarted (``startMediaStreaming``) meanwhile.
+
+* ``acs-disconnect-before-media``: the caller hangs up right after the answer.
+  ``CallConnected`` is posted, then ``CallDisconnected`` (caller hung up), and only then is the
+  media socket dialled (when the answer asked for ``startMediaStreaming``), out of order as
+  ACS does not guarantee one. :attr:`FakeCall.media_refused` says whether the upgrade was
+  refused and :attr:`FakeCall.media_refused_status` with which HTTP status (0: no HTTP reply);
+  an accepted socket is closed at once with 1000 and nothing is streamed on it. The call ends
+  as ``caller_hung_up`` once that dial is over.
+
+**Node attribution.** Bridge nodes in cluster tests name themselves in the
+``x-voicebridge-node`` response header (:data:`NODE_HEADER`). The fake records it per call:
+``incoming_deliveries``, ``answered_by``, ``media_by``, ``media_dials`` and ``callbacks_by``
+(see :class:`FakeCall`; :meth:`FakeCall.summary` has them all); :attr:`FakeAcs.answer_requests`
+counts the ``callConnections:answer`` requests of every call.
+:meth:`FakeAcs.redeliver_incoming_call` POSTs the same ``IncomingCall`` again (Event Grid's
+at-least-once retries), ``times`` times.
+
+**Playing a file.** ``:play`` with a ``FileSource`` (``{"kind": "file", "file": {"uri": ...}}``):
+the fake GETs the URI and requires a RIFF WAV of PCM16 mono 16 kHz; anything else, or a failed
+download, posts ``PlayFailed`` (subcode 8535 bad format / 8536 not downloaded) with a message
+naming what was wrong. Otherwise ``PlayStarted`` is posted and the audio plays in ACS's media
+plane: it is mixed into :attr:`FakeCall.heard` from the current call time on (resampled to the
+call's rate), whether a media socket is connected or not, and ``PlayCompleted`` is posted when
+it has played (a cancel or the end of the call cuts it there). :attr:`FakeCall.played_files`
+lists the URIs; the file audio is not bridge audio and is kept out of the conservation counts.
+
 **Per-call faults.** ``FakeAcs(faults=...)`` applies to every call. ``place_call(faults=...)``
 adds faults to that call only (on top of the fake-wide ones; :attr:`FakeCall.faults` is the
 merged set, validated like the fake's, contradictory pairs included), so a load test can fault
@@ -90,6 +139,7 @@ from voicebridge.sim.fake_acs.events import (
     HTTP_TIMEOUT,
     ISSUER,
     MEDIA_TOKEN_LIFETIME_S,
+    NODE_HEADER,
 )
 from voicebridge.sim.fake_acs.flow import HANGUP_SPLIT_S
 from voicebridge.sim.fake_acs.media import FRAME_S, FakeCall
@@ -103,6 +153,7 @@ __all__ = [
     "HANGUP_SPLIT_S",
     "ISSUER",
     "MEDIA_TOKEN_LIFETIME_S",
+    "NODE_HEADER",
     "FakeAcs",
     "FakeCall",
     "configure",
@@ -299,6 +350,12 @@ def _print_summary(call: FakeCall) -> None:
     print(f"  StopAudio: {len(call.stop_audio)}; underrun frames: {call.underrun_frames}")
     callbacks = ", ".join(f"{kind}={status}" for _, kind, status in call.callbacks_posted)
     print(f"  callbacks: {callbacks or 'none'}")
+    deliveries = ", ".join(
+        f"{d['node'] or '?'}={d['status']}/{d['answering']}" for d in call.incoming_deliveries
+    )
+    print(f"  IncomingCall deliveries (node=status/answering): {deliveries or 'none'}")
+    media_by = ", ".join(node or "?" for node in call.media_by) or "none"
+    print(f"  answered by: {call.answered_by or '?'}; media sockets by: {media_by}")
     for error in call.errors[:10]:
         print(f"  protocol error: {error}")
 

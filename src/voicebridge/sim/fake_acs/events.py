@@ -41,6 +41,21 @@ CALLBACK_TOKEN_LIFETIME_S = 5 * 60
 MEDIA_TOKEN_LIFETIME_S = 24 * 3600
 EVENT_PREFIX = "Microsoft.Communication."
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
+#: The response header a bridge node names itself in (cluster tests), on every HTTP response
+#: and on the media WebSocket handshake; the fake records it per call (FakeCall.media_by, ...).
+NODE_HEADER = "x-voicebridge-node"
+
+
+def answering_of(body: bytes) -> int | None:
+    """The ``answering`` int of a webhook's JSON reply, None when absent or not an int."""
+    try:
+        parsed: Any = json.loads(body) if body else None
+    except ValueError:
+        return None
+    answering = parsed.get("answering") if isinstance(parsed, dict) else None
+    if isinstance(answering, bool) or not isinstance(answering, int):
+        return None
+    return answering
 
 
 def iso7(moment: datetime) -> str:
@@ -83,6 +98,8 @@ class AcsEvents(abc.ABC):
         self.calls: dict[str, FakeCall] = {}
         self.placed: list[FakeCall] = []
         self.internal_errors: list[str] = []  # bugs in the fake itself; tests assert empty
+        #: ``callConnections:answer`` requests received (every call, refused ones included)
+        self.answer_requests = 0
         self._by_context: dict[str, FakeCall] = {}
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._kid = secrets.token_hex(16)
@@ -246,6 +263,7 @@ class AcsEvents(abc.ABC):
             call_connection_id=call_connection_id,
         )
         self.placed.append(call)
+        call.webhook_url = webhook_url
         self._by_context[call.incoming_call_context] = call
         call.incoming_call_event = self._incoming_call_event(call)
         call._ring_task = self._spawn(self._ring_timeout(call), f"ring-{call.event_id[:8]}")
@@ -286,13 +304,26 @@ class AcsEvents(abc.ABC):
             "data": data,
         }
 
-    async def redeliver_incoming_call(self, call: FakeCall, webhook_url: str) -> int:
-        """POST the same ``IncomingCall`` again, as an Event Grid retry does.
+    async def redeliver_incoming_call(
+        self, call: FakeCall, webhook_url: str | None = None, *, times: int = 1
+    ) -> int:
+        """POST the same ``IncomingCall`` again, ``times`` times one after the other, as
+        Event Grid's at-least-once retries do.
 
-        Same event id, ``aeg-delivery-count`` one higher; the bridge should
-        de-duplicate (§1). Returns the webhook's status (0: no reply).
+        The same event (same id, same ``incomingCallContext``), ``aeg-delivery-count`` one
+        higher each time; the bridge should de-duplicate (§1). ``webhook_url`` defaults to
+        the one :meth:`place_call` used. Each delivery is recorded in
+        :attr:`FakeCall.incoming_deliveries`. Returns the status of the last one (0: no reply).
         """
-        return await self._deliver_incoming(call, webhook_url)
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        url = webhook_url or call.webhook_url
+        if url is None:
+            raise ValueError("no webhook URL: the call was not placed by this fake")
+        status = 0
+        for _ in range(times):
+            status = await self._deliver_incoming(call, url)
+        return status
 
     async def _deliver_incoming(self, call: FakeCall, webhook_url: str) -> int:
         if call.schema == "eventgrid":
@@ -312,12 +343,16 @@ class AcsEvents(abc.ABC):
         call.delivery_count += 1
         call._log("incoming_call_post", {"delivery": call.delivery_count - 1})
         status = 0
+        delivery: dict[str, Any] = {"node": None, "status": 0, "answering": None}
         try:
             async with self._client().post(webhook_url, data=body, headers=headers) as resp:
                 status = resp.status
-                await resp.read()
+                delivery["node"] = resp.headers.get(NODE_HEADER)
+                delivery["answering"] = answering_of(await resp.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
             call._log("incoming_call_failed", {"error": f"{type(exc).__name__}: {exc}"})
+        delivery["status"] = status
+        call.incoming_deliveries.append(delivery)
         call.incoming_call_status = status
         call._log("incoming_call_status", {"status": status})
         return status
@@ -485,6 +520,7 @@ class AcsEvents(abc.ABC):
         token = self.sign_jwt(lifetime_s=CALLBACK_TOKEN_LIFETIME_S)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         status = 0
+        node: str | None = None
         detail: dict[str, Any] = {"type": kind}
         if duplicate:
             detail["duplicate"] = True
@@ -493,12 +529,14 @@ class AcsEvents(abc.ABC):
                 target, data=json.dumps([event]), headers=headers
             ) as resp:
                 status = resp.status
+                node = resp.headers.get(NODE_HEADER)
                 await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The bridge may already have dropped the call; that is its right.
             detail["error"] = f"{type(exc).__name__}: {exc}"
         detail["status"] = status
         call._callbacks.append((sent_at, kind, status))
+        call.callbacks_by.append({"type": kind, "node": node, "status": status})
         call._timeline.append((sent_at, "callback", detail))
         return status
 

@@ -17,9 +17,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import CloseCode
 
 from voicebridge.core import acs
-from voicebridge.sim.fake_acs.events import MEDIA_TOKEN_LIFETIME_S, AcsEvents
+from voicebridge.sim.fake_acs.events import MEDIA_TOKEN_LIFETIME_S, NODE_HEADER, AcsEvents
 from voicebridge.sim.fake_acs.media import FRAME_S, FakeCall, epoch_us, now_utc, phone
 
 # Wall-clock seconds the bridge gets to hang up by itself after media failed or its
@@ -27,8 +28,13 @@ from voicebridge.sim.fake_acs.media import FRAME_S, FakeCall, epoch_us, now_utc,
 MEDIA_FAILURE_GRACE_S = 2.0
 # acs-drop: call seconds after the drop at which the fake gives up on the bridge hanging up.
 MEDIA_DROP_END_S = 10.0
-# acs-reconnect: call seconds between the aborted socket and the new one.
+# acs-reconnect / acs-redial-on-drop: call seconds between the lost socket and the new one
+# (acs-redial-on-drop: between dial attempts too).
 RECONNECT_GAP_S = 0.5
+# acs-redial-on-drop: dial attempts after a drop before MediaStreamingFailed.
+REDIAL_ATTEMPTS = 3
+# acs-silent-on-drop: call seconds after the drop at which the fake ends the call itself.
+SILENT_DROP_END_S = 300.0
 # acs-reorder-callbacks: wall seconds CallConnected waits for MediaStreamingStarted at most.
 REORDER_HOLD_S = 2.0
 # acs-disconnect-first / acs-close-first: call seconds between the two halves of a hang-up.
@@ -46,6 +52,9 @@ class CallFlow(AcsEvents):
                 result={"code": 500, "subCode": 0, "message": "Answer failed (simulated)."},
             )
             await self._end(call, "answer_failed")
+            return
+        if "acs-disconnect-before-media" in call.faults:
+            await self._disconnect_before_media(call)
             return
         self._spawn(self._post_connected(call), f"connected-{(call.call_connection_id or '')[:8]}")
         media = call.media_options
@@ -107,6 +116,26 @@ class CallFlow(AcsEvents):
         ws = await self._dial_media(call, reconnect=reconnect)
         if ws is None:
             return
+        self._run_socket(call, ws, reconnect=reconnect)
+        if reconnect:
+            return
+        cid = (call.call_connection_id or "")[:8]
+        context = body.get("operationContext")
+        uri = body.get("operationCallbackUri")
+        self._spawn(
+            self._post_event(
+                call,
+                "MediaStreamingStarted",
+                self._media_update("mediaStreamingStarted", "subscriptionStarted"),
+                operation_context=context if isinstance(context, str) else None,
+                uri=uri if isinstance(uri, str) else None,
+            ),
+            f"media-started-{cid}",
+        )
+
+    def _run_socket(self, call: FakeCall, ws: ClientConnection, *, reconnect: bool) -> None:
+        """Stream on the newly opened ``ws``: the clock (continued after a gap when
+        ``reconnect``), the reader and the sender."""
         socket_no = call.media_sockets + 1
         self._start_clock(call, reconnect=reconnect)
         call._ws = ws
@@ -122,25 +151,24 @@ class CallFlow(AcsEvents):
         cid = (call.call_connection_id or "")[:8]
         call._reader = self._spawn(self._read_media(call, ws), f"media-read-{cid}")
         call._sender = self._spawn(self._send_media(call, ws), f"media-send-{cid}")
-        if reconnect:
-            return
-        context = body.get("operationContext")
-        uri = body.get("operationCallbackUri")
-        self._spawn(
-            self._post_event(
-                call,
-                "MediaStreamingStarted",
-                self._media_update("mediaStreamingStarted", "subscriptionStarted"),
-                operation_context=context if isinstance(context, str) else None,
-                uri=uri if isinstance(uri, str) else None,
-            ),
-            f"media-started-{cid}",
-        )
 
     async def _dial_media(self, call: FakeCall, *, reconnect: bool) -> ClientConnection | None:
-        """Open the media WebSocket to ``transportUrl`` with a media JWT and the
-        ``x-ms-call-*`` headers; None if that failed (``MediaStreamingFailed`` is then under
-        way) or the call ended meanwhile."""
+        """Open the media WebSocket (:meth:`_try_dial`); None if that failed
+        (``MediaStreamingFailed`` is then under way) or the call ended meanwhile."""
+        ws, status = await self._try_dial(call)
+        if ws is None:
+            await self._media_failed(call, _dial_failure(status, reconnect=reconnect))
+            return None
+        if call._ending:
+            await ws.close(1000)
+            return None
+        return ws
+
+    async def _try_dial(self, call: FakeCall) -> tuple[ClientConnection | None, int | None]:
+        """Dial ``transportUrl`` once with a media JWT and the ``x-ms-call-*`` headers.
+
+        Returns ``(ws, None)``, or ``(None, HTTP status of the refusal or None)``; the node
+        that answered the handshake is recorded in ``media_dials`` (and ``media_by``)."""
         media = call.media_options or {}
         url = str(media.get("transportUrl"))
         token = self.sign_jwt(lifetime_s=MEDIA_TOKEN_LIFETIME_S)
@@ -162,20 +190,16 @@ class CallFlow(AcsEvents):
                 user_agent_header=None,
             )
         except Exception as exc:
-            status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
+            refused = exc.response if isinstance(exc, InvalidStatus) else None
+            status = None if refused is None else refused.status_code
+            node = None if refused is None else refused.headers.get(NODE_HEADER)
+            call.media_dials.append({"node": node, "status": status or 0})
             call._log("media_failed", {"error": f"{type(exc).__name__}: {exc}", "status": status})
-            if status in (401, 403):
-                details = "authenticationFailure"
-            elif reconnect:
-                details = "streamConnectionUnsuccessful"
-            else:
-                details = "initialWebSocketConnectionFailed"
-            await self._media_failed(call, details)
-            return None
-        if call._ending:
-            await ws.close(1000)
-            return None
-        return ws
+            return None, status
+        node = ws.response.headers.get(NODE_HEADER) if ws.response is not None else None
+        call.media_dials.append({"node": node, "status": 101})
+        call.media_by.append(node)
+        return ws, None
 
     def _start_clock(self, call: FakeCall, *, reconnect: bool) -> None:
         """Start the media clock at tick 0, or (a socket after the first) continue it where
@@ -268,6 +292,11 @@ class CallFlow(AcsEvents):
         call.media_close_code = ws.close_code
         if call._ending or call._media_stopping or call._ws is not ws:
             return  # closed by the fake itself (hang-up, stop, or a fault)
+        if ws.close_code == CloseCode.ABNORMAL_CLOSURE:  # no close frame: the bridge died
+            call.media_drops += 1
+            if call.faults.keys() & _DROP_FAULTS:
+                self._bridge_dropped(call)
+                return
         # The bridge closed the socket without a hang-up (yet): stop the clock and
         # give it a moment to hang up before calling it a media failure.
         call._log("media_closed_by_bridge", {"code": ws.close_code})
@@ -275,6 +304,88 @@ class CallFlow(AcsEvents):
             call._sender.cancel()
         call._ws = None
         self._spawn(self._media_lost(call), "media-lost")
+
+    def _bridge_dropped(self, call: FakeCall) -> None:
+        """``acs-redial-on-drop`` / ``acs-silent-on-drop``: the bridge's side of the media
+        socket went away without a close frame (its process was killed). Streaming stops and
+        the play queue is discarded; then re-dial, or stay silent."""
+        if call._sender is not None:
+            call._sender.cancel()
+        call._ws = None
+        flushed = call._discard_queue()
+        name = "acs-redial-on-drop" if "acs-redial-on-drop" in call.faults else "acs-silent-on-drop"
+        call._fired(name, tick=call._next_tick, socket=call.media_sockets)
+        call._log(
+            "media_dropped",
+            {
+                "socket": call.media_sockets,
+                "flushed_samples": flushed,
+                "code": 1006,
+                "by": "bridge",
+            },
+        )
+        cid = (call.call_connection_id or "")[:8]
+        if name == "acs-redial-on-drop":
+            self._spawn(self._redial(call), f"redial-{cid}")
+        else:
+            self._spawn(self._silent_after_drop(call), f"silent-{cid}")
+
+    async def _redial(self, call: FakeCall) -> None:
+        """Dial ``transportUrl`` again, up to :data:`REDIAL_ATTEMPTS` times
+        :data:`RECONNECT_GAP_S` of call time apart; the stream goes on at the current call
+        time (the caller audio of the gap is lost). All failed: ``MediaStreamingFailed``."""
+        status: int | None = None
+        for attempt in range(1, REDIAL_ATTEMPTS + 1):
+            await asyncio.sleep(RECONNECT_GAP_S / self.speed)
+            if call._ending or call._ws is not None:
+                return  # ended, or the bridge restarted streaming itself meanwhile
+            call._log("media_redial", {"attempt": attempt})
+            ws, status = await self._try_dial(call)
+            if ws is None:
+                continue
+            if call._ending or call._ws is not None:
+                await ws.close(1000)
+                return
+            self._run_socket(call, ws, reconnect=True)
+            return
+        if not call._ending:
+            await self._media_failed(call, _dial_failure(status, reconnect=True))
+
+    async def _silent_after_drop(self, call: FakeCall) -> None:
+        """``acs-silent-on-drop``: nothing is posted; the call stays connected (media
+        inactive) until the bridge hangs up, or ends as ``media_dropped`` after
+        :data:`SILENT_DROP_END_S` of call time without media."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call.ended.wait(), SILENT_DROP_END_S / self.speed)
+        if not call._ending and call._ws is None:
+            await self._end(call, "media_dropped")
+
+    async def _disconnect_before_media(self, call: FakeCall) -> None:
+        """``acs-disconnect-before-media``: the caller hangs up right after the answer.
+        ``CallConnected`` then ``CallDisconnected`` are posted, and only then is the media
+        socket dialled (ACS does not order the two, §3/§4); an accepted socket is closed at
+        once with 1000. The call ends as ``caller_hung_up`` after that dial."""
+        await self._post_event(call, "CallConnected")
+        call._ending = True
+        call.end_reason = "caller_hung_up"
+        call._fired("acs-disconnect-before-media")
+        call._log("hangup", {"by": "caller", "reason": "caller_hung_up"})
+        result = _disconnect_result("caller_hung_up")
+        await self._post_event(call, "CallDisconnected", result=result)
+        media = call.media_options
+        if media is not None and media.get("startMediaStreaming"):
+            ws, status = await self._try_dial(call)
+            call.media_refused = ws is None
+            if ws is None:
+                call.media_refused_status = status or 0
+            else:
+                call._log("media_accepted_after_disconnect", {})
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(1000), 5)
+                call.media_close_code = ws.close_code
+        call.state = "disconnected"
+        call._log("ended", {"reason": call.end_reason})
+        call.ended.set()
 
     async def _media_lost(self, call: FakeCall) -> None:
         """The bridge closed the media socket: a hang-up should follow shortly.
@@ -396,6 +507,15 @@ class CallFlow(AcsEvents):
 
 
 _HANGUP_BY = {"caller_hung_up": "caller", "bridge_hung_up": "bridge"}
+# What the fake does when the bridge's side drops the media socket (default: media_lost).
+_DROP_FAULTS = frozenset({"acs-redial-on-drop", "acs-silent-on-drop"})
+
+
+def _dial_failure(status: int | None, *, reconnect: bool) -> str:
+    """``mediaStreamingStatusDetails`` of a media dial that failed with HTTP ``status``."""
+    if status in (401, 403):
+        return "authenticationFailure"
+    return "streamConnectionUnsuccessful" if reconnect else "initialWebSocketConnectionFailed"
 
 
 def _disconnect_result(reason: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,16 @@ def phone(number: str) -> dict[str, Any]:
     return {"kind": "phoneNumber", "rawId": f"4:{number}", "phoneNumber": {"value": number}}
 
 
+@dataclass
+class FileClip:
+    """Audio of a played file (``FileSource``) in what the caller hears: ``pcm`` (PCM16LE at
+    the call's rate) started playing at ``at`` (``time.monotonic()``)."""
+
+    uri: str
+    at: float
+    pcm: bytes
+
+
 @functools.cache
 def _zeros_b64(frame_bytes: int) -> str:
     """A frame of digital silence, base64."""
@@ -83,8 +94,28 @@ class FakeCall:
     refused or ``fail_answer`` simulated an ``AnswerFailed``), ``media_failed`` (the
     media socket could not be opened, even if the bridge then hung up; or the bridge
     closed it and did not hang up within :data:`MEDIA_FAILURE_GRACE_S`),
-    ``not_answered`` (ring timeout), ``media_dropped`` (the ``acs-drop`` fault) or
+    ``not_answered`` (ring timeout), ``media_dropped`` (the ``acs-drop`` fault, or
+    ``acs-silent-on-drop`` with nobody hanging up) or
     ``fake_stopped``. All times are call time (see the package docstring).
+
+    Node attribution (cluster tests; bridge nodes name themselves in the ``x-voicebridge-node``
+    response header, :data:`NODE_HEADER`): :attr:`incoming_deliveries` (one
+    ``{"node", "status", "answering"}`` per ``IncomingCall`` POST; ``answering`` is the int of
+    the JSON reply's ``answering`` field, or None), :attr:`answered_by` (the node of the first
+    delivery whose reply had ``answering >= 1``, else None), :attr:`media_by` (the node of each
+    media WebSocket handshake that succeeded, in order; None where the header was absent),
+    :attr:`media_dials` (every media dial: ``{"node", "status"}``, status 101 for an upgrade,
+    the HTTP status of a refusal, 0 when no HTTP reply came), :attr:`callbacks_by` (one
+    ``{"type", "node", "status"}`` per callback POST, duplicates included). :meth:`summary`
+    gathers them with the counters.
+
+    ``media_drops`` counts media sockets the *bridge's side* dropped: ended without a close
+    frame (1006), not closed by the fake. ``media_refused`` / ``media_refused_status``: whether
+    the media dial of ``acs-disconnect-before-media`` was refused, and its HTTP status (0: no
+    HTTP reply); both None when that dial did not happen. File plays: ``played_files`` (URIs
+    played, in order), ``play_failures`` (``{"uri", "message"}`` per file that could not be
+    played), ``samples_played_from_files`` (file audio mixed into ``heard``; not part of the
+    bridge-audio conservation below).
 
     Fault bookkeeping: :attr:`faults` (what applies to this call), :attr:`faults_fired`,
     ``media_sockets`` (media WebSockets opened),
@@ -134,6 +165,7 @@ class FakeCall:
         self._init_counters()
         self._init_media(caller_pcm, fast=fake.fastpath is not None)
         self._init_tasks()
+        self._init_nodes()
         self._log("ringing", {"caller": caller, "recipient": recipient})
 
     def _init_answer(self, acs_rate: int, call_connection_id: str | None) -> None:
@@ -157,6 +189,32 @@ class FakeCall:
         self.media_sockets = 0
         self.caller_samples_lost_in_gap = 0
         self.samples_flushed_by_drop = 0
+
+    def _init_nodes(self) -> None:
+        """Which bridge node answered what (see the class docstring), and file plays."""
+        self.webhook_url: str | None = None  # where place_call delivered the IncomingCall
+        self.incoming_deliveries: list[dict[str, Any]] = []
+        self.media_by: list[str | None] = []
+        self.media_dials: list[dict[str, Any]] = []
+        self.callbacks_by: list[dict[str, Any]] = []
+        self.media_drops = 0
+        self.media_refused: bool | None = None
+        self.media_refused_status: int | None = None
+        self.played_files: list[str] = []
+        self.play_failures: list[dict[str, str]] = []
+        self.samples_played_from_files = 0
+        self._clips: list[FileClip] = []
+
+    @property
+    def answered_by(self) -> str | None:
+        """The node of the first ``IncomingCall`` delivery whose reply said ``answering >= 1``
+        (None: no such reply, or it named no node)."""
+        for delivery in self.incoming_deliveries:
+            answering = delivery.get("answering")
+            if isinstance(answering, int) and answering >= 1:
+                node = delivery.get("node")
+                return node if isinstance(node, str) else None
+        return None
 
     def _init_counters(self) -> None:
         """Audio and frame counters (see the class docstring)."""
@@ -268,6 +326,46 @@ class FakeCall:
         HTTP status the bridge returned, 0 if it did not answer)`` per callback POST."""
         return [(self._call_time(raw), kind, status) for raw, kind, status in self._callbacks]
 
+    def summary(self) -> dict[str, Any]:
+        """This call in one JSON-ready dict: outcome, audio counters, faults and which bridge
+        node handled what (see the class docstring for each field)."""
+        return {
+            "call_connection_id": self.call_connection_id,
+            "correlation_id": self.correlation_id,
+            "end_reason": self.end_reason,
+            "state": self.state,
+            "acs_rate": self.acs_rate,
+            "delivery_count": self.delivery_count,
+            "incoming_call_status": self.incoming_call_status,
+            "incoming_deliveries": [dict(d) for d in self.incoming_deliveries],
+            "answered_by": self.answered_by,
+            "media_by": list(self.media_by),
+            "media_dials": [dict(d) for d in self.media_dials],
+            "callbacks_by": [dict(c) for c in self.callbacks_by],
+            "media_sockets": self.media_sockets,
+            "media_drops": self.media_drops,
+            "media_close_code": self.media_close_code,
+            "media_refused": self.media_refused,
+            "media_refused_status": self.media_refused_status,
+            "frames_sent": self.frames_sent,
+            "caller_samples_sent": self.caller_samples_sent,
+            "caller_samples_lost_in_gap": self.caller_samples_lost_in_gap,
+            "received_frames": self.received_frames,
+            "received_samples": self.received_samples,
+            "samples_heard": self.samples_heard,
+            "samples_flushed": sum(flushed for _, flushed in self._stops),
+            "samples_flushed_by_drop": self.samples_flushed_by_drop,
+            "samples_queued": self.queued_samples,
+            "stop_audio": len(self._stops),
+            "underrun_frames": self.underrun_frames,
+            "played_files": list(self.played_files),
+            "play_failures": [dict(f) for f in self.play_failures],
+            "samples_played_from_files": self.samples_played_from_files,
+            "faults": sorted(self.faults),
+            "faults_fired": [name for _, name in self._faults_raw],
+            "errors": list(self.errors),
+        }
+
     @property
     def faults_fired(self) -> list[tuple[float, str]]:
         """``(call time s, fault name)`` per fault that took effect, in order."""
@@ -331,9 +429,43 @@ class FakeCall:
     def heard(self) -> npt.NDArray[np.int16]:
         """What the caller heard: int16 PCM at :attr:`acs_rate`, index 0 = call time 0.
 
-        One 20 ms frame per media tick so far, zeros where nothing played.
+        One 20 ms frame per media tick so far, zeros where nothing played; played files
+        (``FileSource``) are mixed in (saturating) where they played, and may reach past the
+        last tick (the result is then padded to whole 20 ms frames).
         """
-        return np.frombuffer(bytes(self._heard), dtype="<i2").astype(np.int16)
+        base = np.frombuffer(bytes(self._heard), dtype="<i2").astype(np.int16)
+        if not self._clips:
+            return base
+        placed: list[tuple[int, npt.NDArray[np.int16]]] = []
+        for clip in self._clips:
+            start = round(self._call_time(clip.at) * self.acs_rate)
+            pcm = np.frombuffer(clip.pcm, dtype="<i2")[max(0, -start) :]
+            placed.append((max(0, start), pcm))  # before call time 0: not in heard
+        end = max(len(base), *(start + len(pcm) for start, pcm in placed))
+        end = math.ceil(end / self.frame_samples) * self.frame_samples
+        mixed = np.zeros(end, dtype=np.int32)
+        mixed[: len(base)] = base
+        for start, pcm in placed:
+            mixed[start : start + len(pcm)] += pcm
+        return np.clip(mixed, -32768, 32767).astype(np.int16)
+
+    def _play_file(self, uri: str, pcm: bytes) -> FileClip:
+        """Mix ``pcm`` (at :attr:`acs_rate`) into what the caller hears from now on."""
+        clip = FileClip(uri=uri, at=time.monotonic(), pcm=pcm)
+        self._clips.append(clip)
+        self.played_files.append(uri)
+        self.samples_played_from_files += len(pcm) // 2
+        self._log("play_file", {"uri": uri, "samples": len(pcm) // 2})
+        return clip
+
+    def _cut_file(self, clip: FileClip) -> None:
+        """The play of ``clip`` was cancelled (or the call ended) now: the rest is not heard."""
+        played = round((time.monotonic() - clip.at) * self._fake.speed * self.acs_rate)
+        keep = min(len(clip.pcm) // 2, max(0, played))
+        if keep < len(clip.pcm) // 2:
+            self.samples_played_from_files -= len(clip.pcm) // 2 - keep
+            clip.pcm = clip.pcm[: 2 * keep]
+            self._log("play_file_cut", {"uri": clip.uri, "samples": keep})
 
     @property
     def queued_samples(self) -> int:
@@ -506,7 +638,8 @@ class FakeCall:
         if self.media_options is None:
             media_state = "disabled"
         else:
-            media_state = "active" if self._ws is not None else "inactive"
+            # active only while a socket is open and streaming: not after a drop or a stop
+            media_state = "active" if self.streaming else "inactive"
         return {
             "callConnectionId": self.call_connection_id,
             "serverCallId": self.server_call_id,

@@ -29,6 +29,12 @@ from aiohttp import web
 
 from voicebridge.sim.fake_acs.flow import CallFlow
 from voicebridge.sim.fake_acs.media import FakeCall, now_utc
+from voicebridge.sim.fake_acs.playfile import (
+    SUBCODE_NOT_DOWNLOADED,
+    PlayFileError,
+    fetch_pcm,
+    file_uris,
+)
 from voicebridge.sim.wav import resample
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 AUDIO_FORMATS = {"pcm16kmono": 16000, "pcm24kmono": 24000}  # §2.2, matched case-insensitively
 SIGNED_HEADERS = "x-ms-date;host;x-ms-content-sha256"  # what the SDK's HMAC policy signs (§2.3)
 _AUTH_RE = re.compile(r"^HMAC-SHA256 SignedHeaders=(?P<headers>[^&]+)&Signature=(?P<sig>\S+)$")
+_ANSWER_PATH = "/calling/callConnections:answer"
 _CALL_PATH_RE = re.compile(r"^/calling/callConnections/(?P<cid>[^/:]+)(?::(?P<action>[A-Za-z]+))?$")
 # A request older or newer than this is refused, as HMAC services do against replay.
 # The exact ACS window is not documented; 15 min is the usual Azure figure [inference].
@@ -109,7 +116,8 @@ def _play_seconds(body: Mapping[str, Any]) -> float | None:
     """How long (call time) a ``:play`` request plays; ``None`` loops until cancelled.
 
     There is no TTS here, so length is estimated from the text (about 60 ms a
-    character, at least half a second); a file counts as 2 s.
+    character, at least half a second); any other source counts as 2 s (a play with a file
+    source is timed by the file itself: :meth:`CallAutomation._run_file_play`).
     """
     options = body.get("playOptions")
     if isinstance(options, dict) and options.get("loop"):
@@ -152,6 +160,8 @@ class CallAutomation(CallFlow):
             "time": time.monotonic(),
         }
         self.requests.append(record)
+        if request.path == _ANSWER_PATH:
+            self.answer_requests += 1
         try:
             response = await self._route(request, body, parsed, record)
         except Exception as exc:
@@ -198,7 +208,7 @@ class CallAutomation(CallFlow):
             return _error(401, f"Denied by the HMAC authentication policy: {problem}.")
         if "api-version" not in request.query:
             return _error(400, "The api-version query parameter is required.")
-        if path == "/calling/callConnections:answer":
+        if path == _ANSWER_PATH:
             if method != "POST":
                 return _error(405, "Method not allowed.")
             return await self._answer(request, parsed, record)
@@ -358,11 +368,22 @@ class CallAutomation(CallFlow):
         call._play_context = context if isinstance(context, str) else call.operation_context
         uri = body.get("operationCallbackUri")
         call._play_callback_uri = uri if isinstance(uri, str) else None
+        name = f"play-{(call.call_connection_id or '')[:8]}"
+        if file_uris(sources) is not None:
+            options = body.get("playOptions")
+            loop = isinstance(options, dict) and bool(options.get("loop"))
+            call._log("play", {"files": file_uris(sources), "sources": len(sources)})
+            call._play_task = self._spawn(
+                self._run_file_play(
+                    call, sources, loop, call._play_context, call._play_callback_uri
+                ),
+                name,
+            )
+            return web.Response(status=202)
         seconds = _play_seconds(body)
         call._log("play", {"seconds": seconds, "sources": len(sources)})
         call._play_task = self._spawn(
-            self._run_play(call, seconds, call._play_context, call._play_callback_uri),
-            f"play-{(call.call_connection_id or '')[:8]}",
+            self._run_play(call, seconds, call._play_context, call._play_callback_uri), name
         )
         return web.Response(status=202)
 
@@ -374,3 +395,65 @@ class CallAutomation(CallFlow):
             await asyncio.Event().wait()
         await asyncio.sleep(seconds / self.speed if seconds else 0)
         await self._post_event(call, "PlayCompleted", operation_context=context, uri=uri)
+
+    async def _run_file_play(
+        self,
+        call: FakeCall,
+        sources: list[Any],
+        loop: bool,
+        context: str | None,
+        uri: str | None,
+    ) -> None:
+        """A play with file sources, in ACS's media plane: every file is fetched and checked
+        first (any failure: ``PlayFailed``, nothing played); then ``PlayStarted``, each file
+        mixed into what the caller hears from the current call time on, whether a media
+        socket is open or not (text sources: silence for their estimated length), and
+        ``PlayCompleted`` after the last one (``loop``: repeated until cancelled)."""
+        items: list[tuple[str, bytes] | float] = []
+        for source in sources:
+            files = file_uris([source])
+            if files is None:
+                items.append(_play_seconds({"playSources": [source]}) or 0.0)
+                continue
+            try:
+                items.append((files[0], await fetch_pcm(self._client(), files[0], call.acs_rate)))
+            except PlayFileError as exc:
+                await self._play_failed(call, files[0], exc, context, uri)
+                return
+        await self._post_event(call, "PlayStarted", operation_context=context, uri=uri)
+        while True:
+            for item in items:
+                if isinstance(item, float):
+                    await asyncio.sleep(item / self.speed)
+                    continue
+                clip = call._play_file(*item)
+                try:
+                    await asyncio.sleep(len(item[1]) / 2 / call.acs_rate / self.speed)
+                except asyncio.CancelledError:
+                    call._cut_file(clip)  # cancelled or hung up: the rest is not heard
+                    raise
+            if not loop:
+                break
+        await self._post_event(call, "PlayCompleted", operation_context=context, uri=uri)
+
+    async def _play_failed(
+        self,
+        call: FakeCall,
+        file_uri: str,
+        exc: PlayFileError,
+        context: str | None,
+        uri: str | None,
+    ) -> None:
+        if exc.subcode == SUBCODE_NOT_DOWNLOADED:
+            message = f"Action failed, file could not be downloaded: {exc}"
+        else:
+            message = f"Action failed, file format is invalid: {exc}"
+        call.play_failures.append({"uri": file_uri, "message": message})
+        call._log("play_failed", {"uri": file_uri, "message": message})
+        await self._post_event(
+            call,
+            "PlayFailed",
+            operation_context=context,
+            uri=uri,
+            result={"code": 400, "subCode": exc.subcode, "message": message},
+        )

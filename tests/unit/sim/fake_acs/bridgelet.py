@@ -4,6 +4,11 @@
 webhook, the callback endpoint and the media WebSocket, answering with the real
 ``azure.communication.callautomation.aio.CallAutomationClient``. The media clock
 runs fast (``speed``) so whole calls take a fraction of a second.
+
+Like a node of a bridge cluster it can name itself (``node``: the ``x-voicebridge-node``
+header on every response, the media handshake included; change it mid-test to play another
+node), reply ``{"answering": n}`` to Event Grid, be killed mid-stream (:meth:`abort_media`:
+the TCP connection of the media socket is reset, no close frame) and serve files to play.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 from voicebridge.core import acs
-from voicebridge.sim.fake_acs import FakeAcs, FakeCall
+from voicebridge.sim.fake_acs import NODE_HEADER, FakeAcs, FakeCall
 
 SPEED = 20.0
 
@@ -66,12 +71,19 @@ class Bridgelet:
         start_media: bool = True,
         media_status: int | None = None,
         inline_answer: bool = False,
+        node: str | None = None,
+        answering: list[int] | None = None,
     ) -> None:
         self.answer = answer
         self.inline_answer = inline_answer  # answer before replying to Event Grid
         self.audio_format = audio_format
         self.start_media = start_media
         self.media_status = media_status  # reject the media upgrade with this status
+        self.node = node  # sent as x-voicebridge-node on every response when set
+        self.answering = answering  # per IncomingCall delivery (the last repeats); None: none
+        self.files: dict[str, bytes] = {}  # served at /files/{name}
+        self.file_requests: list[str] = []
+        self.media_request: web.Request | None = None
         self.client = CallAutomationClient(endpoint, AzureKeyCredential(access_key), retry_total=0)
         self.incoming: list[tuple[dict[str, str], Any]] = []
         self.callbacks: list[tuple[dict[str, str], dict[str, Any]]] = []
@@ -89,6 +101,8 @@ class Bridgelet:
 
     async def start(self) -> None:
         app = web.Application()
+        app.on_response_prepare.append(self._name_node)
+        app.router.add_get("/files/{name}", self._file)
         app.router.add_post("/api/incoming-call", self._incoming)
         app.router.add_route("OPTIONS", "/api/incoming-call", self._options)
         app.router.add_post("/api/callbacks/{key}", self._callback)
@@ -111,6 +125,25 @@ class Bridgelet:
     def webhook(self) -> str:
         return f"http://{self.base}/api/incoming-call"
 
+    def file_url(self, name: str) -> str:
+        return f"http://{self.base}/files/{name}"
+
+    async def _name_node(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.node is not None:
+            response.headers[NODE_HEADER] = self.node
+
+    async def _file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.file_requests.append(name)
+        if name not in self.files:
+            return web.Response(status=404)
+        return web.Response(body=self.files[name], content_type="audio/wav")
+
+    def abort_media(self) -> None:
+        """Die like a killed process: reset the media socket's TCP connection."""
+        assert self.media_request is not None and self.media_request.transport is not None
+        self.media_request.transport.abort()
+
     def callback_types(self) -> list[str]:
         return [ev["type"].removeprefix("Microsoft.Communication.") for _, ev in self.callbacks]
 
@@ -125,6 +158,10 @@ class Bridgelet:
         elif self.answer:
             task = asyncio.create_task(self.answer_call(event["data"]["incomingCallContext"]))
             self._tasks.add(task)
+        if self.answering is not None:
+            deliveries = sum(1 for h, _ in self.incoming if h["aeg-event-type"] == "Notification")
+            value = self.answering[min(deliveries, len(self.answering)) - 1]
+            return web.json_response({"answering": value})
         return web.Response(status=200)
 
     async def _options(self, request: web.Request) -> web.Response:
@@ -162,6 +199,7 @@ class Bridgelet:
 
     async def _media(self, request: web.Request) -> web.StreamResponse:
         self.media_headers = dict(request.headers)
+        self.media_request = request
         if self.media_status is not None:
             return web.Response(status=self.media_status)
         ws = web.WebSocketResponse()
