@@ -54,7 +54,14 @@ def short_pcm() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def long_pcm() -> np.ndarray:
-    """The whole 30 s recording: long enough to kill or drain a node mid-call."""
+    """20 s: three caller turns (one a barge-in), 5 s wall at SPEED: long enough to kill
+    a node mid-call and see the call go on."""
+    return caller_audio(20.0)
+
+
+@pytest.fixture(scope="session")
+def full_pcm() -> np.ndarray:
+    """The whole 30 s recording: for drains and outages, which take wall seconds."""
     return caller_audio(None)
 
 

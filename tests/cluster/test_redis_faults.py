@@ -26,12 +26,12 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 
 async def test_s7_redis_outage_drops_no_call(
-    cluster: Cluster, long_pcm: np.ndarray, short_pcm: np.ndarray
+    cluster: Cluster, full_pcm: np.ndarray, short_pcm: np.ndarray
 ) -> None:
     """S7 (4 calls instead of 6): Redis stops mid-call and comes back empty. No call is
     dropped, calls placed meanwhile are answered, every owner subscribes again to its
     calls' channels, and the hang-ups after the restart still end the calls normally."""
-    calls = await cluster.place_calls(4, long_pcm, stagger_s=0.1)
+    calls = await cluster.place_calls(4, full_pcm, stagger_s=0.1)
     await owners_by_node(cluster, calls)
     records = await cluster.records()
     channels = {c.correlation_id: f"vb:call:{records[c.correlation_id]['cid']}" for c in calls}
