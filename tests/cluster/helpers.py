@@ -80,12 +80,12 @@ def answer_requests_for(cluster: Cluster, calls: Iterable[FakeCall]) -> int:
 
 def callback_nodes(call: FakeCall) -> set[str]:
     """The nodes that answered ``call``'s callbacks (the fake's ``callbacks_by``)."""
-    return {str(cb["node"]) for cb in getattr(call, "callbacks_by", []) if cb.get("node")}
+    return {str(cb["node"]) for cb in call.callbacks_by if cb.get("node")}
 
 
 def media_nodes(call: FakeCall) -> list[str]:
     """The node of each media socket of ``call``, in order (the fake's ``media_by``)."""
-    return [str(n) for n in getattr(call, "media_by", [])]
+    return [str(n) for n in call.media_by if n is not None]
 
 
 async def owners_by_node(cluster: Cluster, calls: Iterable[FakeCall]) -> dict[str, list[FakeCall]]:

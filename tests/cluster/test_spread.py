@@ -59,6 +59,13 @@ async def test_s1_calls_spread_over_every_node_and_callbacks_are_forwarded(
     ]
     assert forwarded, "no CallDisconnected reached a node other than the call's owner"
     assert all(outcomes[c.correlation_id] == "caller_hung_up" for c in forwarded)
+
+
+async def test_s1_forward_latency_is_measured(cluster: Cluster, short_pcm: np.ndarray) -> None:
+    """S1's last criterion: the nodes measure how long a forwarded callback took to
+    reach the owner (scale-out.md §3.9 ``voicebridge_forward_latency_seconds``)."""
+    calls = await cluster.place_calls(3, short_pcm, stagger_s=0.1)
+    await ended(cluster, calls, 60)
     metrics = [await node.get("/metrics") for node in cluster.live_nodes()]
     assert any("voicebridge_forward_latency_seconds" in str(body) for _, body, _ in metrics)
 

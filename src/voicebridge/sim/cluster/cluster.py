@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import inspect
 import secrets
 import shutil
 import tempfile
@@ -311,20 +310,10 @@ class Cluster:
             calls.append(await self.place_call(caller_pcm, faults=faults))
         return calls
 
-    async def redeliver(self, call: FakeCall, times: int = 1) -> list[int]:
-        """Post ``call``'s IncomingCall again ``times`` times (an Event Grid retry,
-        through the balancer); the webhook's statuses."""
-        method = self.acs.redeliver_incoming_call
-        params = inspect.signature(method).parameters
-        statuses: list[int] = []
-        if "times" in params:  # FakeAcs.redeliver_incoming_call(call, times=1)
-            result = await method(call, times=times)  # type: ignore[call-arg]
-            if isinstance(result, list):
-                return [int(s) for s in result]
-            return [int(result)] if isinstance(result, int) else statuses
-        for _ in range(times):
-            statuses.append(await method(call, self.webhook))
-        return statuses
+    async def redeliver(self, call: FakeCall, times: int = 1) -> int:
+        """Post ``call``'s IncomingCall again ``times`` times (Event Grid retries, through
+        the balancer); the last delivery's status (each is in ``incoming_deliveries``)."""
+        return await self.acs.redeliver_incoming_call(call, self.webhook, times=times)
 
     @staticmethod
     async def wait_ended(calls: Iterable[FakeCall], timeout_s: float) -> None:
@@ -350,8 +339,7 @@ class Cluster:
         owner = (await self.owners()).get(call.correlation_id)
         if owner:
             return owner
-        media_by = getattr(call, "media_by", None) or []
-        return str(media_by[-1]) if media_by else None
+        return call.media_by[-1] if call.media_by else None
 
     async def wait_owned(
         self, calls: Iterable[FakeCall], timeout_s: float = 20.0

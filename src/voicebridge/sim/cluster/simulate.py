@@ -18,8 +18,9 @@ nodes have written their outcomes, the report is built (:mod:`.report`):
 * ``nodes[]``: per node what it answered, owned and ended, the balancer's session counts,
   ERROR lines and unhandled exceptions in its log, its exit status;
 * ``fault_actions`` (what the harness did, when), ``balancer``, ``redis`` (commands
-  processed during the run), ``metrics`` (the nodes' ``/metrics`` summed: forwarded
-  callbacks, takeovers, forward latency p99 when the nodes export them).
+  processed during the run), ``metrics`` (the nodes' ``/metrics`` summed:
+  ``cluster_events`` by event, ``forwarded_total``, ``takeovers_total``, and
+  ``forward_latency_p99_s`` once the nodes export ``voicebridge_forward_latency_seconds``).
 
 Cluster faults (``--fault``, next to the ``acs-*``/``voicelive-*`` ones):
 
@@ -39,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from collections import Counter
@@ -363,8 +365,9 @@ async def build_report(
         "balancer": snapshot["balancer"],
         "redis": snapshot["redis_ops"],
         "metrics": {
-            "forwarded_total": _metric_total(sums, "voicebridge_forwarded_total"),
-            "takeovers_total": _metric_total(sums, "voicebridge_takeovers_total"),
+            "cluster_events": cluster_events(sums),
+            "forwarded_total": cluster_events(sums).get("forwarded"),
+            "takeovers_total": cluster_events(sums).get("takeover"),
             "forward_latency_p99_s": histogram_quantile(
                 sums, "voicebridge_forward_latency_seconds", 0.99
             ),
@@ -374,9 +377,18 @@ async def build_report(
     }
 
 
-def _metric_total(sums: dict[str, float], name: str) -> float | None:
-    values = [v for k, v in sums.items() if k == name or k.startswith(name + "{")]
-    return sum(values) if values else None
+_EVENT = re.compile(r'^voicebridge_cluster_events_total\{(?:[^}]*,)?event="(?P<event>[^"]+)"')
+
+
+def cluster_events(sums: dict[str, float]) -> dict[str, float]:
+    """``voicebridge_cluster_events_total`` summed over the nodes, by ``event``
+    (takeover, forwarded, forward_undelivered, handed_off, redis_error, janitor)."""
+    out: dict[str, float] = {}
+    for key, value in sums.items():
+        match = _EVENT.match(key)
+        if match is not None:
+            out[match["event"]] = out.get(match["event"], 0.0) + value
+    return out
 
 
 def summary_text(report: dict[str, Any]) -> str:

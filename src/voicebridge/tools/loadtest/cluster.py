@@ -16,8 +16,8 @@ together, plus ``cluster``:
   resolution), per direction;
 * ``cluster``: ``replicas``, per node its relay p99s, outcomes and CPU seconds, the
   balancer's per-node session counts, ``redis_commands`` (during the run),
-  ``redis_ops_per_s``, and ``forwarded_total`` (callbacks forwarded between nodes, when
-  the nodes export ``voicebridge_forwarded_total``).
+  ``redis_ops_per_s``, and ``forwarded_total`` (callbacks forwarded between nodes:
+  ``voicebridge_cluster_events_total{event="forwarded"}``).
 
 Nothing is pinned: the nodes, the load side and Redis share the machine's CPUs, so this
 tests that calls work through the balancer at load (nothing lost, none failed), and
@@ -37,6 +37,7 @@ from voicebridge.sim.cluster.haproxy import HAProxy, ServerSlot
 from voicebridge.sim.cluster.node import BridgeNode
 from voicebridge.sim.cluster.redis_server import RedisServer
 from voicebridge.sim.cluster.report import histogram_quantile, metric_sums
+from voicebridge.sim.cluster.simulate import cluster_events
 from voicebridge.sim.ports import free_port
 from voicebridge.tools.loadtest import procfs
 from voicebridge.tools.loadtest.children import Child, bridge_env
@@ -283,7 +284,7 @@ async def _cluster_fields(
             balancer = await procs.haproxy.show_stat()
     ops = await procs.redis.ops()
     commands = ops["total_commands_processed"] - ops0["total_commands_processed"]
-    forwarded = [v for k, v in sums.items() if k.startswith("voicebridge_forwarded_total")]
+    forwarded = cluster_events(sums).get("forwarded")
     merged = {
         d: _ms(histogram_quantile(sums, "voicebridge_relay_latency_seconds", 0.99, direction=d))
         for d in ("inbound", "outbound")
@@ -304,7 +305,7 @@ async def _cluster_fields(
         "relay_p99_ms_merged": merged,
         "redis_commands": commands,
         "redis_ops_per_s": round(commands / wall_s, 1) if wall_s > 0 else None,
-        "forwarded_total": sum(forwarded) if forwarded else None,
+        "forwarded_total": forwarded,
     }
 
 
