@@ -56,8 +56,9 @@ async def test_s5a_drain_wait_lets_the_calls_finish(
 ) -> None:
     """S5a: the balancer marks r3 DOWN and sends it nothing new; r3's calls end normally
     on r3; r3 exits by itself; no call failed."""
-    await cluster.heal(env={VICTIM: {"DRAIN_MODE": "wait"}})
     victim = cluster.nodes[VICTIM]
+    await victim.stop()
+    await cluster.heal(env={VICTIM: {"DRAIN_MODE": "wait"}})
     mine, calls = await calls_on_victim(cluster, full_pcm)
     victim.signal(signal.SIGTERM)
     await cluster.haproxy.wait_status(VICTIM, ("DOWN", "MAINT", "DRAIN"), 10)
@@ -77,8 +78,9 @@ async def test_s5b_drain_migrate_moves_the_calls(cluster: Cluster, full_pcm: np.
     """S5b: each of r3's calls sees stopMediaStreaming then startMediaStreaming, a new
     socket on r1 or r2 (r3 logs ``moved``), and goes on; nobody hangs up; r3 exits once
     its calls have moved."""
-    await cluster.heal(env={VICTIM: {"DRAIN_MODE": "migrate"}})
     victim = cluster.nodes[VICTIM]
+    await victim.stop()  # whatever S5a left of it (drained, or still draining)
+    await cluster.heal(env={VICTIM: {"DRAIN_MODE": "migrate"}})
     mine, calls = await calls_on_victim(cluster, full_pcm)
     victim.signal(signal.SIGTERM)
     settle = float(victim.env.get("DRAIN_ROUTE_SETTLE_S", "2"))
