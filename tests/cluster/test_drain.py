@@ -56,9 +56,8 @@ async def test_s5a_drain_wait_lets_the_calls_finish(
 ) -> None:
     """S5a: the balancer marks r3 DOWN and sends it nothing new; r3's calls end normally
     on r3; r3 exits by itself; no call failed."""
-    victim = cluster.nodes[VICTIM]
-    await victim.stop()
     await cluster.heal(env={VICTIM: {"DRAIN_MODE": "wait"}})
+    victim = cluster.nodes[VICTIM]
     mine, calls = await calls_on_victim(cluster, full_pcm)
     victim.signal(signal.SIGTERM)
     await cluster.haproxy.wait_status(VICTIM, ("DOWN", "MAINT", "DRAIN"), 10)
