@@ -13,10 +13,10 @@ from tests.cluster.helpers import answer_requests_for
 pytestmark = pytest.mark.asyncio
 
 
-async def test_s9_the_seventh_call_is_rejected_busy(long_pcm: np.ndarray) -> None:
+async def test_s9_the_seventh_call_is_rejected_busy(short_pcm: np.ndarray) -> None:
     env = {"MAX_CONCURRENT_CALLS": "2", "MAX_NODES": "3"}
     async with running("admission", replicas=3, env=env) as cluster:
-        calls = await cluster.place_calls(7, long_pcm, stagger_s=0.3)
+        calls = await cluster.place_calls(7, short_pcm, stagger_s=0.3)
         await cluster.wait_ended(calls, 90)
         rejects = [
             r for r in cluster.acs.requests if str(r["path"]).endswith("callConnections:reject")

@@ -81,21 +81,23 @@ async def test_s6_a_node_without_the_old_key_refuses_old_urls(
 ) -> None:
     """A callback URL signed with k1 is refused by a node that verifies k2 only, and
     accepted by one that still verifies k1."""
-    # Fresh r1-r3 whatever the deploy above left of them (drained, or still draining).
-    await asyncio.gather(*(cluster.nodes[name].stop() for name in OLD))
-    await cluster.heal()
-    new = [name for name in NEW if name in cluster.nodes]
-    for name in new:  # only revision a answers: the call's URLs are signed with k1
-        await cluster.haproxy.set_server_state(name, "maint")
-    call = await cluster.place_call(short_pcm)
-    await cluster.wait_ended([call], 60)
-    for name in new:
-        await cluster.haproxy.set_server_state(name, "ready")
+    signed_k1 = [c for c in cluster.calls if c.callback_uri and "/1.k1." in c.callback_uri]
+    if signed_k1:  # a call of the deploy above, answered by revision a
+        call = signed_k1[0]
+    else:  # this test alone: only r1-r3 answer, so the call's URLs use k1
+        await cluster.heal()
+        new = [name for name in NEW if name in cluster.nodes]
+        for name in new:
+            await cluster.haproxy.set_server_state(name, "maint")
+        call = await cluster.place_call(short_pcm)
+        await cluster.wait_ended([call], 60)
+        for name in new:
+            await cluster.haproxy.set_server_state(name, "ready")
     assert call.callback_uri is not None
     path = urlsplit(call.callback_uri).path
     assert "/1.k1." in path, path
     k2_only = await cluster.add_node(revision_b(cluster, "k2"), enable=False)
-    k1_too = cluster.nodes["r1"]
+    k1_too = next(n for n in cluster.live_nodes() if n.name in NEW + OLD)
     headers = {"Authorization": f"Bearer {cluster.acs.sign_jwt()}"}
     headers["Content-Type"] = "application/json"
     refused, _, _ = await cluster.http(
