@@ -17,7 +17,7 @@ pytestmark = pytest.mark.asyncio
 
 
 async def test_s12_twelve_calls_through_the_balancer_lose_nothing() -> None:
-    options = LoadOptions(calls=12, seconds=8.0, speed=SPEED, pin=False, replicas=3)
+    options = LoadOptions(calls=12, seconds=6.0, speed=SPEED, pin=False, replicas=3)
     report = await run_cluster_load(options)
     cluster = report["cluster"]
     print(

@@ -5,7 +5,7 @@ supervisor drains both workers (S5b: their calls move to r2).
 
 At speed 1: ``python -m voicebridge.sim.serve --speed S`` runs one process whatever
 ``--workers`` says (a worker re-executes ``voicebridge serve``, without the scaled clock),
-so this module runs the whole cluster in real time, with 16 s calls."""
+so this module runs the whole cluster in real time, with 14 s calls."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def worker_ids(calls: list[FakeCall]) -> set[str]:
 
 
 async def test_s11_workers_share_calls_survive_a_killed_worker_and_drain_together() -> None:
-    pcm: np.ndarray = caller_audio(16.0)
+    pcm: np.ndarray = caller_audio(14.0)
     async with running(
         "workers",
         speed=1.0,
