@@ -176,7 +176,7 @@ def test_simulate_replicas_writes_a_cluster_report(tmp_path: Path, short_pcm: np
     """``voicebridge simulate --replicas 1``: the whole command, with one node (which works
     without the cluster engine), and nothing left running after it."""
     audio = tmp_path / "caller.wav"
-    write_wav(audio, short_pcm[: 8 * 16000], 16000)
+    write_wav(audio, short_pcm[: 6 * 16000], 16000)
     out = tmp_path / "out"
     args = ["--replicas", "1", "--calls", "2", "--speed", str(SPEED)]
     args += ["--caller-audio", str(audio), "--out", str(out)]

@@ -23,7 +23,7 @@ from voicebridge.sim.fake_acs import FakeCall
 
 pytestmark = pytest.mark.asyncio
 
-CALLS = 12
+CALLS = 10
 
 
 def worker_ids(calls: list[FakeCall]) -> set[str]:
