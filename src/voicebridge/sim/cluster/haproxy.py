@@ -48,7 +48,10 @@ class HAProxy:
       :meth:`show_stat`, :meth:`set_server_state`, :meth:`enable`.
 
     Requests are balanced one by one (no ``prefer-last-server``), as the Container Apps
-    ingress does: callbacks of one call land on different nodes.
+    ingress does: callbacks of one call land on different nodes. A connection refused by a
+    node that died and is not DOWN yet is redispatched to another server on the first
+    retry (``option redispatch 1``), instead of HAProxy's default of retrying the same
+    server three times a second apart.
     """
 
     def __init__(self, workdir: Path, servers: list[ServerSlot], port: int | None = None) -> None:
@@ -81,6 +84,11 @@ class HAProxy:
             "defaults",
             "    mode http",
             "    option forwardfor",
+            # A connection refused by a dead node (killed, not yet DOWN) is retried on
+            # another server at once, as an ingress routes around a dead endpoint; without
+            # this HAProxy retries the same server a second apart and then answers 503.
+            "    retries 2",
+            "    option redispatch 1",
             "    timeout connect 2s",
             "    timeout client 1h",
             "    timeout server 1h",

@@ -223,9 +223,7 @@ def call_report(
     :mod:`voicebridge.sim.cluster.simulate`)."""
     outcome, source = final_outcome(segments, record)
     media_by = _attr_list(call, "media_by")
-    owners = [str(n) for n in (media_by or [])] or [s["node"] for s in segments if s["counters"]]
-    logged_nodes = {s["node"] for s in segments if s["counters"] is not None}
-    unlogged = sorted({n for n in owners if n in killed and n not in logged_nodes})
+    unlogged = unlogged_nodes(call, segments, killed)
     conv = conservation(
         call, segments, sessions, voicelive_rate=voicelive_rate, unlogged_nodes=unlogged
     )
@@ -254,7 +252,22 @@ def call_report(
         "conserved": conv["conserved"],
         "audio": conv,
         "media_gaps_s": media_gaps_s(call),
+        "timeline": [[round(float(t), 3), what, detail] for t, what, detail in call.timeline],
     }
+
+
+def unlogged_nodes(call: Any, segments: list[dict[str, Any]], killed: set[str]) -> list[str]:
+    """Killed nodes that held the call's media and so logged no segment of it: from the
+    fake's ``media_by`` when the nodes name themselves; otherwise inferred, when the call
+    had more media sockets than logged segments (a killed node took the others)."""
+    logged = [s for s in segments if s["counters"] is not None]
+    logged_nodes = {s["node"] for s in logged}
+    media_by = [str(n) for n in (getattr(call, "media_by", None) or []) if n is not None]
+    if media_by:
+        return sorted({n for n in media_by if n in killed and n not in logged_nodes})
+    if killed and int(call.media_sockets) > len(logged):
+        return sorted(killed - logged_nodes)
+    return []
 
 
 _RECORD_FIELDS = ("state", "owner", "gen", "outcome", "answered_by", "we_hung_up")

@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 from collections import Counter
@@ -150,6 +151,7 @@ async def run_cluster_sim(options: ClusterSimOptions) -> dict[str, Any]:
     )
     audio_s = len(pcm) / options.acs_rate
     options.out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(options.out / "cluster", ignore_errors=True)  # a previous run's logs
     cluster_options = ClusterOptions(
         replicas=options.replicas,
         speed=options.speed,
