@@ -174,6 +174,8 @@ async def run_cluster_sim(options: ClusterSimOptions) -> dict[str, Any]:
         )
         try:
             await _place(cluster, options, pcm, cluster_faults, first_call)
+            if "duplicate-eventgrid" in cluster_faults:
+                actions.append({"fault": "duplicate-eventgrid", "redeliveries": 2 * options.calls})
             timeout = audio_s / options.speed + 60.0 + options.stagger_s * options.calls
             with contextlib.suppress(TimeoutError):
                 await _watch(cluster, options, timeout, started)
