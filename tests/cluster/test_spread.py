@@ -1,6 +1,6 @@
 """S1 spread, S2 Event Grid duplicates, S3 callback before media, S10 scale metric, then
-S7 Redis outage and S8 pub/sub gap (scale-out.md §6.4), on one shared 3-node cluster:
-none of them stops a node (S7 restarts Redis, empty; S8 cuts one subscriber)."""
+S8 pub/sub gap and S7 Redis outage (scale-out.md §6.4), on one shared 3-node cluster:
+none of them stops a node (S8 cuts one subscriber; S7, last, restarts Redis empty)."""
 
 from __future__ import annotations
 
@@ -134,6 +134,34 @@ async def test_s10_every_node_serves_the_same_scale_metric(
     await eventually(metrics, all_say(0), 20, "every node reports 0 active calls")
 
 
+async def test_s8_pubsub_gap_is_recovered_by_resync(cluster: Cluster, long_pcm: np.ndarray) -> None:
+    """S8: the owner's subscriber connection is killed, and at once the caller hangs up;
+    the owner reconnects, re-reads the call's record and ends it as caller_hung_up."""
+    await cluster.heal()
+    calls = await cluster.place_calls(5, long_pcm, stagger_s=0.1)
+    by_node = await owners_by_node(cluster, calls)
+    await mid_call(calls, 2.0)
+    first = calls[0]
+    owner = cluster.nodes[next(n for n, cs in by_node.items() if first in cs)]
+    killed = await cluster.redis.kill_pubsub(pids=owner.pids())
+    assert killed >= 1
+    await first.hang_up()
+    outcome = await cluster.wait_outcomes([first], 10)
+    assert outcome[first.correlation_id] == "caller_hung_up"
+    others = [c for c in by_node[owner.name] if c is not first and not c.ended.is_set()]
+    if others:
+        records = await cluster.records()
+        channels = [f"vb:call:{records[c.correlation_id]['cid']}" for c in others]
+        await eventually(
+            lambda: cluster.redis.numsub(channels),
+            lambda subs: all(n >= 1 for n in subs.values()),
+            10,
+            "the owner subscribed again",
+        )
+    outcomes = await ended(cluster, calls, 60)
+    assert all(o == "caller_hung_up" for o in outcomes.values()), outcomes
+
+
 async def test_s7_redis_outage_drops_no_call(
     cluster: Cluster, full_pcm: np.ndarray, short_pcm: np.ndarray
 ) -> None:
@@ -163,31 +191,3 @@ async def test_s7_redis_outage_drops_no_call(
     outcomes = await ended(cluster, calls + during, 60)
     assert all(o == "caller_hung_up" for o in outcomes.values()), outcomes
     assert not [c for c in calls + during if hung_up_by_bridge(cluster, c)]
-
-
-async def test_s8_pubsub_gap_is_recovered_by_resync(cluster: Cluster, long_pcm: np.ndarray) -> None:
-    """S8: the owner's subscriber connection is killed, and at once the caller hangs up;
-    the owner reconnects, re-reads the call's record and ends it as caller_hung_up."""
-    await cluster.heal()
-    calls = await cluster.place_calls(5, long_pcm, stagger_s=0.1)
-    by_node = await owners_by_node(cluster, calls)
-    await mid_call(calls, 2.0)
-    first = calls[0]
-    owner = cluster.nodes[next(n for n, cs in by_node.items() if first in cs)]
-    killed = await cluster.redis.kill_pubsub(pids=owner.pids())
-    assert killed >= 1
-    await first.hang_up()
-    outcome = await cluster.wait_outcomes([first], 10)
-    assert outcome[first.correlation_id] == "caller_hung_up"
-    others = [c for c in by_node[owner.name] if c is not first and not c.ended.is_set()]
-    if others:
-        records = await cluster.records()
-        channels = [f"vb:call:{records[c.correlation_id]['cid']}" for c in others]
-        await eventually(
-            lambda: cluster.redis.numsub(channels),
-            lambda subs: all(n >= 1 for n in subs.values()),
-            10,
-            "the owner subscribed again",
-        )
-    outcomes = await ended(cluster, calls, 60)
-    assert all(o == "caller_hung_up" for o in outcomes.values()), outcomes
