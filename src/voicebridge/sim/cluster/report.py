@@ -128,58 +128,32 @@ def conservation(
     (see the module docstring). ``unlogged_nodes``: nodes that held the call's media and
     left no ``counters`` line (killed)."""
     logged = [s for s in segments if s["counters"] is not None]
+    counts = _counts(call, logged, sessions, voicelive_rate)
+    checks = _checks(call, logged, sessions, counts, unlogged_nodes)
+    uncounted = [k for k, v in checks.items() if v is None]
+    return counts | {
+        "unlogged_nodes": list(unlogged_nodes),
+        "checks": checks,
+        "uncounted": uncounted,
+        "countable": not uncounted,
+        "conserved": all(v for v in checks.values() if v is not None),
+    }
+
+
+def _counts(
+    call: Any, logged: list[dict[str, Any]], sessions: list[Any], voicelive_rate: int
+) -> dict[str, Any]:
+    """The call's sample counts at each hop: the fake's, the logged segments' summed,
+    the emulator's sessions' summed."""
     sent = int(call.frame_samples * call.frames_sent)
     caller_in = _sum(logged, "counters", "caller_samples_in")
-    appended = _sum(logged, "counters", "voicelive_samples_appended")
-    agent_in = _sum(logged, "counters", "agent_samples_in")
-    to_acs = sum(
-        int((s["outbound"] or {}).get("agent_samples_sent", 0))
-        + int((s["outbound"] or {}).get("padding_samples_sent", 0))
-        + int((s["counters"] or {}).get("prompt_samples_sent", 0))
-        for s in logged
-    )
-    vl_in, vl_out, vl_clean = _session_counts(sessions)
-    flushed = sum(n for _, n in call.stop_audio)
-    sockets_moved = int(call.media_sockets) > 1 or bool(unlogged_nodes) or len(logged) > 1
-    whole = not unlogged_nodes and bool(logged)
-    checks: dict[str, bool | None] = {
-        # A killed node's segment cannot be counted; no segment at all while the fake
-        # sent audio means nobody accounted for it.
-        "segments_logged": None if unlogged_nodes else bool(logged) or sent == 0,
-        "bridge_accounting": all(
-            bool((s["inbound"] or {}).get("conserved"))
-            and bool((s["outbound"] or {}).get("conserved"))
-            for s in logged
-        )
-        if logged
-        else None,
-        "caller_to_bridge": (caller_in == sent or (sockets_moved and caller_in <= sent))
-        if logged
-        else None,
-        "bridge_to_voicelive": (vl_in == appended if vl_clean else vl_in <= appended)
-        if whole
-        else None,
-        "voicelive_to_bridge": (agent_in == vl_out if vl_clean else agent_in <= vl_out)
-        if whole
-        else None,
-        "bridge_to_acs": (
-            to_acs == call.received_samples or (sockets_moved and to_acs >= call.received_samples)
-        )
-        if whole
-        else None,
-        "acs_played_or_flushed": call.samples_heard
-        + flushed
-        + call.samples_flushed_by_drop
-        + call.queued_samples
-        == call.received_samples,
-    }
-    uncounted = [k for k, v in checks.items() if v is None]
+    vl_in, vl_out, _ = _session_counts(sessions)
     return {
         "caller_samples_sent": sent,
         "caller_samples_lost_in_acs_gaps": int(call.caller_samples_lost_in_gap),
         "caller_samples_into_bridges": caller_in,
         "lost_in_transit_to_bridges": sent - caller_in if logged else None,
-        "voicelive_samples_appended": appended,
+        "voicelive_samples_appended": _sum(logged, "counters", "voicelive_samples_appended"),
         "voicelive_samples_received": vl_in,
         "voicelive_samples_expected": sum(
             out_samples(
@@ -190,18 +164,63 @@ def conservation(
             for s in logged
         ),
         "agent_samples_from_voicelive": vl_out,
-        "agent_samples_into_bridges": agent_in,
-        "agent_samples_to_acs": to_acs,
+        "agent_samples_into_bridges": _sum(logged, "counters", "agent_samples_in"),
+        "agent_samples_to_acs": sum(
+            int((s["outbound"] or {}).get("agent_samples_sent", 0))
+            + int((s["outbound"] or {}).get("padding_samples_sent", 0))
+            + int((s["counters"] or {}).get("prompt_samples_sent", 0))
+            for s in logged
+        ),
         "agent_samples_received_by_acs": int(call.received_samples),
         "caller_samples_heard": int(call.samples_heard),
-        "samples_flushed_by_stop_audio": flushed,
+        "samples_flushed_by_stop_audio": sum(n for _, n in call.stop_audio),
         "samples_flushed_by_socket_drop": int(call.samples_flushed_by_drop),
         "samples_dropped_by_barge_in": _sum(logged, "outbound", "samples_dropped_by_barge_in"),
-        "unlogged_nodes": list(unlogged_nodes),
-        "checks": checks,
-        "uncounted": uncounted,
-        "countable": not uncounted,
-        "conserved": all(v for v in checks.values() if v is not None),
+    }
+
+
+def _checks(
+    call: Any,
+    logged: list[dict[str, Any]],
+    sessions: list[Any],
+    n: dict[str, Any],
+    unlogged_nodes: list[str],
+) -> dict[str, bool | None]:
+    """Each hop's verdict from :func:`_counts`; None where a killed node's segment would
+    be needed. Audio in flight on a replaced socket may be lost (``<=``), never made up."""
+    sent, caller_in = n["caller_samples_sent"], n["caller_samples_into_bridges"]
+    appended, vl_in = n["voicelive_samples_appended"], n["voicelive_samples_received"]
+    agent_in, vl_out = n["agent_samples_into_bridges"], n["agent_samples_from_voicelive"]
+    to_acs, received = n["agent_samples_to_acs"], n["agent_samples_received_by_acs"]
+    vl_clean = _session_counts(sessions)[2]
+    moved = int(call.media_sockets) > 1 or bool(unlogged_nodes) or len(logged) > 1
+    whole = not unlogged_nodes and bool(logged)
+    return {
+        # A killed node's segment cannot be counted; no segment at all while the fake
+        # sent audio means nobody accounted for it.
+        "segments_logged": None if unlogged_nodes else bool(logged) or sent == 0,
+        "bridge_accounting": all(
+            bool((s["inbound"] or {}).get("conserved"))
+            and bool((s["outbound"] or {}).get("conserved"))
+            for s in logged
+        )
+        if logged
+        else None,
+        "caller_to_bridge": (caller_in == sent or (moved and caller_in <= sent))
+        if logged
+        else None,
+        "bridge_to_voicelive": (vl_in == appended if vl_clean else vl_in <= appended)
+        if whole
+        else None,
+        "voicelive_to_bridge": (agent_in == vl_out if vl_clean else agent_in <= vl_out)
+        if whole
+        else None,
+        "bridge_to_acs": (to_acs == received or (moved and to_acs >= received)) if whole else None,
+        "acs_played_or_flushed": call.samples_heard
+        + n["samples_flushed_by_stop_audio"]
+        + call.samples_flushed_by_drop
+        + call.queued_samples
+        == received,
     }
 
 

@@ -410,7 +410,12 @@ def summary_text(report: dict[str, Any]) -> str:
     rows = [
         ("replicas / calls", f"{report['replicas']} / {report['calls_placed']}"),
         ("outcomes", ", ".join(f"{k}:{n}" for k, n in sorted(report["outcomes"].items()))),
-        ("conserved", f"{report['calls_conserved']}/{report['calls_placed']}"),
+        (
+            "conserved",
+            f"{report['calls_conserved']}/{report['calls_placed']} "
+            f"({sum(1 for c in report['calls'] if c['audio']['countable'])} counted at every hop; "
+            "the others held media on a killed node)",
+        ),
         ("answer requests", report["answer_requests"]),
         ("answered by", spread("answered_by")),
         ("media by", spread("media_by")),
