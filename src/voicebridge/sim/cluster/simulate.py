@@ -414,7 +414,7 @@ def summary_text(report: dict[str, Any]) -> str:
             "conserved",
             f"{report['calls_conserved']}/{report['calls_placed']} "
             f"({sum(1 for c in report['calls'] if c['audio']['countable'])} counted at every hop; "
-            "the others held media on a killed node)",
+            "others: media on a killed node, or no media at all)",
         ),
         ("answer requests", report["answer_requests"]),
         ("answered by", spread("answered_by")),
