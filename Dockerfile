@@ -85,5 +85,9 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
 # the socket before buffering) and, unlike plain `uvicorn`, drains on SIGTERM: readiness
 # turns false, no new calls, live calls get DRAIN_GRACE_S to finish and then hear a
 # goodbye. Plain uvicorn would close every media WebSocket (1012) at once.
-# Exec form: the process is PID 1 and receives SIGTERM itself.
+# WORKERS=N runs N worker processes, each its own node on port 8000 (SO_REUSEPORT),
+# under a small supervisor that forwards SIGTERM so every worker drains
+# (voicebridge.workers); unset or 1, one process as before.
+# Exec form: the process (the supervisor, with WORKERS > 1) is PID 1 and receives
+# SIGTERM itself.
 CMD ["voicebridge", "serve", "--host", "0.0.0.0", "--port", "8000"]

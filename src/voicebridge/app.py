@@ -12,16 +12,16 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.communication.callautomation.aio import CallAutomationClient
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voicebridge import __version__, logs, telemetry
 from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call, CallOutcome, CallRegistry
 from voicebridge.clock import Clock, RealClock
-from voicebridge.cluster.node import ClusterNode
 from voicebridge.config import Settings
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
@@ -32,6 +32,9 @@ from voicebridge.security import (
 )
 from voicebridge.stats import ServiceStats
 from voicebridge.voicelive.session import make_credential
+
+if TYPE_CHECKING:
+    from voicebridge.cluster.node import ClusterNode
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,11 @@ class AppContext:
             ),
         )
         # Many nodes (REDIS_URL): the shared call state; None runs one process alone.
-        self.cluster: ClusterNode | None = (
-            ClusterNode(settings, self.stats) if settings.clustered else None
-        )
+        self.cluster: ClusterNode | None = None
+        if settings.clustered:  # imported only then: redis imports the OpenTelemetry SDK
+            from voicebridge.cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(settings, self.stats)
         if self.cluster is not None:
             self.registry.on_end = self._shared_end
             logs.node = self.cluster.name
@@ -244,6 +249,35 @@ def eventgrid_token_validator(settings: Settings) -> TokenValidator | None:
     )
 
 
+#: ASGI messages that open a response: HTTP, a WebSocket handshake, a refused handshake.
+_RESPONSE_STARTS = frozenset(
+    ("http.response.start", "websocket.accept", "websocket.http.response.start")
+)
+
+
+class NodeHeader:
+    """``EXPOSE_NODE_ID=true``: name the node that answered in an ``x-voicebridge-node``
+    header on every HTTP response and WebSocket handshake (which worker or replica
+    served, for the cluster simulator and the workers test). Installed only when the
+    setting is on, so it adds nothing to the media path otherwise."""
+
+    def __init__(self, app: ASGIApp, node: str) -> None:
+        self.app = app
+        self.header = (b"x-voicebridge-node", node.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_named(message: Message) -> None:
+            if message["type"] in _RESPONSE_STARTS:
+                message = {**message, "headers": [*message.get("headers", ()), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_named)
+
+
 def create_app_from_env() -> FastAPI:
     """``uvicorn --factory voicebridge.app:create_app_from_env``: settings from the
     environment; a bad setting exits with one line naming the variable."""
@@ -300,6 +334,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(assets.router)
     app.include_router(metrics.router)
+    if settings.expose_node_id:
+        app.add_middleware(NodeHeader, node=settings.node_name)
     if settings.debug_endpoints:
         app.include_router(debug.router)
         log.warning(

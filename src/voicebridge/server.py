@@ -1,10 +1,12 @@
-"""``voicebridge serve``: the bridge on uvicorn."""
+"""``voicebridge serve``: the bridge on uvicorn, in one process or, with ``--workers N``,
+in N worker processes under a small supervisor (:mod:`voicebridge.workers`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import logging
 import signal
 import socket
 import sys
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from voicebridge import workers
 from voicebridge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -20,10 +23,22 @@ if TYPE_CHECKING:
     from voicebridge.clock import Clock
     from voicebridge.config import Settings
 
+log = logging.getLogger(__name__)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port (default: PORT or 8000)")
+    parser.add_argument(
+        "--workers",
+        type=workers.parse_count,
+        metavar="N|auto",
+        help="worker processes, each its own node on the same port (SO_REUSEPORT), under a "
+        "supervisor that drains them all on SIGTERM; auto = the CPUs available "
+        "(default: WORKERS or 1)",
+    )
+    # A worker of `--workers N`: the supervisor's pid (set by the supervisor only).
+    parser.add_argument("--worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -99,24 +114,52 @@ class DrainingServer(uvicorn.Server):
 
 
 def run(args: argparse.Namespace, *, clock: Clock | None = None) -> int:
-    """``voicebridge serve`` (``clock``: only ``python -m voicebridge.sim.serve`` passes one)."""
+    """``voicebridge serve`` (``clock``: only ``python -m voicebridge.sim.serve`` passes
+    one, and runs one process whatever ``--workers`` says)."""
     from voicebridge import logs
-    from voicebridge.app import create_app
     from voicebridge.config import load_settings
 
     try:
-        settings = load_settings()
+        settings = load_settings()  # checked here, once, before any worker starts
     except ConfigError as exc:
         print(f"voicebridge: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.log_format)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    worker_of: int | None = getattr(args, "worker_of", None)
+    count = getattr(args, "workers", None) or settings.workers
+    if clock is not None or worker_of is not None or count == 1:
+        return serve(settings, host, port, clock=clock, worker_of=worker_of)
+    if not settings.clustered:
+        log.warning(
+            "%d workers without REDIS_URL: each worker knows only the calls it answered, "
+            "so a callback or media socket that lands on another worker fails its call. "
+            "Set REDIS_URL (and CALL_URL_KEYS) for more than one worker",
+            count,
+        )
+    return workers.supervise(count, host, port)
+
+
+def serve(
+    settings: Settings, host: str, port: int, *, clock: Clock | None, worker_of: int | None
+) -> int:
+    """One process of the bridge: uvicorn binding ``host:port`` itself, or, as a worker
+    of supervisor ``worker_of``, on its own ``SO_REUSEPORT`` socket."""
+    from voicebridge.app import create_app
+
+    sockets: list[socket.socket] | None = None
+    if worker_of is not None:
+        if not workers.die_with_supervisor(worker_of):
+            return 0  # the supervisor is gone already
+        try:
+            sockets = [workers.reuseport_socket(host, port)]
+        except OSError as exc:
+            log.error("cannot bind %s:%d: %s", host, port, exc)
+            return workers.STARTUP_FAILURE
+        log.info("worker %s on %s:%d (SO_REUSEPORT)", settings.node_name, host, port)
     app = create_app(settings, clock=clock)
-    config = uvicorn.Config(
-        app,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        **uvicorn_options(settings),
-    )
+    config = uvicorn.Config(app, host=host, port=port, **uvicorn_options(settings))
     ctx: AppContext = app.state.ctx
-    DrainingServer(config, ctx).run()
+    DrainingServer(config, ctx).run(sockets=sockets)
     return 0

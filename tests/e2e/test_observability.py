@@ -159,8 +159,10 @@ async def test_metrics_and_json_logs_of_a_simulated_call(
         assert value(fams, h + "_bucket", direction=direction, le="+Inf") == count
         assert value(fams, h + "_bucket", direction=direction, le="0.025") > 0
         assert 0 < value(fams, h + "_sum", direction=direction) < count * 0.1
-    # inbound: every ACS frame sent on to Voice Live was timed
-    assert value(fams, h + "_count", direction="inbound") >= frames_in - 5
+    # inbound: every ACS frame sent on to Voice Live was timed, except those that came
+    # while the session was still connecting (held, then sent together with the first
+    # timed one): up to a second of frames on a loaded machine
+    assert value(fams, h + "_count", direction="inbound") >= frames_in - 50
     assert value(fams, "voicebridge_event_loop_lag_seconds_count") > 0
 
     # ---- the logs

@@ -332,12 +332,14 @@ def _get(url: str) -> int | None:
 
 
 @needs_factory
-def test_cmd_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cmd_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path, workers: str) -> None:
+    """WORKERS=2: PID 1 is the supervisor; SIGTERM drains both workers, nothing is left."""
     port = _free_port()
     proc = subprocess.Popen(
         ["/bin/sh", "-c", _local_command(port)],
         cwd=tmp_path,  # no stray .env
-        env=_env(tmp_path),
+        env=_env(tmp_path, WORKERS=workers),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -351,7 +353,7 @@ def test_cmd_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
             assert time.monotonic() < deadline, "no /healthz 200 within 20 s"
             time.sleep(0.1)
         assert _get(f"http://127.0.0.1:{port}/readyz") == 200
-        proc.send_signal(signal.SIGTERM)  # `exec` made the server this very process
+        proc.send_signal(signal.SIGTERM)  # `exec` made the server (or supervisor) this process
         _, err = proc.communicate(timeout=10)
         code = proc.returncode
         stderr = err.decode()

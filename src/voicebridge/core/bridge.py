@@ -59,6 +59,7 @@ from voicebridge.core.events import (
     CallerSpeechStopped,
     Dtmf,
     ReplaceReason,
+    ServerTool,
     ToolAnswered,
     ToolRequested,
 )
@@ -93,6 +94,12 @@ __all__ = [
     "Timeouts",
     "UplinkConfig",
 ]
+
+
+#: Event types of tools the service runs itself (agent mode): MCP calls (the SDK's
+#: ``response.mcp_call*``, ``mcp_list_tools.*``) and Foundry agent calls (named
+#: ``response.foundry_agent_call*`` by the how-to; not in the SDK we pin: unverified).
+SERVER_TOOL_PREFIXES = ("response.mcp_call", "mcp_list_tools", "response.foundry_agent_call")
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +282,8 @@ class CallBridge:
                 pass  # on purpose: response.audio_transcript.done carries the whole text
             case vl.Other():
                 self._accounting.counters.voicelive_other_types[ev.type] += 1
+                if ev.type.startswith(SERVER_TOOL_PREFIXES):
+                    self._events.append(ServerTool(type=ev.type))
 
     # ------------------------------------------------------------------ call control
 
@@ -339,6 +348,7 @@ class CallBridge:
         c = self._accounting.counters
         if result.kind == "submitted":
             c.dtmf_submitted += 1
+            self._session.keypad.add(result.digits)
             self._keyed = ("user", self._dtmf_text.format(digits=result.digits))
             self._respond_if_due()
         elif result.kind == "action":

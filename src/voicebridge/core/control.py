@@ -19,6 +19,7 @@ Pure state machines with injected times (media seconds), like the rest of the co
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "DtmfCollector",
     "DtmfConfig",
     "DtmfResult",
+    "KeypadSecrets",
     "NoInput",
     "NoInputConfig",
     "ToolCalls",
@@ -45,6 +47,8 @@ class DtmfConfig:
     clear_key: str = "*"
     #: A key → an action name, taken at once when pressed on an empty entry.
     actions: Mapping[str, str] = field(default_factory=dict)
+    #: Keys per second taken at most (a phone sends a few; a flood is dropped, counted).
+    max_keys_per_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +65,22 @@ class DtmfResult:
 class DtmfCollector:
     """One call's keypad entry (see the module docstring)."""
 
-    __slots__ = ("_config", "_digits", "_last_at")
+    __slots__ = ("_allowance", "_config", "_digits", "_last_at")
 
     def __init__(self, config: DtmfConfig | None = None) -> None:
         self._config = config or DtmfConfig()
         self._digits = ""
         self._last_at = 0.0
+        self._allowance = self._config.max_keys_per_s  # a token bucket of one second
 
     def press(self, key: str, now: float) -> DtmfResult:
         c = self._config
         key = key.strip().upper()[:1]
-        if key not in DTMF_KEYS:
+        rate = c.max_keys_per_s
+        self._allowance = min(rate, self._allowance + (now - self._last_at) * rate)
+        if key not in DTMF_KEYS or self._allowance < 1.0:
             return DtmfResult("ignored", length=len(self._digits))
+        self._allowance -= 1.0
         self._last_at = now
         if not self._digits and key in c.actions:
             return DtmfResult("action", action=c.actions[key])
@@ -145,6 +153,27 @@ class NoInput:
             return "reprompt"
         self._given_up = True
         return "give_up"
+
+
+class KeypadSecrets:
+    """Keypad entries typed on this call, to blank them out of transcripts before they
+    are logged (the model may read a card number back): an entry's digits in a row,
+    or separated by spaces, dots or dashes, become ``[keypad]``."""
+
+    __slots__ = ("_patterns",)
+
+    def __init__(self) -> None:
+        self._patterns: list[re.Pattern[str]] = []
+
+    def add(self, digits: str) -> None:
+        digits = "".join(d for d in digits if d.isdigit())
+        if len(digits) >= 3:
+            self._patterns.append(re.compile(r"[\s.-]?".join(map(re.escape, digits))))
+
+    def redact(self, text: str) -> str:
+        for pattern in self._patterns:
+            text = pattern.sub("[keypad]", text)
+        return text
 
 
 def parse_arguments(arguments: str) -> dict[str, Any] | str:

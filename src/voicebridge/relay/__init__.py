@@ -22,14 +22,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.websockets import WebSocket
 
 from voicebridge import observations
 from voicebridge.calls import Call, CallOutcome
 from voicebridge.clock import Clock
-from voicebridge.cluster.node import ClusterNode
 from voicebridge.config import Settings
 from voicebridge.core.bridge import (
     CallBridge,
@@ -68,6 +67,9 @@ from voicebridge.relay.tracing import CallTracing
 from voicebridge.stats import ServiceStats
 from voicebridge.telemetry import Telemetry
 from voicebridge.voicelive.session import SEND_ERRORS, OpenSession, session_config
+
+if TYPE_CHECKING:
+    from voicebridge.cluster.node import ClusterNode
 
 __all__ = ["CallServices", "MediaRelay", "OpenVoiceLive", "bridge_for", "prompt_pcm"]
 

@@ -38,11 +38,14 @@ import uvicorn
 from voicebridge.app import create_app
 from voicebridge.config import Settings
 from voicebridge.server import uvicorn_options
+from voicebridge.sim import scenarios
 from voicebridge.sim.clock import ScaledClock
+from voicebridge.sim.cluster import simulate as cluster_simulate
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
-from voicebridge.sim.fake_acs import FakeAcs, FakeCall
+from voicebridge.sim.fake_acs import FakeAcs, FakeCall, dtmf_from_segments
 from voicebridge.sim.faults import FAULT_HELP, parse_faults
 from voicebridge.sim.ports import free_socket
+from voicebridge.sim.script import caller_script
 from voicebridge.sim.wav import read_wav, resample, write_wav
 
 log = logging.getLogger(__name__)
@@ -95,7 +98,7 @@ def load_caller(options: SimOptions) -> tuple[np.ndarray, list[dict[str, Any]]]:
         segments = json.loads(shipped("caller.json").read_text())
     else:
         pcm, rate = read_wav(options.caller_audio)
-        segments = None
+        segments = caller_script(options.caller_audio)  # the X.json beside X.wav, if any
     pcm = resample(pcm, rate, options.acs_rate, how="bridge")  # as the bridge would
     if segments is None:
         segments = speech_segments(pcm, options.acs_rate)
@@ -186,7 +189,10 @@ async def run_call(options: SimOptions) -> SimResult:
         raise ValueError("voicelive-* faults need the emulator, not --voicelive-endpoint")
     emulator: VoiceLiveEmulator | None = None
     if options.voicelive_endpoint is None:
-        emulator_kwargs = {"faults": faults.voicelive} | options.emulator
+        emulator_kwargs: dict[str, Any] = {"faults": faults.voicelive}
+        if options.caller_audio is not None and caller_script(options.caller_audio):
+            emulator_kwargs["caller_segments"] = segments  # what the emulator "hears"
+        emulator_kwargs |= options.emulator
         emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=speed, **emulator_kwargs)
         await emulator.start()
     acs = FakeAcs(acs_rate=options.acs_rate, speed=speed, faults=faults.acs)
@@ -217,6 +223,7 @@ async def run_call(options: SimOptions) -> SimResult:
             call = await acs.place_call(
                 webhook_url=f"{base_url}/api/incoming-call",
                 caller_pcm=caller_pcm.tobytes(),
+                dtmf=dtmf_from_segments(segments),  # keys the caller script presses
             )
             timeout = options.timeout_s or (audio_s / speed + 30.0)
             started = time.monotonic()
@@ -324,6 +331,18 @@ def build_report(
         },
         "voicelive": _voicelive_report(bridge, emulator),
         "session": first_session_update(sessions),
+        "usage": bridge.get("usage"),
+        "call_control": {
+            k: bridge.get("counters", {}).get(k, 0)
+            for k in (
+                "tool_calls",
+                "tool_errors",
+                "dtmf_tones",
+                "dtmf_submitted",
+                "dtmf_actions",
+                "no_input_reprompts",
+            )
+        },
         "errors": _errors(call, sessions, summary),
     }
 
@@ -654,6 +673,8 @@ def summary_text(report: dict[str, Any]) -> str:
         ),
         ("conserved", a["conserved"]),
         ("guard", f"sent {report['guard']['sent_by_type']}, blocked {report['guard']['blocked']}"),
+        ("call control", ", ".join(f"{k} {v}" for k, v in report["call_control"].items() if v)),
+        ("tokens", _usage_line(report.get("usage"))),
         ("errors", len(report["errors"])),
     ]
     width = max(len(k) for k, _ in rows)
@@ -661,6 +682,16 @@ def summary_text(report: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def _usage_line(usage: dict[str, Any] | None) -> str:
+    if not usage:
+        return "none reported"
+    return (
+        f"in {usage['input_text']} text + {usage['input_audio']} audio "
+        f"({usage['input_cached']} cached), out {usage['output_text']} text + "
+        f"{usage['output_audio']} audio: ~${usage['cost_usd']:.4f}"
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -676,39 +707,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a real Voice Live (credentials and mode from the environment), not the emulator",
     )
     parser.formatter_class = argparse.RawTextHelpFormatter  # keeps the fault list one per line
-    from voicebridge.sim.cluster.simulate import CLUSTER_FAULT_HELP
-
     parser.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        metavar="NAME[=ARG]",
-        help=FAULT_HELP + "\n" + CLUSTER_FAULT_HELP,
+        "--scenario",
+        choices=sorted(scenarios.SCENARIOS),
+        help="a call-control scenario (its own caller, settings and faults):\n"
+        + scenarios.scenario_help(),
     )
-    cluster = parser.add_argument_group(
-        "cluster (voicebridge.sim.cluster: needs redis-server and haproxy)"
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="NAME[=ARG]", help=FAULT_HELP
     )
-    cluster.add_argument(
-        "--replicas",
-        type=int,
-        help="run N bridge nodes behind HAProxy with Redis; writes cluster-report.json",
-    )
-    cluster.add_argument("--calls", type=int, help="with --replicas: calls (default 3)")
-    cluster.add_argument(
-        "--drain-mode",
-        choices=("wait", "migrate"),
-        help="with --replicas: the nodes' DRAIN_MODE (default wait)",
-    )
+    cluster_simulate.configure(parser)  # --replicas N, --calls, --drain-mode, cluster faults
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "replicas", None) is not None:
-        from voicebridge.sim.cluster import simulate as cluster_simulate
-
-        return cluster_simulate.run(args)
-    if getattr(args, "calls", None) is not None or getattr(args, "drain_mode", None):
-        print("voicebridge simulate: --calls and --drain-mode go with --replicas", file=sys.stderr)
-        return 2
+    if args.replicas is not None or args.calls is not None or args.drain_mode is not None:
+        return cluster_simulate.run(args)  # many nodes (its options alone: an error)
     from voicebridge import logs
 
     # Console: warnings, as text. The bridge's own log, as the service writes it (JSON,
@@ -732,8 +745,10 @@ def run(args: argparse.Namespace) -> int:
         progress=lambda msg: print(msg, flush=True),
         faults=args.fault,
     )
+    if args.scenario:
+        options = scenarios.build(args.scenario, options)
     try:
-        parse_faults(args.fault)
+        parse_faults(options.faults)
     except ValueError as exc:
         print(f"voicebridge simulate: {exc}", file=sys.stderr)
         return 2

@@ -184,3 +184,56 @@ def test_usage_with_bad_numbers_counts_zero() -> None:
     c = counters(b)
     assert c["tokens_input_text"] == 0 and c["tokens_output_text"] == 0
     assert c["voicelive_malformed"] == 0
+
+
+def test_tools_the_service_runs_itself_are_reported_by_type_only() -> None:
+    b = quiet()
+    vl_in(b, {"type": "response.mcp_call.in_progress", "item_id": "m1", "arguments": "secret"})
+    vl_in(b, {"type": "response.foundry_agent_call.completed", "output": "card 4111"})
+    vl_in(b, {"type": "rate_limits.updated"})
+    got = [e for e in b.events_received() if isinstance(e, events.ServerTool)]
+    assert got == [
+        events.ServerTool(type="response.mcp_call.in_progress"),
+        events.ServerTool(type="response.foundry_agent_call.completed"),
+    ]
+    assert "secret" not in repr(got) and "4111" not in repr(got)
+
+
+def test_keypad_digits_are_blanked_out_of_logged_transcripts() -> None:
+    b = quiet()
+    for i, key in enumerate("4111222233334444#"):
+        b.poll(0.2 * i)  # the bridge's media clock moves on between keys
+        b.receive_acs(acs.dtmf_message(key))
+    vl_in(
+        b,
+        {
+            "type": "response.audio_transcript.done",
+            "response_id": "r9",
+            "item_id": "a9",
+            "transcript": "I have 4111 2222 3333 4444, and 4111-2222-3333-4444 again.",
+        },
+    )
+    vl_in(
+        b,
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "u9",
+            "transcript": "yes 4111222233334444 is right",
+        },
+    )
+    said = [
+        e
+        for e in b.events_received()
+        if isinstance(e, events.AgentTranscript | events.UserTranscript)
+    ]
+    assert [e.text for e in said] == [
+        "I have [keypad], and [keypad] again.",
+        "yes [keypad] is right",
+    ]
+
+
+def test_a_flood_of_keys_is_bounded() -> None:
+    c = DtmfCollector(DtmfConfig(max_keys_per_s=10.0, max_digits=64))
+    kinds = [c.press("1", 5.0).kind for _ in range(100)]  # 100 keys in one instant
+    assert kinds.count("collecting") == 10 and kinds.count("ignored") == 90
+    assert c.press("2", 5.5).kind == "collecting"  # half a second later: 5 more allowed

@@ -442,9 +442,34 @@ def summary_text(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
+def configure(parser: argparse.ArgumentParser) -> None:
+    """``voicebridge simulate``'s cluster arguments (an argument group)."""
+    cluster = parser.add_argument_group(
+        "cluster (voicebridge.sim.cluster: needs redis-server and haproxy)",
+        description="--fault also takes, " + CLUSTER_FAULT_HELP,
+    )
+    cluster.add_argument(
+        "--replicas",
+        type=int,
+        help="run N bridge nodes behind HAProxy with Redis; writes cluster-report.json",
+    )
+    cluster.add_argument("--calls", type=int, help="with --replicas: calls (default 3)")
+    cluster.add_argument(
+        "--drain-mode",
+        choices=("wait", "migrate"),
+        help="with --replicas: the nodes' DRAIN_MODE (default wait)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """``voicebridge simulate --replicas N``: 0 when every call has an outcome and is
     conserved, 1 otherwise or when the run failed, 2 on bad options or missing programs."""
+    if args.replicas is None:
+        print("voicebridge simulate: --calls and --drain-mode go with --replicas", file=sys.stderr)
+        return 2
+    if getattr(args, "scenario", None):
+        print("voicebridge simulate: --scenario does not combine with --replicas", file=sys.stderr)
+        return 2
     args.calls = 3 if args.calls is None else args.calls
     args.drain_mode = args.drain_mode or "wait"
     if args.replicas < 1 or args.calls < 1:
