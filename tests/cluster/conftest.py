@@ -61,8 +61,10 @@ def long_pcm() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def full_pcm() -> np.ndarray:
-    """The whole 30 s recording: for drains and outages, which take wall seconds."""
-    return caller_audio(None)
+    """24 s, for drains and outages, which take wall seconds: all but the caller's
+    "Thanks, goodbye." (after which the agent would hang up itself, agent_hung_up), so the
+    caller hangs up and the CallDisconnected must reach the owner."""
+    return caller_audio(24.0)
 
 
 @contextlib.asynccontextmanager
