@@ -104,3 +104,27 @@ async def ended(cluster: Cluster, calls: Iterable[FakeCall], timeout_s: float) -
     calls = list(calls)
     await cluster.wait_ended(calls, timeout_s)
     return await cluster.wait_outcomes(calls, 15.0)
+
+
+def assert_outcomes(
+    cluster: Cluster, outcomes: dict[str, Any], expected: tuple[str, ...] = ("caller_hung_up",)
+) -> None:
+    """Every call in ``outcomes`` (correlation id -> final outcome) ended as one of
+    ``expected``; otherwise AssertionError describing each call that did not."""
+    by_id = {c.correlation_id: c for c in cluster.calls}
+    bad = []
+    for corr, outcome in outcomes.items():
+        if outcome in expected:
+            continue
+        call = by_id.get(corr)
+        bad.append(
+            {
+                "call": corr[:8],
+                "outcome": outcome,
+                "fake_end": call.end_reason if call else None,
+                "answered_by": call.answered_by if call else None,
+                "media_by": call.media_by if call else None,
+                "requests": actions_of(cluster, call) if call else None,
+            }
+        )
+    assert not bad, f"{len(bad)} of {len(outcomes)} calls did not end as {expected}: {bad}"
