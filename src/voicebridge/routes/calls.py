@@ -282,7 +282,10 @@ async def _forward(
                 record["ccid"] = ccid
             for event in events:
                 if event.type == "CallDisconnected" and not record.get("we_hung_up"):
-                    await cluster.ended(call_id, CallOutcome.CALLER_HUNG_UP, we_hung_up=False)
+                    # the caller left; if the node that held the call had died, that is why
+                    dead = record.get("owner") and not await cluster.alive(record["owner"])
+                    outcome = CallOutcome.OWNER_LOST if dead else CallOutcome.CALLER_HUNG_UP
+                    await cluster.ended(call_id, outcome, we_hung_up=False)
                 elif event.type == "AnswerFailed":
                     await cluster.ended(call_id, CallOutcome.ANSWER_FAILED, we_hung_up=False)
         received = await cluster.forward(call_id, body)
@@ -294,6 +297,8 @@ async def _forward(
         if record is None or record.get("state") == "ended":
             return
         if "MediaStreamingFailed" in types and received == 0:
+            if record.get("owner"):  # its node died: that is the outcome, whatever follows
+                await cluster.ended(call_id, CallOutcome.OWNER_LOST, we_hung_up=False)
             ctx.spawn(
                 service.end_orphan(ctx, call_id, record, media_gone=True),
                 name=f"orphan-{call_id}",
