@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import csv
 import io
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,7 @@ class HAProxy:
         self.servers = list(servers)
         self.port = port or free_port()
         self.proc: Proc | None = None
+        self._short_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -67,7 +70,15 @@ class HAProxy:
 
     @property
     def socket_path(self) -> Path:
-        return self.workdir / "haproxy.sock"
+        """The admin socket: in the work directory unless that path is too long for a
+        unix socket (108 bytes on Linux; pytest's temporary directories can be longer),
+        then in a short directory of its own."""
+        path = self.workdir / "haproxy.sock"
+        if len(str(path).encode()) < 100:
+            return path
+        if self._short_dir is None:
+            self._short_dir = Path(tempfile.mkdtemp(prefix="vbhap-"))
+        return self._short_dir / "haproxy.sock"
 
     @property
     def config_path(self) -> Path:
@@ -123,7 +134,6 @@ class HAProxy:
         check = await asyncio.create_subprocess_exec(
             binary("haproxy"),
             "-c",
-            "-q",
             "-f",
             str(self.config_path),
             stdout=asyncio.subprocess.PIPE,
@@ -155,6 +165,9 @@ class HAProxy:
     async def stop(self) -> None:
         if self.proc is not None:
             await self.proc.stop(grace_s=4.0)
+        if self._short_dir is not None:
+            shutil.rmtree(self._short_dir, ignore_errors=True)
+            self._short_dir = None
 
     async def command(self, line: str) -> str:
         """One runtime API command on the admin socket; its whole answer."""
