@@ -186,12 +186,23 @@ class ClusterNode:
             "scid": call.server_call_id,
             "caller": call.caller,
             "callee": call.callee,
+            "profile": call.profile,  # the node that runs the call uses its settings
             "answered_by": self.name,
             "answered_at": str(time.time()),
         }
         if traceparent:
             fields["traceparent"] = traceparent
+        if call.direction == "outbound":  # dialled by POST /api/calls, with its context
+            fields |= {"dir": "outbound", "ctx": json.dumps(call.context, ensure_ascii=False)}
         await self._call(self.store.create(call.id, fields))
+
+    async def remember(self, key: str, value: str) -> str | None:
+        """An outbound Idempotency-Key bound to ``value`` on every node, unless it is
+        bound already: the value that stands (None: Redis could not be asked)."""
+        return await self._call(self.store.remember(key, value, ttl_s=24 * 3600))  # type: ignore[no-any-return]
+
+    async def recall(self, key: str) -> str | None:
+        return await self._call(self.store.recall(key))  # type: ignore[no-any-return]
 
     async def restore(self, cid: str, **fields: str) -> None:
         await self._call(self.store.restore(cid, fields))

@@ -27,6 +27,7 @@ from voicebridge.cluster import service
 from voicebridge.core import webhooks
 from voicebridge.deps import AcsCallbackDep, CtxDep
 from voicebridge.errors import WebhookError
+from voicebridge.outbound import create_failed
 from voicebridge.security import TokenRejected, constant_time_equal
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,9 @@ def _start_answer(ctx: AppContext, event: webhooks.IncomingCall, ids: tuple[str,
         ids=ids,
     )
     call.callee = event.callee_raw_id
-    call.log.write("incoming_call", correlation_id=call.correlation_id)
+    profile = ctx.profiles.for_number(event.callee_raw_id)  # unknown numbers: default
+    call.profile, call.settings = profile.name, profile.settings
+    call.log.write("incoming_call", correlation_id=call.correlation_id, profile=call.profile)
     # The call's trace starts here and ends in CallRegistry.end (a no-op when tracing is off).
     call.span = ctx.telemetry.start(
         "call",
@@ -193,8 +196,10 @@ def _start_answer(ctx: AppContext, event: webhooks.IncomingCall, ids: tuple[str,
         **{
             "voicebridge.correlation_id": call.correlation_id,
             "voicebridge.server_call_id": call.server_call_id or None,
+            "voicebridge.profile": call.profile,
         },
     )
+    log.info("call %s: profile %s", call.label, call.profile)
     with logs.call_context(call):  # the answer task, and its log lines, belong to the call
         ctx.spawn(_answer(ctx, call, event.incoming_call_context), name=f"answer-{call.id}")
     return call
@@ -280,11 +285,17 @@ async def _forward(
             if ccid and not record.get("ccid"):
                 await cluster.update(call_id, ccid=ccid)
                 record["ccid"] = ccid
+            outbound = record.get("dir") == "outbound"
             for event in events:
                 if event.type == "CallDisconnected" and not record.get("we_hung_up"):
-                    await cluster.ended(call_id, CallOutcome.CALLER_HUNG_UP, we_hung_up=False)
+                    hung_up = CallOutcome.CALLEE_HUNG_UP if outbound else CallOutcome.CALLER_HUNG_UP
+                    await cluster.ended(call_id, hung_up, we_hung_up=False)
                 elif event.type == "AnswerFailed":
                     await cluster.ended(call_id, CallOutcome.ANSWER_FAILED, we_hung_up=False)
+                elif event.type == "CreateCallFailed":
+                    outcome, failure = create_failed(event)
+                    await cluster.update(call_id, failure=failure)
+                    await cluster.ended(call_id, outcome, we_hung_up=False)
         received = await cluster.forward(call_id, body)
         types = [e.type for e in events]
         if received:
@@ -335,7 +346,8 @@ async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) 
     etype = event.type
     if etype == "CallConnected":
         call.connected = True
-        log.info("call %s connected", call.label)
+        what = "answered by the callee" if call.direction == "outbound" else "connected"
+        log.info("call %s %s", call.label, what)
     elif etype == "MediaStreamingStarted":
         log.info("call %s: media streaming started", call.label)
     elif etype in ("MediaStreamingFailed", "MediaStreamingStopped"):
@@ -376,12 +388,20 @@ async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) 
     elif etype == "AnswerFailed":
         log.error("call %s: answer failed: %s", call.label, event.message)
         _end(ctx, call, CallOutcome.ANSWER_FAILED)
+    elif etype == "CreateCallFailed":
+        outcome, call.failure = create_failed(event)
+        log.warning("call %s: not placed: %s (%s)", call.label, outcome, call.failure)
+        _end(ctx, call, outcome)
     elif etype == "CallDisconnected":
         log.info("call %s disconnected", call.label)
         if call.we_hung_up and call.relay is not None:
             # The echo of our own hang-up: the relay is ending the call and names
             # the outcome (drained, apology_hangup, ...); only let it know.
             call.disconnected.set()
+        elif call.direction == "outbound" and not call.connected:
+            # Not placed, and no CreateCallFailed said why (ACS sends one, documented).
+            call.failure = call.failure or "CallDisconnected before CallConnected"
+            _end(ctx, call, CallOutcome.FAILED)
         else:
             _end(ctx, call, CallOutcome.CALLER_HUNG_UP)
     else:
