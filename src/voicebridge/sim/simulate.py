@@ -296,6 +296,8 @@ def build_report(
     guard = bridge.get("guard", {})
     return {
         "outcome": (summary or {}).get("outcome"),
+        "profile": (summary or {}).get("profile"),
+        "direction": (summary or {}).get("direction"),
         "fake_acs_end_reason": call.end_reason,
         "rates": {"acs_hz": rate, "voicelive_hz": options.voicelive_rate},
         "speed": options.speed,
