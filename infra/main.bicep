@@ -210,6 +210,42 @@ param voiceName string = 'en-US-AvaMultilingualNeural'
 param instructions string = 'You are a friendly phone assistant. Keep answers short and conversational; the caller is on a phone line.'
 param voiceliveConnectTimeoutS int = 10
 
+// call control (docs/call-control.md); fractional numbers are strings (Bicep has no floats)
+@description('CALL_TOOLS: tools the model may call (end_call, transfer_to_human). Transfer is declared only when transferTargets is set.')
+param callTools string = 'end_call,transfer_to_human'
+@description('TRANSFER_TARGETS: reason=target pairs (E.164 number or ACS user id), e.g. default=+15551234567,billing=+15557654321. Empty: no transfers.')
+param transferTargets string = ''
+@description('TRANSFER_ANNOUNCEMENT: said before a transfer.')
+param transferAnnouncement string = 'Connecting you to a person now. Please stay on the line.'
+@description('TOOL_FILLER_TEXT: said when a tool runs longer than toolFillerAfterS.')
+param toolFillerText string = 'One moment, please.'
+@description('TOOL_FILLER_AFTER_S (seconds).')
+param toolFillerAfterS string = '1.5'
+@description('TOOL_TIMEOUT_S (seconds).')
+param toolTimeoutS int = 30
+@description('DTMF_INTER_DIGIT_TIMEOUT_S (seconds).')
+param dtmfInterDigitTimeoutS int = 3
+@description('DTMF_MAX_DIGITS.')
+param dtmfMaxDigits int = 20
+@description('DTMF_ACTIONS: key=action pairs acting without the model, e.g. 0=transfer,9=end. Empty: none.')
+param dtmfActions string = ''
+@description('NO_INPUT_REPROMPT_S: seconds of caller silence before a re-prompt (0 = off).')
+param noInputRepromptS int = 8
+@description('NO_INPUT_MAX_REPROMPTS, then goodbye and hang-up.')
+param noInputMaxReprompts int = 2
+@description('NO_INPUT_PROMPT: the re-prompt said verbatim; empty: the model checks in.')
+param noInputPrompt string = ''
+@description('Estimated cost, USD per million input text tokens.')
+param priceInputTextPerM string = '4.0'
+@description('USD per million input audio tokens.')
+param priceInputAudioPerM string = '32.0'
+@description('USD per million cached input tokens.')
+param priceInputCachedPerM string = '0.4'
+@description('USD per million output text tokens.')
+param priceOutputTextPerM string = '16.0'
+@description('USD per million output audio tokens.')
+param priceOutputAudioPerM string = '64.0'
+
 // reliability (docs/reliability.md)
 param voiceliveReconnectBudgetS int = 10
 param reconnectBufferS int = 5
@@ -631,6 +667,75 @@ var plainEnv = [
   {
     name: 'VOICELIVE_CONNECT_TIMEOUT_S'
     value: string(voiceliveConnectTimeoutS)
+  }
+  // call control
+  {
+    name: 'CALL_TOOLS'
+    value: callTools
+  }
+  {
+    name: 'TRANSFER_TARGETS'
+    value: transferTargets
+  }
+  {
+    name: 'TRANSFER_ANNOUNCEMENT'
+    value: transferAnnouncement
+  }
+  {
+    name: 'TOOL_FILLER_TEXT'
+    value: toolFillerText
+  }
+  {
+    name: 'TOOL_FILLER_AFTER_S'
+    value: toolFillerAfterS
+  }
+  {
+    name: 'TOOL_TIMEOUT_S'
+    value: string(toolTimeoutS)
+  }
+  {
+    name: 'DTMF_INTER_DIGIT_TIMEOUT_S'
+    value: string(dtmfInterDigitTimeoutS)
+  }
+  {
+    name: 'DTMF_MAX_DIGITS'
+    value: string(dtmfMaxDigits)
+  }
+  {
+    name: 'DTMF_ACTIONS'
+    value: dtmfActions
+  }
+  {
+    name: 'NO_INPUT_REPROMPT_S'
+    value: string(noInputRepromptS)
+  }
+  {
+    name: 'NO_INPUT_MAX_REPROMPTS'
+    value: string(noInputMaxReprompts)
+  }
+  {
+    name: 'NO_INPUT_PROMPT'
+    value: noInputPrompt
+  }
+  {
+    name: 'PRICE_INPUT_TEXT_PER_M'
+    value: priceInputTextPerM
+  }
+  {
+    name: 'PRICE_INPUT_AUDIO_PER_M'
+    value: priceInputAudioPerM
+  }
+  {
+    name: 'PRICE_INPUT_CACHED_PER_M'
+    value: priceInputCachedPerM
+  }
+  {
+    name: 'PRICE_OUTPUT_TEXT_PER_M'
+    value: priceOutputTextPerM
+  }
+  {
+    name: 'PRICE_OUTPUT_AUDIO_PER_M'
+    value: priceOutputAudioPerM
   }
   // reliability
   {

@@ -53,3 +53,61 @@ async def test_a_silent_caller_is_reprompted_twice_then_let_go(tmp_path: Path) -
     assert result.report["call_control"]["no_input_reprompts"] == 2
     usage = result.report["usage"]
     assert usage is not None and "cost_usd" in usage
+
+
+def scripted_caller(tmp_path: Path, *texts: str, seconds: float = 12.0) -> Path:
+    """The shipped caller's first ``seconds`` (one utterance at 4.3-7.7 s, then
+    silence), with a sidecar script: what the emulator "hears" it say."""
+    import json
+
+    from voicebridge.sim.simulate import read_wav, shipped
+
+    pcm, rate = read_wav(shipped("caller.wav"))
+    path = tmp_path / "scripted-caller.wav"
+    write_wav(path, pcm[: int(seconds * rate)], rate)
+    segments = json.loads(shipped("caller.json").read_text())
+    script = [{**seg, "text": text} for seg, text in zip(segments, texts, strict=False)]
+    path.with_suffix(".json").write_text(json.dumps(script))
+    return path
+
+
+def tool_calls(result: SimResult) -> list[str]:
+    assert result.emulator is not None
+    return [c["name"] for s in result.emulator.sessions for c in s.tool_calls]
+
+
+async def test_the_agent_hangs_up_after_its_goodbye_is_heard_in_full(tmp_path: Path) -> None:
+    caller = scripted_caller(tmp_path, "Thanks, that's all. Goodbye!", seconds=30.0)
+    result = await call(tmp_path, caller)
+    assert tool_calls(result) == ["end_call"]
+    assert result.report["outcome"] == "agent_hung_up"
+    assert result.call.end_reason == "bridge_hung_up"  # before the caller's 30 s ran out
+    assert result.call.queued_samples == 0  # nothing of the goodbye was left unplayed
+    last = result.report["responses"][-1]
+    assert last["prompt"] == "goodbye" and last["status"] == "completed"
+    assert result.report["call_control"]["tool_calls"] == 1
+
+
+async def test_token_usage_is_counted_as_reported_and_exported(tmp_path: Path) -> None:
+    caller = scripted_caller(tmp_path, "Where is my order?", seconds=14.0)
+    result = await call(tmp_path, caller)
+    assert result.emulator is not None
+    reported = result.emulator.usage_for_call(result.call.call_connection_id or "")
+    usage = result.report["usage"]
+    inp, out = reported["input_token_details"], reported["output_token_details"]
+    assert reported["responses"] >= 2  # the greeting and the answer
+    assert (usage["input_text"], usage["input_audio"], usage["input_cached"]) == (
+        inp["text_tokens"],
+        inp["audio_tokens"],
+        inp["cached_tokens"],
+    )
+    assert (usage["output_text"], usage["output_audio"]) == (
+        out["text_tokens"],
+        out["audio_tokens"],
+    )
+    assert usage["total"] == reported["total_tokens"] > 0
+    assert usage["cost_usd"] > 0
+    metrics = result.metrics_text
+    audio_out = f'voicebridge_tokens_total{{direction="output",kind="audio"}} {out["audio_tokens"]}'
+    assert audio_out in metrics
+    assert "voicebridge_estimated_cost_usd_total" in metrics

@@ -194,6 +194,9 @@ def test_parameter_defaults_are_the_app_defaults(
             assert bicep_default == "", f"{pname} (for {env}) should default to '' (unset)"
         elif isinstance(app_default, bool):
             assert bicep_default is app_default, f"{pname}: {bicep_default!r} != {app_default!r}"
+        elif isinstance(app_default, float) and isinstance(bicep_default, str):
+            # Bicep has no floats: a fractional default is a string parameter
+            assert float(bicep_default) == app_default, f"{pname}: {bicep_default!r}"
         elif isinstance(app_default, int | float):
             assert isinstance(bicep_default, int) and bicep_default == app_default, (
                 f"{pname} (for {env}): Bicep default {bicep_default!r}, app {app_default!r}"

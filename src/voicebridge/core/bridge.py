@@ -59,6 +59,7 @@ from voicebridge.core.events import (
     CallerSpeechStopped,
     Dtmf,
     ReplaceReason,
+    ServerTool,
     ToolAnswered,
     ToolRequested,
 )
@@ -93,6 +94,12 @@ __all__ = [
     "Timeouts",
     "UplinkConfig",
 ]
+
+
+#: Event types of tools the service runs itself (agent mode): MCP calls (the SDK's
+#: ``response.mcp_call*``, ``mcp_list_tools.*``) and Foundry agent calls (named
+#: ``response.foundry_agent_call*`` by the how-to; not in the SDK we pin: unverified).
+SERVER_TOOL_PREFIXES = ("response.mcp_call", "mcp_list_tools", "response.foundry_agent_call")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +285,8 @@ class CallBridge:
                 pass  # on purpose: response.audio_transcript.done carries the whole text
             case vl.Other():
                 self._accounting.counters.voicelive_other_types[ev.type] += 1
+                if ev.type.startswith(SERVER_TOOL_PREFIXES):
+                    self._events.append(ServerTool(type=ev.type))
 
     # ------------------------------------------------------------------ call control
 

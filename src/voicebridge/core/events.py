@@ -35,6 +35,7 @@ __all__ = [
     "ResponseEnded",
     "ResponseNudged",
     "ResponseStarted",
+    "ServerTool",
     "SessionLost",
     "SessionReady",
     "SessionStarted",
@@ -306,6 +307,15 @@ class ToolAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTool:
+    """The service ran a tool itself (agent mode: an MCP call, a Foundry agent call):
+    the event type only (arguments and results may carry conversation content)."""
+
+    name: ClassVar[str] = "server_tool"
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
 class NoInput:
     """The caller said and keyed nothing for ``NO_INPUT_REPROMPT_S`` after the agent's
     last audio: ``reprompt`` (the ``count``-th) or ``give_up`` (goodbye and hang-up)."""
@@ -340,6 +350,7 @@ BridgeEvent = (
     | AgentTruncated
     | ToolRequested
     | ToolAnswered
+    | ServerTool
     | NoInput
 )
 

@@ -25,7 +25,10 @@ from voicebridge.core.events import (
     ReplaceReason,
     ResponseEnded,
     ResponseStarted,
+    ServerTool,
     SessionStarted,
+    ToolAnswered,
+    ToolRequested,
     VoiceLiveError,
 )
 from voicebridge.telemetry import Span, Telemetry
@@ -75,6 +78,12 @@ class CallTracing:
                 call_span.add_event(event.name, code=code, type=etype, reason=None)
             case GuardBlocked(type=mtype, reason=reason) if call_span is not None:
                 call_span.add_event(event.name, code=None, type=mtype, reason=reason)
+            case ServerTool(type=etype) if call_span is not None:
+                call_span.add_event(event.name, type=etype)
+            case ToolRequested(tool=tool, call_id=cid) if call_span is not None:
+                call_span.add_event(event.name, tool=tool, call_id=cid)
+            case ToolAnswered(tool=tool, ok=ok) if call_span is not None:
+                call_span.add_event(event.name, tool=tool, ok=ok)
             case SessionStarted() if call_span is not None:
                 call_span.set_attribute("voicebridge.session_id", event.session_id)
                 call_span.set_attribute("voicebridge.conversation_id", event.conversation_id)

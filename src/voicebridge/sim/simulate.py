@@ -38,11 +38,13 @@ import uvicorn
 from voicebridge.app import create_app
 from voicebridge.config import Settings
 from voicebridge.server import uvicorn_options
+from voicebridge.sim import scenarios
 from voicebridge.sim.clock import ScaledClock
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall
 from voicebridge.sim.faults import FAULT_HELP, parse_faults
 from voicebridge.sim.ports import free_socket
+from voicebridge.sim.script import caller_script
 from voicebridge.sim.wav import read_wav, resample, write_wav
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ def load_caller(options: SimOptions) -> tuple[np.ndarray, list[dict[str, Any]]]:
         segments = json.loads(shipped("caller.json").read_text())
     else:
         pcm, rate = read_wav(options.caller_audio)
-        segments = None
+        segments = caller_script(options.caller_audio)  # the X.json beside X.wav, if any
     pcm = resample(pcm, rate, options.acs_rate, how="bridge")  # as the bridge would
     if segments is None:
         segments = speech_segments(pcm, options.acs_rate)
@@ -186,7 +188,10 @@ async def run_call(options: SimOptions) -> SimResult:
         raise ValueError("voicelive-* faults need the emulator, not --voicelive-endpoint")
     emulator: VoiceLiveEmulator | None = None
     if options.voicelive_endpoint is None:
-        emulator_kwargs = {"faults": faults.voicelive} | options.emulator
+        emulator_kwargs: dict[str, Any] = {"faults": faults.voicelive}
+        if options.caller_audio is not None and caller_script(options.caller_audio):
+            emulator_kwargs["caller_segments"] = segments  # what the emulator "hears"
+        emulator_kwargs |= options.emulator
         emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=speed, **emulator_kwargs)
         await emulator.start()
     acs = FakeAcs(acs_rate=options.acs_rate, speed=speed, faults=faults.acs)
@@ -668,6 +673,8 @@ def summary_text(report: dict[str, Any]) -> str:
         ),
         ("conserved", a["conserved"]),
         ("guard", f"sent {report['guard']['sent_by_type']}, blocked {report['guard']['blocked']}"),
+        ("call control", ", ".join(f"{k} {v}" for k, v in report["call_control"].items() if v)),
+        ("tokens", _usage_line(report.get("usage"))),
         ("errors", len(report["errors"])),
     ]
     width = max(len(k) for k, _ in rows)
@@ -675,6 +682,16 @@ def summary_text(report: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def _usage_line(usage: dict[str, Any] | None) -> str:
+    if not usage:
+        return "none reported"
+    return (
+        f"in {usage['input_text']} text + {usage['input_audio']} audio "
+        f"({usage['input_cached']} cached), out {usage['output_text']} text + "
+        f"{usage['output_audio']} audio: ~${usage['cost_usd']:.4f}"
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -690,6 +707,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a real Voice Live (credentials and mode from the environment), not the emulator",
     )
     parser.formatter_class = argparse.RawTextHelpFormatter  # keeps the fault list one per line
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(scenarios.SCENARIOS),
+        help="a call-control scenario (its own caller, settings and faults):\n"
+        + scenarios.scenario_help(),
+    )
     parser.add_argument(
         "--fault", action="append", default=[], metavar="NAME[=ARG]", help=FAULT_HELP
     )
@@ -719,8 +742,10 @@ def run(args: argparse.Namespace) -> int:
         progress=lambda msg: print(msg, flush=True),
         faults=args.fault,
     )
+    if args.scenario:
+        options = scenarios.build(args.scenario, options)
     try:
-        parse_faults(args.fault)
+        parse_faults(options.faults)
     except ValueError as exc:
         print(f"voicebridge simulate: {exc}", file=sys.stderr)
         return 2

@@ -184,3 +184,16 @@ def test_usage_with_bad_numbers_counts_zero() -> None:
     c = counters(b)
     assert c["tokens_input_text"] == 0 and c["tokens_output_text"] == 0
     assert c["voicelive_malformed"] == 0
+
+
+def test_tools_the_service_runs_itself_are_reported_by_type_only() -> None:
+    b = quiet()
+    vl_in(b, {"type": "response.mcp_call.in_progress", "item_id": "m1", "arguments": "secret"})
+    vl_in(b, {"type": "response.foundry_agent_call.completed", "output": "card 4111"})
+    vl_in(b, {"type": "rate_limits.updated"})
+    got = [e for e in b.events_received() if isinstance(e, events.ServerTool)]
+    assert got == [
+        events.ServerTool(type="response.mcp_call.in_progress"),
+        events.ServerTool(type="response.foundry_agent_call.completed"),
+    ]
+    assert "secret" not in repr(got) and "4111" not in repr(got)

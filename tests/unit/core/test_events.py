@@ -40,6 +40,7 @@ LOG_NAMES = {
     "tool_requested",
     "tool_answered",
     "no_input",
+    "server_tool",
 }
 
 

@@ -41,22 +41,87 @@ uses (§7, §8), shaped like the real service so the SDK parses every event into
 * **Transcripts are emulated**, and only sent while transcription is configured. A finished
   user turn's transcript is the next segment text of
   the shipped ``caller.json`` (in order, per conversation: see below), then
-  ``"(speech 2.4 s)"`` placeholders. Nothing is recognised.
+  ``"(speech 2.4 s)"`` placeholders. Nothing is recognised. With ``caller_segments=`` (a
+  script in ``caller.json``'s format, e.g. the sidecar ``X.json`` of ``--caller-audio X.wav``
+  that :func:`voicebridge.sim.script.caller_script` reads) a turn gets instead the text of
+  the *unused* segment its audio overlaps the most (±0.25 s), on the caller's time line: a
+  session's input-audio time plus the input audio of the earlier sessions of the same call
+  (``x-ms-client-request-id``; without one, of the same resumed conversation), so a
+  reconnect carries on (``EmulatedSession.audio_base_s``). A turn overlapping only used
+  segments (a pause split one) gets a placeholder; one overlapping none takes the next
+  unused segment in order (times that do not line up); a segment whose ``text`` is null
+  gives a placeholder. The model "hears" the text even while transcription is off.
 * **Responses** play shipped prompts (``sim/data/prompts.json``): the greeting for the first
-  response of a session and for ``pre_generated_assistant_message`` (with the given text as the
-  transcript), then ``answer_cycle`` in order, so with ``caller.json`` turn 2 gets the long
-  answer and the barge-in turn the short one. A session that *continues* a conversation picks
-  up where it stopped, so a reconnect does not replay the greeting or restart the cycle: one
-  that resumes a conversation id seen before (agent mode) continues from that conversation's
-  last session; one whose client replays message items before its first response (model mode)
-  counts replayed assistant items as responses given (the first being the greeting) and
-  replayed user items as caller transcripts used. Audio goes out as ``response.audio.delta``
-  chunks of 40-200 ms (seeded, mostly not multiples of 20 ms), ~3x faster than real time times
-  ``speed``, interleaved with transcript words. One response at a time, counted from the moment
-  it is scheduled. ``response.create`` meanwhile cancels it (``cancel_previous``, default true
-  in the SDK: ``response.done`` cancelled, reason ``client_cancelled``, or dropped unseen if
-  it had not begun) and starts the new one; with ``"cancel_previous": false`` it gets
-  ``conversation_already_has_active_response`` and the running response goes on.
+  response of a session and for ``pre_generated_assistant_message`` (with the given text as
+  the transcript), then ``answer_cycle`` in order (unless a tool rule decides: see "Function
+  tools"; a rule's response does not advance the cycle), so with ``caller.json`` turn 2 gets
+  the long answer and the barge-in turn the short one. A session that *continues* a
+  conversation picks up where it stopped, so a reconnect does not replay the greeting or
+  restart the cycle: one that resumes a conversation id seen before (agent mode) continues
+  from that conversation's last session; one whose client replays message items before its
+  first response (model mode) counts replayed assistant items as responses given (the first
+  being the greeting) and replayed user items as caller transcripts used. Audio goes out as
+  ``response.audio.delta`` chunks of 40-200 ms (seeded, mostly not multiples of 20 ms), ~3x
+  faster than real time times ``speed``, interleaved with transcript words. One response at a
+  time, counted from the moment it is scheduled. ``response.create`` meanwhile cancels it
+  (``cancel_previous``, default true in the SDK: ``response.done`` cancelled, reason
+  ``client_cancelled``, or dropped unseen if it had not begun) and starts the new one; with
+  ``"cancel_previous": false`` it gets ``conversation_already_has_active_response`` and the
+  running response goes on.
+* **Function tools** (:mod:`.tools`). With ``tools`` declared (``session.update`` or
+  ``response.create``; in agent mode also the agent's stored fields, the Foundry agent
+  owning its tools, so a ``session.update`` that declares other tools is a config conflict as
+  above), a *rule table* decides what a response does: the newest caller input since the
+  previous response (a finished turn's transcript, ``said``; a user ``message`` item's text,
+  ``text``, e.g. keyed digits in whatever words the bridge uses) or a ``function_call_output``
+  (``output``, and ``tool``: its function's name) is matched by regexes, first rule wins; a
+  rule may say a line (a shipped prompt's audio when one fits, else a deterministic stand-in,
+  :mod:`.speech`) and call a function. Only tools the response may call are called
+  (declared; ``tool_choice`` ``"none"`` calls nothing, ``{"type": "function", "name"}`` only
+  that one; ``"required"`` is treated as ``"auto"``): otherwise the line alone is said. The
+  shipped table (``sim/data/tool_rules.json``) applies to responses with tools; an emulator
+  given ``tool_rules=`` (``--tool-rules``) uses that table for every response, tools or not;
+  without either nothing here changes. Shipped rules: a person/agent/human/representative/
+  operator -> ``transfer_to_human`` (nothing said: the bridge says "connecting you"); a
+  farewell ("bye", "goodbye", "that's all") -> the goodbye prompt, then ``end_call``; keyed
+  digits in a user text item -> "Thanks, I have your number." (no call); after a function
+  call output containing "fail" -> "Sorry, I couldn't connect you. Can I help with something
+  else?", after ``end_call``'s output -> an empty response, after any other -> "One moment.".
+  A call goes out inside a response, after any spoken line (its message item is output 0, the
+  call the next output): ``response.output_item.added`` (``{"id", "object": "realtime.item",
+  "type": "function_call", "status": "in_progress", "name", "call_id", "arguments": ""}``),
+  ``conversation.item.created`` (the same item), ``response.function_call_arguments.delta``
+  (``response_id``, ``item_id``, ``output_index``, ``call_id``, ``delta``: the arguments in
+  pieces of 16 characters), ``response.function_call_arguments.done`` (the same ids, ``name``,
+  ``arguments``: compact JSON text), ``response.output_item.done`` (the item ``completed``
+  with its arguments), then ``response.done`` whose ``output`` holds every item. The field
+  names and shapes are the SDK's (``ResponseFunctionCallItem``,
+  ``ServerEventResponseFunctionCallArguments{Delta,Done}``; a function call item in
+  ``conversation.item.created``: ``ServerEventConversationItemCreated``'s docstring); the
+  order, one response holding speech then a call, and the argument chunking follow the
+  OpenAI Realtime API that Voice Live mirrors (*inferred* for Voice Live). A cancel before
+  the call's events begin (barge-in during the line or a rule's ``wait_ms``) leaves the call
+  out; once they begin they go out whole. Function tools in agent mode: *unverified* (the
+  docs show ``response.foundry_agent_call*`` for agent-run tools; the emulator emits none).
+* **Function call outputs.** ``conversation.item.create`` of ``{"type":
+  "function_call_output", "call_id", "output"}`` is stored (``tool_outputs``) and answered by
+  the next response (a ``response.create``; one while a response is active cancels it as
+  above). A ``call_id`` that no ``function_call`` of the conversation has (emitted, or created
+  by the client, e.g. replayed) gets ``error`` ``invalid_call_id`` (param ``item.call_id``) and
+  no item: OpenAI documents that the server checks the id; the code and message (the OpenAI
+  Responses API's) are *inferred*. Records for tests: ``EmulatedSession.tool_calls``,
+  ``tool_outputs`` and ``user_texts`` (user ``message`` items with ``input_text``; an
+  assistant message item replayed before a session's first response and first audio marks
+  the inputs before it as answered, so replayed history triggers no rule).
+* **Usage** (:mod:`.usage`, an *inferred*, deterministic formula; field names the SDK's
+  ``TokenUsage``/``InputTokenDetails``/``CachedTokenDetails``/``OutputTokenDetails``). Every
+  ``response.done`` carries ``usage``: audio tokens = ceil(10 x seconds), text tokens =
+  ceil(characters / 4); input = the conversation's context when the response begins (caller
+  turns' speech, the items the client created, earlier responses' audio and calls) plus the
+  instructions and declared tools; cached = what the previous response's input already held
+  (per kind, the smaller of the two); output = the audio sent and the transcript sent plus
+  each call's name and arguments. ``EmulatedSession.usage_totals`` sums a session's,
+  :meth:`VoiceLiveEmulator.usage_for_call` a call's.
 * **Barge-in.** ``speech_started`` with ``interrupt_response`` cancels the active response
   (``response.done`` status ``cancelled``, reason ``turn_detected``, after the usual
   ``audio.done``/``audio_transcript.done``/``content_part.done``/``output_item.done`` with item
@@ -124,10 +189,13 @@ estimate); ``stall_s`` is not scaled. Loopback use only: there is no TLS.
 
 **Layout.** :mod:`.server` (:class:`VoiceLiveEmulator`: listener, upgrade, auth, handshake
 faults) · :mod:`.session` (:class:`EmulatedSession`: the protocol and turns) on
-:mod:`.responses` (prompt streaming) on :mod:`.connection` (identity, output, session faults) ·
-:mod:`.config` (defaults and what a client may send) · :mod:`.vad` · :mod:`.data` (shipped
-prompts and caller script) · :mod:`.fastpath` (opt-in speed-ups, ``fast=True``: the load
-generator's; the default paths are the plain reference) · the ``voicebridge emulator`` CLI here.
+:mod:`.responses` (prompt streaming, function calls) on :mod:`.conversation` (transcripts,
+client items, tool decisions, usage) on :mod:`.connection` (identity, output, session faults)
+· :mod:`.tools` (the rule table) · :mod:`.usage` (the token formula) · :mod:`.speech` (audio of
+said lines) · :mod:`.config` (defaults and what a client may send) · :mod:`.vad` ·
+:mod:`.data` (shipped prompts and caller script) · :mod:`.fastpath` (opt-in speed-ups,
+``fast=True``: the load generator's; the default paths are the plain reference) · the
+``voicebridge emulator`` CLI here (``--tool-rules JSON``, ``--caller-script JSON|WAV``).
 """
 
 from __future__ import annotations
@@ -137,6 +205,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 
 from voicebridge.sim.emulator.config import (
     INPUT_RATES,
@@ -155,8 +224,11 @@ from voicebridge.sim.emulator.data import (
 )
 from voicebridge.sim.emulator.server import CallFaults, VoiceLiveEmulator
 from voicebridge.sim.emulator.session import EmulatedSession
+from voicebridge.sim.emulator.tools import ToolRule, default_rules, load_rules
+from voicebridge.sim.emulator.usage import audio_tokens, audio_tokens_for, text_tokens
 from voicebridge.sim.emulator.vad import VAD_ONSET_MS, AppendedAudio, EnergyVad, threshold_dbfs
 from voicebridge.sim.faults import FAULTS, parse_faults
+from voicebridge.sim.script import caller_script, load_segments, sidecar_path
 from voicebridge.sim.wav import read_wav  # the one WAV reader, as before
 
 __all__ = [
@@ -172,15 +244,22 @@ __all__ = [
     "EnergyVad",
     "PromptAudio",
     "PromptSet",
+    "ToolRule",
     "VoiceLiveEmulator",
+    "audio_tokens",
+    "audio_tokens_for",
+    "build_emulator",
     "caller_texts",
     "configure",
     "default_config",
+    "default_rules",
     "load_prompts",
+    "load_rules",
     "prompt_pcm",
     "read_wav",
     "run",
     "supported_transcription_models",
+    "text_tokens",
     "threshold_dbfs",
 ]
 
@@ -207,11 +286,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="inject a voicelive-* fault (repeatable): "
         + ", ".join(info.usage for info in FAULTS.values() if info.target == "voicelive"),
     )
+    parser.add_argument(
+        "--tool-rules",
+        metavar="JSON",
+        help="the rule table deciding tool calls (default: sim/data/tool_rules.json, "
+        "for sessions that declare tools)",
+    )
+    parser.add_argument(
+        "--caller-script",
+        metavar="JSON",
+        help="the caller's segments (caller.json format; or X.wav for its sidecar X.json): "
+        "each caller turn is transcribed as the segment it overlaps",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-async def _serve_forever(args: argparse.Namespace) -> None:
-    emulator = VoiceLiveEmulator(
+def build_emulator(args: argparse.Namespace) -> VoiceLiveEmulator:
+    """The emulator ``voicebridge emulator`` runs (``ValueError`` for a bad option)."""
+    segments = None
+    if args.caller_script:
+        path = Path(args.caller_script)
+        segments = caller_script(path) if path.suffix.lower() == ".wav" else load_segments(path)
+        if segments is None:
+            raise ValueError(f"no caller script beside {path} (expected {sidecar_path(path)})")
+    return VoiceLiveEmulator(
         api_key=None if args.any_key else args.api_key,
         require_auth=not args.no_auth,
         speed=args.speed,
@@ -219,7 +317,12 @@ async def _serve_forever(args: argparse.Namespace) -> None:
         max_text_chars=args.max_text_chars,
         stall_s=args.stall_s,
         faults=parse_faults(args.fault).voicelive,
+        tool_rules=args.tool_rules,
+        caller_segments=segments,
     )
+
+
+async def _serve_forever(emulator: VoiceLiveEmulator, args: argparse.Namespace) -> None:
     await emulator.start(args.host, args.port)
     print(f"Voice Live emulator: connect(endpoint={emulator.endpoint!r}); Ctrl-C stops it.")
     stop = asyncio.Event()
@@ -247,6 +350,11 @@ def run(args: argparse.Namespace) -> int:
     if faults.acs:
         print(f"voicebridge emulator: not Voice Live faults: {', '.join(faults.acs)}")
         return 2
+    try:
+        emulator = build_emulator(args)
+    except (OSError, ValueError) as exc:
+        print(f"voicebridge emulator: {exc}")
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(args))
+        asyncio.run(_serve_forever(emulator, args))
     return 0

@@ -1,10 +1,12 @@
-"""Responses: one at a time, each a shipped prompt streamed as audio and transcript deltas.
+"""Responses: one at a time, each a shipped prompt streamed as audio and transcript deltas,
+or what a tool rule decided (a line, a function call, both or nothing).
 
 The greeting answers the first response of a session (and ``pre_generated_assistant_message``,
-with the given text), then ``answer_cycle`` in order. Audio goes out in chunks of 40-200 ms
-(seeded per session) about 3x faster than real time times ``speed``, the transcript's
-words slightly ahead of it; a cancel (barge-in, ``response.cancel``, a new
-``response.create``) ends it with the usual ``*.done`` events and status ``cancelled``.
+with the given text), then ``answer_cycle`` in order; a rule of :mod:`.tools` that matches
+the caller's newest input (or a function call output) wins over both. Audio goes out in
+chunks of 40-200 ms (seeded per session) about 3x faster than real time times ``speed``,
+the transcript's words slightly ahead of it; a cancel (barge-in, ``response.cancel``, a
+new ``response.create``) ends it with the usual ``*.done`` events and status ``cancelled``.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import numpy as np
 import pybase64
 
 from voicebridge.sim.emulator import fastpath
-from voicebridge.sim.emulator.connection import SessionConnection, new_id
+from voicebridge.sim.emulator.connection import new_id
+from voicebridge.sim.emulator.conversation import ConversationState
 from voicebridge.sim.emulator.data import PROMPT_RATE_HZ, load_prompts, prompt_pcm
+from voicebridge.sim.emulator.speech import line_pcm
 from voicebridge.sim.faults import FaultValue
 
 GENERATION_SPEEDUP = 3.0  # audio streams this much faster than real time (x speed)
 CHUNK_MS = (40, 200)  # audio delta sizes are drawn from this range
 # voicelive-stall-response: media seconds of audio sent before the hold begins.
 STALL_RESPONSE_AFTER_S = 0.5
+# Function call arguments stream in deltas of at most this many characters.
+ARGUMENTS_DELTA_CHARS = 16
 
 
 def _resolve(waiter: asyncio.Future[None] | None) -> None:
@@ -41,6 +47,7 @@ class Response:
     id: str
     record: dict[str, Any]
     pre_generated_text: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # of response.create
     item_id: str = ""
     rate_hz: int = PROMPT_RATE_HZ
     terminating: bool = False  # the final events are being sent; too late to cancel
@@ -79,24 +86,22 @@ class Response:
         return int(min(played, self.samples_sent * 1000 / self.rate_hz))
 
 
-def _usage(r: Response, words: int) -> dict[str, Any]:
-    """The ``usage`` of a finished response (tokens estimated from audio and words)."""
-    audio_tokens = max(1, round(r.samples_sent / r.rate_hz * 10))
-    return {
-        "total_tokens": audio_tokens + words + 20,
-        "input_tokens": 20,
-        "output_tokens": audio_tokens + words,
-        "input_token_details": {
-            "cached_tokens": 0,
-            "text_tokens": 20,
-            "audio_tokens": 0,
-            "image_tokens": 0,
-        },
-        "output_token_details": {"text_tokens": words, "audio_tokens": audio_tokens},
-    }
+@dataclass(frozen=True)
+class Plan:
+    """What a response does: say a line (``text``, ``pcm`` from ``source``: a prompt name
+    or ``"synth"``), then call a function (``call``, ``arguments``) after ``wait_s``.
+    Neither: an empty response."""
+
+    source: str | None = None
+    text: str | None = None
+    pcm: np.ndarray | None = None
+    call: str | None = None
+    arguments: str = "{}"
+    wait_s: float = 0.0
+    rule: str | None = None
 
 
-class ResponseStreaming(SessionConnection):
+class ResponseStreaming(ConversationState):
     """The response layer of a session: scheduling, prompt choice and streaming."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -107,7 +112,13 @@ class ResponseStreaming(SessionConnection):
         self._last_audio: Response | None = None
         self._rng = random.Random(self.id)
 
-    def _start_response(self, *, trigger: str, pre_generated_text: str | None = None) -> None:
+    def _start_response(
+        self,
+        *,
+        trigger: str,
+        pre_generated_text: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
         record: dict[str, Any] = {
             "id": new_id("resp"),
             "trigger": trigger,
@@ -115,31 +126,56 @@ class ResponseStreaming(SessionConnection):
             "reason": None,
             "prompt": None,
             "transcript": None,
+            "item_id": None,  # of the spoken message (none for a call alone)
             "samples_sent": 0,
             "samples_total": 0,
             "output_rate": self.output_rate,
             "started_audio_s": None,
             "ended_audio_s": None,
             "audio_end_ms": None,
+            "tool_call": None,
+            "rule": None,
+            "usage": None,
         }
-        response = Response(record["id"], record, pre_generated_text, rate_hz=self.output_rate)
+        response = Response(
+            record["id"], record, pre_generated_text, dict(params or {}), rate_hz=self.output_rate
+        )
         self._active = response
         self.responses.append(record)
         response.task = self._spawn(self._run_response(response))
 
-    def _pick_prompt(self, response: Response) -> tuple[str, str]:
-        """(prompt name, transcript): greeting first, then the answer cycle."""
+    def _plan(self, response: Response) -> Plan:
+        """What the response does: a pre-generated message is said verbatim (over the
+        greeting's audio); else the rule table decides (:mod:`.tools`); else the greeting
+        for a session's first response, then the answer cycle."""
         prompts = load_prompts()
         first = self._responses_created == 0
         self._responses_created += 1
+        rate = response.rate_hz
         if response.pre_generated_text is not None:
-            return prompts.greeting, response.pre_generated_text
+            name = prompts.greeting
+            return Plan(name, response.pre_generated_text, prompt_pcm(name, rate))
+        decision = self._decide(response.params)
+        if decision is not None:
+            self._save_progress()
+            source: str | None = None
+            text: str | None = None
+            pcm: np.ndarray | None = None
+            if decision.say is not None or decision.prompt is not None:
+                text = decision.say
+                if text is None:
+                    assert decision.prompt is not None
+                    text = prompts.prompts[decision.prompt].text
+                source, pcm = line_pcm(text, decision.prompt, rate)
+            wait_s = decision.wait_ms / 1000.0 / self._emu.speed
+            return Plan(source, text, pcm, decision.call, decision.arguments, wait_s, decision.rule)
         if first:
-            return prompts.greeting, prompts.prompts[prompts.greeting].text
-        name = prompts.answer_cycle[self._answers % len(prompts.answer_cycle)]
-        self._answers += 1
-        self._save_progress()
-        return name, prompts.prompts[name].text
+            name = prompts.greeting
+        else:
+            name = prompts.answer_cycle[self._answers % len(prompts.answer_cycle)]
+            self._answers += 1
+            self._save_progress()
+        return Plan(name, prompts.prompts[name].text, prompt_pcm(name, rate))
 
     def _response_object(
         self,
@@ -211,17 +247,39 @@ class ResponseStreaming(SessionConnection):
                 self._active = None
 
     async def _stream_response(self, r: Response) -> None:
-        """One response, step by step: its delay, its start, its audio, its end."""
+        """One response, step by step: its delay, its start, its spoken line (audio and
+        transcript), its function call, its end."""
         if not await self._wait_to_begin(r):
             return
-        name, transcript = self._pick_prompt(r)
-        pcm = prompt_pcm(name, r.rate_hz)
-        item = await self._begin_response(r, name, transcript, len(pcm))
-        spoken = await self._stream_audio(r, pcm, transcript.split())
+        plan = self._plan(r)
+        given = self._begin_usage(r.params)
+        await self._begin_response(r, plan)
+        output: list[dict[str, Any]] = []
+        spoken: list[str] = []
+        if plan.text is not None and plan.pcm is not None:
+            item = await self._begin_message(r)
+            spoken = await self._stream_audio(r, plan.pcm, plan.text.split())
+            if r.cancel_reason == "silenced":
+                r.record.update(status="silenced", reason="message_creation_failed")
+                return
+            final = plan.call is None or r.cancel_reason is not None
+            output.append(await self._end_message(r, item, plan.text, spoken, final=final))
+        call_now = plan.call is not None and r.cancel_reason is None
+        if call_now and not await self._pause(r, plan.wait_s):
+            r.terminating = True  # the call goes out whole: too late to cancel
+            output.append(await self._emit_call(r, plan, len(output)))
         if r.cancel_reason == "silenced":
             r.record.update(status="silenced", reason="message_creation_failed")
             return
-        await self._end_response(r, item, transcript, spoken)
+        calls = [f"{o['name']}{o['arguments']}" for o in output if o["type"] == "function_call"]
+        usage = self._finish_usage(
+            given,
+            samples=r.samples_sent,
+            rate_hz=r.rate_hz,
+            transcript=" ".join(spoken),
+            calls=calls,
+        )
+        await self._end_response(r, output, usage)
 
     async def _wait_to_begin(self, r: Response) -> bool:
         """The response delay; False if the response was dropped meanwhile.
@@ -237,20 +295,26 @@ class ResponseStreaming(SessionConnection):
             return False
         return True
 
-    async def _begin_response(
-        self, r: Response, name: str, transcript: str, samples: int
-    ) -> dict[str, Any]:
-        """response.created, the assistant item and its content part; returns the item."""
-        r.item_id = new_id("item")
+    async def _begin_response(self, r: Response, plan: Plan) -> None:
+        """response.created (and the record's start)."""
+        samples = 0 if plan.pcm is None else len(plan.pcm)
         r.record.update(
-            prompt=name,
-            transcript=transcript,
+            prompt=plan.source,
+            transcript=plan.text,
             samples_total=samples,
             status="in_progress",
-            item_id=r.item_id,
             started_audio_s=round(self._audio_s, 3),
+            rule=plan.rule,
         )
-        self._mark("response.created", {"response_id": r.id, "prompt": name})
+        self._mark("response.created", {"response_id": r.id, "prompt": plan.source})
+        await self._send(
+            {"type": "response.created", "response": self._response_object(r, "in_progress")}
+        )
+
+    async def _begin_message(self, r: Response) -> dict[str, Any]:
+        """The assistant message item (output 0) and its audio content part; returns it."""
+        r.item_id = new_id("item")
+        r.record["item_id"] = r.item_id
         item: dict[str, Any] = {
             "id": r.item_id,
             "object": "realtime.item",
@@ -259,9 +323,6 @@ class ResponseStreaming(SessionConnection):
             "role": "assistant",
             "content": [],
         }
-        await self._send(
-            {"type": "response.created", "response": self._response_object(r, "in_progress")}
-        )
         await self._send(
             {
                 "type": "response.output_item.added",
@@ -330,19 +391,23 @@ class ResponseStreaming(SessionConnection):
         elif not self._silenced:
             await self._send_text(fastpath.fill(template, self._next_event_id(), audio))
 
-    async def _end_response(
-        self, r: Response, item: dict[str, Any], transcript: str, spoken: list[str]
-    ) -> None:
-        """The ``*.done`` events, ending with response.done (completed or cancelled)."""
-        r.terminating = True
-        status = "completed" if r.cancel_reason is None else "cancelled"
-        done_text = transcript if status == "completed" else " ".join(spoken)
+    async def _end_message(
+        self,
+        r: Response,
+        item: dict[str, Any],
+        transcript: str,
+        spoken: list[str],
+        *,
+        final: bool,
+    ) -> dict[str, Any]:
+        """The message's ``*.done`` events (``final``: nothing follows it, so from here on
+        the response can no longer be cancelled); returns the finished item."""
+        if final:
+            r.terminating = True
+        complete = r.cancel_reason is None
+        done_text = transcript if complete else " ".join(spoken)
         part = {"type": "audio", "transcript": done_text}
-        item = {
-            **item,
-            "status": "completed" if status == "completed" else "incomplete",
-            "content": [part],
-        }
+        item = {**item, "status": "completed" if complete else "incomplete", "content": [part]}
         await self._send({"type": "response.audio.done", **r.ids})
         await self._send(
             {"type": "response.audio_transcript.done", **r.ids, "transcript": done_text}
@@ -356,11 +421,69 @@ class ResponseStreaming(SessionConnection):
                 "item": item,
             }
         )
+        return item
+
+    async def _emit_call(self, r: Response, plan: Plan, index: int) -> dict[str, Any]:
+        """A function call as output ``index``: the item added (and created in the
+        conversation), its arguments in deltas, their done, the item done; returns the
+        completed item. Shapes: the SDK's ``ResponseFunctionCallItem``,
+        ``ServerEventResponseFunctionCallArguments{Delta,Done}``."""
+        assert plan.call is not None
+        item_id, call_id = new_id("item"), new_id("call")
+        item: dict[str, Any] = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": plan.call,
+            "call_id": call_id,
+            "arguments": "",
+        }
+        where = {"response_id": r.id, "item_id": item_id, "output_index": index}
+        placed = {"response_id": r.id, "output_index": index}
+        await self._send({"type": "response.output_item.added", **placed, "item": item})
+        await self._item_created(item)
+        args = plan.arguments
+        for at in range(0, max(len(args), 1), ARGUMENTS_DELTA_CHARS):
+            delta = args[at : at + ARGUMENTS_DELTA_CHARS]
+            await self._send(
+                {
+                    "type": "response.function_call_arguments.delta",
+                    **where,
+                    "call_id": call_id,
+                    "delta": delta,
+                }
+            )
+        await self._send(
+            {
+                "type": "response.function_call_arguments.done",
+                **where,
+                "call_id": call_id,
+                "name": plan.call,
+                "arguments": args,
+            }
+        )
+        done = {**item, "status": "completed", "arguments": args}
+        await self._send({"type": "response.output_item.done", **placed, "item": done})
+        self._note_call(plan.call, call_id, args, r.id, item_id, plan.rule or "")
+        r.record["tool_call"] = {"name": plan.call, "call_id": call_id, "arguments": args}
+        self._mark("response.function_call", {"response_id": r.id, "name": plan.call})
+        return done
+
+    async def _end_response(
+        self, r: Response, output: list[dict[str, Any]], usage: dict[str, Any]
+    ) -> None:
+        """response.done (completed or cancelled) with the output items and ``usage``."""
+        r.terminating = True
+        status = "completed" if r.cancel_reason is None else "cancelled"
         details = (
             None if status == "completed" else {"type": "cancelled", "reason": r.cancel_reason}
         )
         r.record.update(
-            status=status, reason=r.cancel_reason, ended_audio_s=round(self._audio_s, 3)
+            status=status,
+            reason=r.cancel_reason,
+            ended_audio_s=round(self._audio_s, 3),
+            usage=usage,
         )
         self._mark(
             "response.done",
@@ -373,10 +496,9 @@ class ResponseStreaming(SessionConnection):
         )
         if self._active is r:
             self._active = None  # a new response may be asked for once response.done is out
-        usage = _usage(r, len(spoken))
         await self._send(
             {
                 "type": "response.done",
-                "response": self._response_object(r, status, details, [item], usage),
+                "response": self._response_object(r, status, details, output, usage),
             }
         )

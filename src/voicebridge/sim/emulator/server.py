@@ -9,7 +9,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -19,7 +20,10 @@ from voicebridge.security import unverified_claims
 from voicebridge.sim.emulator.connection import CALL_ID_HEADER
 from voicebridge.sim.emulator.fastpath import FastPath
 from voicebridge.sim.emulator.session import EmulatedSession
+from voicebridge.sim.emulator.tools import ToolRule, load_rules
+from voicebridge.sim.emulator.usage import UsageMeter, sum_totals
 from voicebridge.sim.faults import FaultValue, check_faults
+from voicebridge.sim.script import check_segments
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,13 @@ class VoiceLiveEmulator:
     ``stalled_handshakes`` counts upgrades held by a stall fault and ``faults_fired`` lists
     ``(media seconds since start(), name)`` for faults outside any session (the stalls).
 
+    ``tool_rules`` (a JSON file path, or the table as a list / ``{"rules": [...]}``) is the
+    rule table of every session (:mod:`.tools`); without it the shipped
+    ``sim/data/tool_rules.json`` applies to responses that have tools, and nothing else
+    changes. ``caller_segments`` (a script as :mod:`voicebridge.sim.script` reads it) gives
+    each caller turn the text of the segment its audio overlaps, instead of the shipped
+    ``caller.json``'s texts in order. :meth:`usage_for_call` sums a call's reported usage.
+
     ``fast=True`` switches on the speed-ups of :mod:`.fastpath` (:attr:`fastpath`); only the
     load generator sets it. By default every message is read with ``json.loads`` and every
     event written with ``json.dumps``; what goes on the wire is the same either way.
@@ -69,6 +80,8 @@ class VoiceLiveEmulator:
         call_faults: CallFaults | None = None,
         agents: Mapping[str, Mapping[str, Any]] | None = None,
         fast: bool = False,
+        tool_rules: str | Path | Sequence[Any] | Mapping[str, Any] | None = None,
+        caller_segments: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -91,6 +104,21 @@ class VoiceLiveEmulator:
         self._progress: dict[str, tuple[int, int, int]] = {}
         #: agent name -> its stored session fields; None: any agent, nothing stored
         self.agents = None if agents is None else {k: dict(v) for k, v in agents.items()}
+        #: the rule table for every session (None: the shipped one, for sessions with tools)
+        self.tool_rules: tuple[ToolRule, ...] | None = (
+            None if tool_rules is None else load_rules(tool_rules)
+        )
+        #: the caller's script (None: the shipped caller.json's texts, in order)
+        self.caller_segments: list[dict[str, Any]] | None = (
+            None if caller_segments is None else check_segments(caller_segments)
+        )
+        # Per caller time line (call id, else conversation id): the segments used and the
+        # input audio of the sessions so far; per conversation: the usage context and the
+        # function calls (call id -> name).
+        self._segments_used: dict[str, set[int]] = {}
+        self._audio_base: dict[str, float] = {}
+        self._meters: dict[str, UsageMeter] = {}
+        self._calls: dict[str, dict[str, str]] = {}
         self.api_key = api_key
         self.require_auth = require_auth
         self.speed = speed
@@ -107,6 +135,11 @@ class VoiceLiveEmulator:
         self._runner: web.AppRunner | None = None
         self._silent_server: asyncio.Server | None = None
         self._silent_holds: set[asyncio.Task[Any]] = set()
+
+    def usage_for_call(self, call_id: str) -> dict[str, Any]:
+        """The usage reported to every session of ``call_id`` (its ``x-ms-client-request-id``),
+        summed: the shape of ``response.usage`` plus ``responses``."""
+        return sum_totals([s.usage_totals for s in self.sessions if s.call_id == call_id])
 
     def faults_for_call(self, call_id: str | None) -> dict[str, FaultValue]:
         """The ``call_faults`` of ``call_id`` (a new, validated dict; empty for None, an

@@ -60,7 +60,13 @@ class EmulatedSession(ResponseStreaming):
     ``silenced`` | ``connection_closed``), ``reason`` (``turn_detected`` / ``client_cancelled``),
     ``prompt``, ``transcript``, ``item_id``, ``samples_sent``, ``samples_total``,
     ``output_rate``, ``started_audio_s`` / ``ended_audio_s`` (input-audio time at
-    response.created / response.done) and ``audio_end_ms`` (set if it was truncated).
+    response.created / response.done) and ``audio_end_ms`` (set if it was truncated),
+    ``rule`` (the tool rule that decided it, else None), ``tool_call`` (``{"name",
+    "call_id", "arguments"}`` of the function it called, else None) and ``usage`` (the
+    ``response.usage`` it reported, None until then). ``prompt`` is the shipped prompt
+    spoken, ``"synth"`` for a rule's line without one, None when nothing was said.
+    Conversation records (``tool_calls``, ``tool_outputs``, ``user_texts``,
+    ``usage_totals``, ``audio_base_s``): :class:`~.conversation.ConversationState`.
     Extras beyond the brief: ``path``, ``conversation_id``, ``resumed`` (the conversation id
     was seen in an earlier session of this emulator) and ``config`` (the current session config).
 
@@ -109,6 +115,7 @@ class EmulatedSession(ResponseStreaming):
             self._close_code = await self._connection_close_code(None)
         finally:
             self._receiving = False
+            self._save_audio_base()
             self.close_code = self._server_close_code or self._close_code
             for task in list(self._tasks):
                 task.cancel()
@@ -351,6 +358,7 @@ class EmulatedSession(ResponseStreaming):
     async def _on_clear(self, event: dict[str, Any]) -> None:
         self._configure_vad()
         self._turn_item = None
+        self._turn_end_s = self._audio_s  # the cleared audio is in no turn
         await self._send({"type": "input_audio_buffer.cleared"})
 
     async def _on_response_create(self, event: dict[str, Any]) -> None:
@@ -374,7 +382,11 @@ class EmulatedSession(ResponseStreaming):
         if isinstance(pre, dict):
             texts = [p.get("text") for p in pre.get("content") or [] if isinstance(p, dict)]
             text = " ".join(t for t in texts if isinstance(t, str))
-        self._start_response(trigger="client", pre_generated_text=text)
+        given = dict(params) if isinstance(params, dict) else {}
+        extra = event.get("additional_instructions")
+        if extra is not None:
+            given["additional_instructions"] = extra
+        self._start_response(trigger="client", pre_generated_text=text, params=given)
 
     async def _on_response_cancel(self, event: dict[str, Any]) -> None:
         active = self._active
@@ -391,6 +403,7 @@ class EmulatedSession(ResponseStreaming):
             raise Rejected("invalid_value", "conversation.item.create needs an item.", "item")
         created = {"object": "realtime.item", "status": "completed", **item}
         created.setdefault("id", new_id("item"))
+        self._take_item(item, created["id"])
         self._note_replay(item)
         await self._item_created(created)
 
@@ -527,12 +540,13 @@ class EmulatedSession(ResponseStreaming):
                 "content": [{"type": "input_audio", "transcript": None}],
             }
         )
-        transcript = next(self._transcripts, None)
+        transcript = self._turn_text(start_s, end_s)
         self._transcripts_used += 1
         self._turns += 1
         self._save_progress()
         if transcript is None:
             transcript = f"(speech {max(end_s - start_s, 0.0):.1f} s)"
+        self._heard(transcript)
         if not isinstance(self.config.get("input_audio_transcription"), dict):
             return  # transcription off (or refused): the service transcribes nothing
         self._mark("transcription", {"item_id": item_id, "transcript": transcript})
