@@ -351,6 +351,7 @@ class CallBridge:
         c = self._accounting.counters
         if result.kind == "submitted":
             c.dtmf_submitted += 1
+            self._session.keypad.add(result.digits)
             self._keyed = ("user", self._dtmf_text.format(digits=result.digits))
             self._respond_if_due()
         elif result.kind == "action":

@@ -19,6 +19,7 @@ Pure state machines with injected times (media seconds), like the rest of the co
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "DtmfCollector",
     "DtmfConfig",
     "DtmfResult",
+    "KeypadSecrets",
     "NoInput",
     "NoInputConfig",
     "ToolCalls",
@@ -145,6 +147,27 @@ class NoInput:
             return "reprompt"
         self._given_up = True
         return "give_up"
+
+
+class KeypadSecrets:
+    """Keypad entries typed on this call, to blank them out of transcripts before they
+    are logged (the model may read a card number back): an entry's digits in a row,
+    or separated by spaces, dots or dashes, become ``[keypad]``."""
+
+    __slots__ = ("_patterns",)
+
+    def __init__(self) -> None:
+        self._patterns: list[re.Pattern[str]] = []
+
+    def add(self, digits: str) -> None:
+        digits = "".join(d for d in digits if d.isdigit())
+        if len(digits) >= 3:
+            self._patterns.append(re.compile(r"[\s.-]?".join(map(re.escape, digits))))
+
+    def redact(self, text: str) -> str:
+        for pattern in self._patterns:
+            text = pattern.sub("[keypad]", text)
+        return text
 
 
 def parse_arguments(arguments: str) -> dict[str, Any] | str:

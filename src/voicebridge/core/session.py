@@ -33,6 +33,7 @@ from typing import Any
 
 from voicebridge.core import voicelive as vl
 from voicebridge.core.accounting import Accounting
+from voicebridge.core.control import KeypadSecrets
 from voicebridge.core.events import (
     AgentTranscript,
     BridgeEvent,
@@ -139,6 +140,7 @@ class VoiceLiveSession:
             max_message_bytes=limits.max_message_bytes,
         )
         self.transcript: deque[tuple[str, str]] = deque(maxlen=self._history.max_items)
+        self.keypad = KeypadSecrets()  # keypad entries, blanked out of logged transcripts
         self.sessions = 0
         self.session_id: str | None = None
         self.conversation_id: str | None = None
@@ -285,14 +287,14 @@ class VoiceLiveSession:
         self._nudged = False
 
     def user_said(self, ev: vl.TranscriptionCompleted) -> None:
-        self.transcript.append(("user", ev.transcript))
-        self._emit(UserTranscript(item_id=ev.item_id, text=ev.transcript))
+        self.transcript.append(("user", ev.transcript))  # in clear: replayed to the model
+        text = self.keypad.redact(ev.transcript)  # events are logged: no keypad digits
+        self._emit(UserTranscript(item_id=ev.item_id, text=text))
 
     def agent_said(self, ev: vl.TranscriptDone) -> None:
         self.transcript.append(("assistant", ev.transcript))
-        self._emit(
-            AgentTranscript(response_id=ev.response_id, item_id=ev.item_id, text=ev.transcript)
-        )
+        text = self.keypad.redact(ev.transcript)
+        self._emit(AgentTranscript(response_id=ev.response_id, item_id=ev.item_id, text=text))
 
     def _respond(self, trigger: Trigger, response_id: str | None = None) -> None:
         """Apply a server fact to the response state; an illegal one is an anomaly."""

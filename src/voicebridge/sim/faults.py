@@ -184,6 +184,36 @@ _REGISTRY = (
         None,
         "caller hangs up at the answer: CallConnected, CallDisconnected, then the media dial",
     ),
+    FaultInfo(
+        "acs-transfer-fail",
+        "acs",
+        None,
+        "every transferToParticipant ends in CallTransferFailed (480/560480); the call goes on",
+    ),
+    FaultInfo(
+        "acs-transfer-slow",
+        "acs",
+        "T",
+        "the outcome of every transfer (accepted or failed) comes T s after the request",
+    ),
+    FaultInfo(
+        "acs-callee-no-answer",
+        "acs",
+        None,
+        "outbound calls ring 30 s unanswered, then CreateCallFailed (480/560480)",
+    ),
+    FaultInfo(
+        "acs-callee-busy",
+        "acs",
+        None,
+        "outbound calls: the callee is busy, CreateCallFailed (486/560486) 0.5 s in",
+    ),
+    FaultInfo(
+        "acs-create-fail",
+        "acs",
+        None,
+        "createCall is refused with HTTP 403 (7504); nothing is dialled",
+    ),
 )
 
 #: Every fault by name, in help order.
@@ -193,6 +223,9 @@ FAULTS: dict[str, FaultInfo] = {info.name: info for info in _REGISTRY}
 _EXCLUSIVE = (
     ("acs-disconnect-first", "acs-close-first"),
     ("acs-redial-on-drop", "acs-silent-on-drop"),
+    ("acs-callee-no-answer", "acs-callee-busy"),
+    ("acs-create-fail", "acs-callee-no-answer"),
+    ("acs-create-fail", "acs-callee-busy"),
 )
 
 

@@ -197,3 +197,35 @@ def test_tools_the_service_runs_itself_are_reported_by_type_only() -> None:
         events.ServerTool(type="response.foundry_agent_call.completed"),
     ]
     assert "secret" not in repr(got) and "4111" not in repr(got)
+
+
+def test_keypad_digits_are_blanked_out_of_logged_transcripts() -> None:
+    b = quiet()
+    for key in "4111222233334444#":
+        b.receive_acs(acs.dtmf_message(key))
+    vl_in(
+        b,
+        {
+            "type": "response.audio_transcript.done",
+            "response_id": "r9",
+            "item_id": "a9",
+            "transcript": "I have 4111 2222 3333 4444, and 4111-2222-3333-4444 again.",
+        },
+    )
+    vl_in(
+        b,
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "u9",
+            "transcript": "yes 4111222233334444 is right",
+        },
+    )
+    said = [
+        e
+        for e in b.events_received()
+        if isinstance(e, events.AgentTranscript | events.UserTranscript)
+    ]
+    assert [e.text for e in said] == [
+        "I have [keypad], and [keypad] again.",
+        "yes [keypad] is right",
+    ]

@@ -7,8 +7,8 @@ receives from it exactly what live ACS would send (protocols.md §1-§5):
 * an Event Grid ``Microsoft.Communication.IncomingCall`` delivery to the webhook
   (:meth:`FakeAcs.place_call`), or the subscription-validation handshake
   (:meth:`FakeAcs.validate_subscription`);
-* the Call Automation REST API (answer, get, hang up, terminate, play, start/stop
-  media streaming, cancel media operations), every request HMAC-checked (§2.3);
+* the Call Automation REST API (answer, create, get, hang up, terminate, transfer, play,
+  start/stop media streaming, cancel media operations), every request HMAC-checked (§2.3);
 * CloudEvents callbacks to ``callbackUri`` with a Bearer JWT (§3, §5);
 * the media WebSocket, dialled *out* to ``transportUrl`` with a Bearer JWT and the
   ``x-ms-call-*`` headers: ``AudioMetadata`` then 20 ms ``AudioData`` frames on an
@@ -110,15 +110,83 @@ call's rate), whether a media socket is connected or not, and ``PlayCompleted`` 
 it has played (a cancel or the end of the call cuts it there). :attr:`FakeCall.played_files`
 lists the URIs; the file audio is not bridge audio and is kept out of the conservation counts.
 
+**Transfers** (:mod:`.transfer`). ``POST /calling/callConnections/{id}:transferToParticipant``
+(``targetParticipant``, ``sourceCallerIdNumber``, ``operationContext``, ``operationCallbackUri``,
+... as SDK 1.6 sends them) is answered 202 ``{"operationContext": ...}``; the outcome comes
+:data:`~.transfer.TRANSFER_RESULT_S` (1 s) of call time later, to ``operationCallbackUri`` or the
+call's callback URI, with the request's ``operationContext``:
+
+* ``CallTransferAccepted`` (200/0, ``transferTarget``, ``transferee``); then the bridge's leg
+  ends as live ACS ends it: the media clock stops, ``CallDisconnected`` (200/7015) is posted,
+  the media socket is closed with 1000, and the call ends as ``transferred`` (also if the bridge
+  or the caller hangs up once it was accepted; later REST calls on it get 404);
+* ``CallTransferFailed`` when the fault ``acs-transfer-fail`` is set (every transfer:
+  480/560480, no answer) or the target is a phone number ending in ``0000`` (404/560404, not
+  found); the call goes on, media streaming both ways.
+
+``acs-transfer-slow=T``: the outcome comes ``T`` call seconds after the request instead (for the
+bridge's "one moment" filler). Refused at once: no usable ``targetParticipant`` (400, 8523), a
+phone-number target without ``sourceCallerIdNumber`` (400, 8523), a second transfer while one
+is pending (409, 8607). The caller does not hang up by itself while a transfer is pending, and
+stays ``hangup_after_audio_s`` after a failed one. Each transfer is recorded in
+:attr:`FakeCall.transfers` (``target``, ``source_caller_id``, ``at_s``, ``result``: ``pending``,
+``accepted``, ``failed``, ``abandoned``) and in ``summary()``.
+
+**Key presses** (:mod:`.keypad`). ``place_call(..., dtmf=[(at_s, "1234#"), ...])`` makes the
+caller key: one ``DtmfData`` message per key (:func:`voicebridge.core.acs.dtmf_message`),
+:data:`~.keypad.KEY_GAP_S` (0.25 s) of call time apart from ``at_s`` on, each sent just before
+the ``AudioData`` of the first media tick at or after its press time — only when the answer's
+``mediaStreamingOptions.enableDtmfTones`` is true (otherwise the plan is dropped and counted in
+``dtmf_suppressed``). The caller stays on the line until its last key (then
+``hangup_after_audio_s`` as after its audio). :func:`dtmf_from_segments` turns segments of a
+caller script (``sim/data/caller.json`` format) that carry ``"dtmf": "1234#"`` into such a plan
+(pressed from the segment's ``start_s``). :attr:`FakeCall.dtmf_sent` counts the keys sent,
+:attr:`FakeCall.dtmf_times_s` has their call times. **The keys themselves are recorded nowhere**
+(timeline, summary, logs, CLI output): callers type card numbers; only the media socket carries
+them, as in the product.
+
+**Outbound calls** (:mod:`.outbound`). ``POST /calling/callConnections`` (SDK ``create_call``:
+``targets``, ``callbackUri``, ``sourceCallerIdNumber``, ``mediaStreamingOptions``,
+``operationContext``, ...) is validated (400 for a missing ``targets`` or ``callbackUri``, a bad
+media option, a phone target without ``sourceCallerIdNumber``; 501 for more than one target or a
+non-phone target) and answered 201 with ``CallConnectionProperties`` (``connecting``, a new
+``callConnectionId``; a retry with the same ``Repeatability-Request-ID`` gets the same call).
+The callee's phone then rings :data:`~.outbound.OUTBOUND_RING_S` (2 s) of call time and it
+answers: ``CallConnected`` and ``ParticipantsUpdated`` go to ``callbackUri`` and, with
+``startMediaStreaming``, the fake dials ``transportUrl``: the inbound media flow, the callee in
+the caller's part (frames from ``4:<callee>``; it hangs up ``hangup_after_audio_s`` after its
+audio: ``callee_hung_up``). A bridge hang-up while it rings cancels it (``CallDisconnected``,
+``bridge_hung_up``); other actions on a ringing call get 400 (8501). What the callee says:
+``fake.callee_audio = pcm`` (any number; PCM16LE mono at ``acs_rate``; default silence) or
+``fake.expect_outbound(number, pcm, faults=..., dtmf=..., ring_s=...)`` for one number. Faults
+(fake-wide, or per number through ``expect_outbound``): ``acs-callee-no-answer`` (it rings
+:data:`~.outbound.NO_ANSWER_S`, 30 s, then ``CreateCallFailed`` 480/560480: ``no_answer``),
+``acs-callee-busy`` (``CreateCallFailed`` 486/560486 0.5 s in: ``busy``), ``acs-create-fail``
+(createCall answered 403 with error code 7504: nothing rings; the attempt ends ``failed``).
+Outbound calls are in ``fake.placed`` and ``fake.calls`` like inbound ones, with
+:attr:`FakeCall.direction` ``"outbound"``, ``target`` and ``source_caller_id``;
+:attr:`FakeAcs.outbound_calls` lists them, :meth:`FakeAcs.wait_outbound_call` waits for one.
+
+**Sources for call control.** Documented: the paths and JSON fields (the SDK), the event names
+and data fields (Call Automation SDK reference), the subcodes 7504/8501/8523/8607 and the PSTN
+pairs 480/560480, 486/560486, 404/560404 (ACS "Troubleshooting call end response codes"), that
+transfers and calls to phone numbers need a source caller id. Inferred, and said so where they
+are implemented: that ``CallTransferFailed``/``CreateCallFailed`` carry those PSTN pairs, 200/7015
+on the ``CallDisconnected`` after a transfer (Microsoft Graph's end reason), the messages, the
+delays and ring times, the HTTP status of a refused createCall, that nothing follows
+``CreateCallFailed``.
+
 **Per-call faults.** ``FakeAcs(faults=...)`` applies to every call. ``place_call(faults=...)``
 adds faults to that call only (on top of the fake-wide ones; :attr:`FakeCall.faults` is the
 merged set, validated like the fake's, contradictory pairs included), so a load test can fault
 some calls and leave the rest alone.
 
-**Layout.** :class:`FakeAcs` (here, with the ``voicebridge fake-acs`` CLI) stacks three
+**Layout.** :class:`FakeAcs` (here, with the ``voicebridge fake-acs`` CLI) stacks five
 layers: :mod:`.events` (its state; Event Grid, CloudEvents callbacks, JWT signing) ·
-:mod:`.flow` (after the answer: connected, the media socket, faults, the end) · :mod:`.rest`
-(Call Automation REST + HMAC). :mod:`.media` is :class:`FakeCall` (media clock, play queue),
+:mod:`.flow` (after the answer: connected, the media socket, faults, the end) ·
+:mod:`.transfer` (``transferToParticipant``) · :mod:`.outbound` (``createCall``, the callee) ·
+:mod:`.rest` (Call Automation REST + HMAC; request checks in :mod:`.bodies`). :mod:`.media` is
+:class:`FakeCall` (media clock, play queue; key presses in :mod:`.keypad`),
 :mod:`.fastpath` the opt-in speed-ups (``fast=True``: the load generator's; the default paths
 are the plain reference, and what goes on the wire is the same either way).
 """
@@ -142,8 +210,11 @@ from voicebridge.sim.fake_acs.events import (
     NODE_HEADER,
 )
 from voicebridge.sim.fake_acs.flow import HANGUP_SPLIT_S
+from voicebridge.sim.fake_acs.keypad import KEY_GAP_S, dtmf_from_segments
 from voicebridge.sim.fake_acs.media import FRAME_S, FakeCall
+from voicebridge.sim.fake_acs.outbound import NO_ANSWER_S, OUTBOUND_RING_S
 from voicebridge.sim.fake_acs.rest import CallAutomation, verify_hmac
+from voicebridge.sim.fake_acs.transfer import TRANSFER_RESULT_S
 from voicebridge.sim.faults import FAULTS, parse_faults
 from voicebridge.sim.wav import read_wav, resample, write_wav
 
@@ -152,11 +223,16 @@ __all__ = [
     "FRAME_S",
     "HANGUP_SPLIT_S",
     "ISSUER",
+    "KEY_GAP_S",
     "MEDIA_TOKEN_LIFETIME_S",
     "NODE_HEADER",
+    "NO_ANSWER_S",
+    "OUTBOUND_RING_S",
+    "TRANSFER_RESULT_S",
     "FakeAcs",
     "FakeCall",
     "configure",
+    "dtmf_from_segments",
     "run",
     "verify_hmac",
 ]
@@ -177,6 +253,11 @@ class FakeAcs(CallAutomation):
     faults for one call. ``fast=True`` switches on the speed-ups of :mod:`.fastpath`
     (:attr:`fastpath`); only the load generator sets it. By default frames are written by
     the codec and sent with ``ws.send``; what goes on the wire is the same either way.
+
+    Outbound calls (``createCall`` by the bridge): :attr:`callee_audio` is what a callee
+    says (at ``acs_rate``, the same rules as the caller audio), :meth:`expect_outbound` sets
+    one number's audio, faults, key presses and ring time; :attr:`outbound_calls` and
+    :meth:`wait_outbound_call` find the calls (see the package docstring).
 
     Other arguments: ``access_key`` (base64; default: a new one), ``resource_id`` (the JWT
     audience; default: a new UUID).
@@ -356,6 +437,13 @@ def _print_summary(call: FakeCall) -> None:
     print(f"  IncomingCall deliveries (node=status/answering): {deliveries or 'none'}")
     media_by = ", ".join(node or "?" for node in call.media_by) or "none"
     print(f"  answered by: {call.answered_by or '?'}; media sockets by: {media_by}")
+    if call.transfers or call.dtmf_sent or call.dtmf_suppressed:
+        transfers = ", ".join(f"{t['target']}={t['result']}" for t in call.transfers) or "none"
+        # Key presses as counts only: callers type card numbers (never print the keys).
+        print(
+            f"  transfers: {transfers}; keys pressed: {call.dtmf_sent}"
+            f" (suppressed: {call.dtmf_suppressed})"
+        )
     for error in call.errors[:10]:
         print(f"  protocol error: {error}")
 

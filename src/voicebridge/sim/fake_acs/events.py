@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import jwt
@@ -29,8 +29,12 @@ from jwt.algorithms import RSAAlgorithm
 
 from voicebridge.config import ACS_JWT_ISSUER
 from voicebridge.sim.fake_acs.fastpath import FastPath
+from voicebridge.sim.fake_acs.keypad import DtmfPlan
 from voicebridge.sim.fake_acs.media import FakeCall, now_utc, phone
 from voicebridge.sim.faults import FaultValue, check_faults
+
+if TYPE_CHECKING:
+    from voicebridge.sim.fake_acs.outbound import Callee
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,11 @@ class AcsEvents(abc.ABC):
         #: ``callConnections:answer`` requests received (every call, refused ones included)
         self.answer_requests = 0
         self._by_context: dict[str, FakeCall] = {}
+        # Outbound calls (.outbound): what callees say and do, createCall retries.
+        self._callee_audio = b""
+        self._callees: dict[str, Callee] = {}
+        self._create_repeats: dict[str, FakeCall] = {}
+        self._outbound_added = asyncio.Event()
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._kid = secrets.token_hex(16)
         #: the opt-in speed-ups (``fast=True``); None: the plain reference paths
@@ -226,6 +235,7 @@ class AcsEvents(abc.ABC):
         fail_answer: bool = False,
         faults: Mapping[str, FaultValue] | None = None,
         call_connection_id: str | None = None,
+        dtmf: DtmfPlan | None = None,
     ) -> FakeCall:
         """Ring the bridge: POST an ``IncomingCall`` event to ``webhook_url`` (§1).
 
@@ -243,6 +253,11 @@ class AcsEvents(abc.ABC):
         fault the Voice Live session the bridge opens for this call, which carries it as
         ``x-ms-client-request-id``. ``ValueError`` for bad faults, an unknown schema, or
         an id another call of this fake already has or will get.
+
+        ``dtmf`` is what the caller keys: ``[(at_s, "1234#"), ...]``, each key a ``DtmfData``
+        message 0.25 s of call time after the previous one from ``at_s`` on, sent only when
+        the answer enabled DTMF tones (:mod:`.keypad`; ``dtmf_from_segments`` reads it from a
+        caller script). ``ValueError`` for a bad plan.
         """
         if schema not in ("eventgrid", "cloudevents"):
             raise ValueError("schema must be 'eventgrid' or 'cloudevents'")
@@ -261,6 +276,7 @@ class AcsEvents(abc.ABC):
             fail_answer=fail_answer,
             faults=faults,
             call_connection_id=call_connection_id,
+            dtmf=dtmf,
         )
         self.placed.append(call)
         call.webhook_url = webhook_url

@@ -247,6 +247,8 @@ class CallFlow(AcsEvents):
                 if call._held(tick):  # on hold: the call goes on, the stream is quiet
                     call._next_tick = tick + 1
                     continue
+                for key in call._keys_due(tick):  # DtmfData before the tick's frame
+                    await call._send_frame(ws, key)
                 message = call._caller_frame(tick)
                 call._next_tick = tick + 1
                 await call._send_frame(ws, message)
@@ -367,7 +369,7 @@ class CallFlow(AcsEvents):
         once with 1000. The call ends as ``caller_hung_up`` after that dial."""
         await self._post_event(call, "CallConnected")
         call._ending = True
-        call.end_reason = "caller_hung_up"
+        call.end_reason = _spelled(call, "caller_hung_up")
         call._fired("acs-disconnect-before-media")
         call._log("hangup", {"by": "caller", "reason": "caller_hung_up"})
         result = _disconnect_result("caller_hung_up")
@@ -472,12 +474,17 @@ class CallFlow(AcsEvents):
             await call.ended.wait()
             return
         call._ending = True
-        call._log("hangup", {"by": _HANGUP_BY.get(reason, "fake"), "reason": reason})
+        by = _HANGUP_BY.get(reason, "fake")
+        if call.direction == "outbound" and by == "caller":
+            by = "callee"
+        call._log("hangup", {"by": by, "reason": _spelled(call, reason)})
         if call._media_failed and reason == "bridge_hung_up":
             reason = "media_failed"  # the root cause, not the bridge's reaction to it
         if call._media_dropped:
             reason = "media_dropped"  # acs-drop: whoever ends it, no callback is posted
-        call.end_reason = reason
+        elif call._transfer_accepted:
+            reason = "transferred"  # CallTransferAccepted: the leg ends, whoever asks first
+        call.end_reason = _spelled(call, reason)
         current = asyncio.current_task()
         for task in (call._ring_task, call._idle_task, call._play_task):
             if task is not None and task is not current:
@@ -502,8 +509,16 @@ class CallFlow(AcsEvents):
         else:
             await self._close_media(call)
         call.state = "disconnected"
-        call._log("ended", {"reason": reason})
+        call._log("ended", {"reason": call.end_reason})
         call.ended.set()
+
+
+def _spelled(call: FakeCall, reason: str) -> str:
+    """``reason`` as :attr:`FakeCall.end_reason` has it: the PSTN party of an outbound call is
+    the callee, so its hang-up is ``callee_hung_up``."""
+    if call.direction == "outbound" and reason == "caller_hung_up":
+        return "callee_hung_up"
+    return reason
 
 
 _HANGUP_BY = {"caller_hung_up": "caller", "bridge_hung_up": "bridge"}
@@ -519,6 +534,14 @@ def _dial_failure(status: int | None, *, reconnect: bool) -> str:
 
 
 def _disconnect_result(reason: str) -> dict[str, Any]:
+    if reason == "transferred":
+        # 200/7015 is Microsoft Graph's documented end reason of a completed transfer (the
+        # calling platform ACS shares); that ACS sends the same pair here is an inference.
+        return {
+            "code": 200,
+            "subCode": 7015,
+            "message": "Call ended as the transfer completed successfully.",
+        }
     messages = {
         "caller_hung_up": "The call was ended by the remote participant.",
         "bridge_hung_up": "The call was ended by the application.",

@@ -29,7 +29,9 @@ from websockets.asyncio.client import ClientConnection
 from voicebridge.core import acs
 from voicebridge.errors import AcsCodecError
 from voicebridge.sim.fake_acs.fastpath import FrameText, outbound_audio, send_text
+from voicebridge.sim.fake_acs.keypad import DtmfPlan, Keypad
 from voicebridge.sim.faults import FaultValue, check_faults
+from voicebridge.sim.wav import resample
 
 if TYPE_CHECKING:
     from voicebridge.sim.fake_acs.events import AcsEvents
@@ -88,15 +90,33 @@ def _zeros_b64(frame_bytes: int) -> str:
 class FakeCall:
     """One simulated PSTN call as the caller's side of ACS sees it.
 
-    Created by :meth:`FakeAcs.place_call`; read its attributes, never set them.
+    Created by :meth:`FakeAcs.place_call` (an inbound call) or by a ``createCall`` request
+    (an outbound call, :mod:`.outbound`); read its attributes, never set them.
     ``end_reason`` is ``""`` until :attr:`ended` is set, then one of
-    ``caller_hung_up``, ``bridge_hung_up``, ``answer_failed`` (the answer was
+    ``caller_hung_up``, ``bridge_hung_up``, ``transferred`` (``CallTransferAccepted``: the
+    bridge's leg ended, :mod:`.transfer`), ``answer_failed`` (the answer was
     refused or ``fail_answer`` simulated an ``AnswerFailed``), ``media_failed`` (the
     media socket could not be opened, even if the bridge then hung up; or the bridge
     closed it and did not hang up within :data:`MEDIA_FAILURE_GRACE_S`),
     ``not_answered`` (ring timeout), ``media_dropped`` (the ``acs-drop`` fault, or
     ``acs-silent-on-drop`` with nobody hanging up) or
-    ``fake_stopped``. All times are call time (see the package docstring).
+    ``fake_stopped``; an outbound call ends as ``no_answer``, ``busy`` (``CreateCallFailed``),
+    ``failed`` (``acs-create-fail``: createCall refused), ``callee_hung_up`` (the callee's
+    side of ``caller_hung_up``), ``bridge_hung_up``, ``transferred`` or the media ends above.
+    All times are call time (see the package docstring).
+
+    Direction: :attr:`direction` is ``"inbound"`` or ``"outbound"``. For an outbound call
+    :attr:`target` is the number called and :attr:`source_caller_id` the ACS number it was
+    called from (both None on an inbound call) and :attr:`create_request` the createCall
+    body (as :attr:`answer_request` is the answer's); ``caller`` is then the callee's number (the
+    PSTN party whose audio the fake plays and whose ``participantRawID`` the frames carry) and
+    ``recipient`` the source number.
+
+    Call control: :attr:`transfers` (one ``{"target", "source_caller_id", "at_s", "result"}``
+    per ``transferToParticipant``; ``result`` is ``pending``, ``accepted``, ``failed`` or
+    ``abandoned`` when the call ended first), :attr:`dtmf_sent` and :attr:`dtmf_times_s` (keys
+    pressed, as ``DtmfData`` sent, and their call times; never the keys: :mod:`.keypad`),
+    ``dtmf_suppressed`` (planned keys not sent because the answer did not enable DTMF tones).
 
     Node attribution (cluster tests; bridge nodes name themselves in the ``x-voicebridge-node``
     response header, :data:`NODE_HEADER`): :attr:`incoming_deliveries` (one
@@ -137,6 +157,8 @@ class FakeCall:
         fail_answer: bool,
         faults: Mapping[str, FaultValue] | None = None,
         call_connection_id: str | None = None,
+        dtmf: DtmfPlan | None = None,
+        direction: str = "inbound",
     ) -> None:
         if len(caller_pcm) % 2:
             raise ValueError("caller_pcm must be PCM16LE: an even number of bytes")
@@ -166,6 +188,7 @@ class FakeCall:
         self._init_media(caller_pcm, fast=fake.fastpath is not None)
         self._init_tasks()
         self._init_nodes()
+        self._init_control(dtmf, direction)
         self._log("ringing", {"caller": caller, "recipient": recipient})
 
     def _init_answer(self, acs_rate: int, call_connection_id: str | None) -> None:
@@ -204,6 +227,37 @@ class FakeCall:
         self.play_failures: list[dict[str, str]] = []
         self.samples_played_from_files = 0
         self._clips: list[FileClip] = []
+
+    def _init_control(self, dtmf: DtmfPlan | None, direction: str) -> None:
+        """Direction, transfers and key presses (see the class docstring)."""
+        if direction not in ("inbound", "outbound"):
+            raise ValueError("direction must be 'inbound' or 'outbound'")
+        self.direction = direction
+        self.target: str | None = None  # outbound: the number called
+        self.source_caller_id: str | None = None  # outbound: the ACS number calling
+        self.create_request: dict[str, Any] | None = None  # outbound: the createCall body
+        self.transfers: list[dict[str, Any]] = []
+        self._keypad = Keypad(dtmf)
+        self._transfer_pending = False
+        self._transfer_accepted = False
+        # The caller does not hang up (hangup_after_audio_s) before this tick + that delay:
+        # set after its last key press and when a transfer comes back failed.
+        self._quiet_floor_tick = 0
+
+    @property
+    def dtmf_sent(self) -> int:
+        """``DtmfData`` messages sent (keys pressed)."""
+        return len(self._keypad.sent_s)
+
+    @property
+    def dtmf_times_s(self) -> list[float]:
+        """Call time (s) of each key pressed, in order (never the keys)."""
+        return list(self._keypad.sent_s)
+
+    @property
+    def dtmf_suppressed(self) -> int:
+        """Planned keys not sent: the answer did not set ``enableDtmfTones``."""
+        return self._keypad.suppressed
 
     @property
     def answered_by(self) -> str | None:
@@ -332,6 +386,9 @@ class FakeCall:
         return {
             "call_connection_id": self.call_connection_id,
             "correlation_id": self.correlation_id,
+            "direction": self.direction,
+            "target": self.target,
+            "source_caller_id": self.source_caller_id,
             "end_reason": self.end_reason,
             "state": self.state,
             "acs_rate": self.acs_rate,
@@ -361,6 +418,10 @@ class FakeCall:
             "played_files": list(self.played_files),
             "play_failures": [dict(f) for f in self.play_failures],
             "samples_played_from_files": self.samples_played_from_files,
+            "transfers": [dict(t) for t in self.transfers],
+            "dtmf_sent": self.dtmf_sent,
+            "dtmf_times_s": self.dtmf_times_s,
+            "dtmf_suppressed": self.dtmf_suppressed,
             "faults": sorted(self.faults),
             "faults_fired": [name for _, name in self._faults_raw],
             "errors": list(self.errors),
@@ -475,7 +536,8 @@ class FakeCall:
     # ---------------------------------------------------------------- caller actions
 
     async def hang_up(self) -> None:
-        """The caller hangs up now; returns when the call has ended.
+        """The caller (of an outbound call: the callee) hangs up now; returns when the call
+        has ended (``caller_hung_up``, outbound ``callee_hung_up``).
 
         Posts ``CallDisconnected`` (if the call was answered), then closes the media
         socket with 1000 (``acs-close-first`` reverses the order, ``acs-disconnect-first``
@@ -489,7 +551,9 @@ class FakeCall:
         await asyncio.wait_for(self.ended.wait(), timeout)
 
     async def send_dtmf(self, tone: str) -> None:
-        """The caller presses a key: a ``DtmfData`` message on the media socket (§4).
+        """The caller presses a key now: a ``DtmfData`` message on the media socket (§4),
+        counted in :attr:`dtmf_sent` (the key itself is recorded nowhere: :mod:`.keypad`).
+        ``place_call(dtmf=...)`` presses keys on the media clock instead.
 
         Only when the answer set ``enableDtmfTones``, as live ACS does; raises
         ``RuntimeError`` otherwise or when no media socket is open.
@@ -502,7 +566,30 @@ class FakeCall:
         await self._ws.send(
             acs.dtmf_message(tone, timestamp=stamp, participant_raw_id=self.caller_raw_id)
         )
-        self._log("dtmf", {"tone": tone})
+        self._keypad.sent_s.append(self.now())
+        self._log("dtmf", {"keys": 1})  # never the key (card numbers)
+
+    def _keys_due(self, tick: int) -> list[str]:
+        """The ``DtmfData`` messages of the keys pressed by ``tick`` (sent before its frame);
+        none, and the plan dropped, when the answer did not enable DTMF tones."""
+        if not self._keypad.pending:
+            return []
+        if not (self.media_options or {}).get("enableDtmfTones"):
+            self._log("dtmf_suppressed", {"keys": self._keypad.suppress()})
+            return []
+        keys = self._keypad.due(tick * FRAME_S)
+        if not keys:
+            return []
+        at_us = self._wall_origin_us + tick * FRAME_US
+        stamp = iso_ms(EPOCH + timedelta(microseconds=at_us))
+        self._keypad.sent_s.extend([round(tick * FRAME_S, 6)] * len(keys))
+        self._log("dtmf", {"keys": len(keys), "tick": tick})  # never the keys themselves
+        if not self._keypad.pending:
+            self._quiet_floor_tick = max(self._quiet_floor_tick, tick + 1)
+        return [
+            acs.dtmf_message(key, timestamp=stamp, participant_raw_id=self.caller_raw_id)
+            for key in keys
+        ]
 
     # ---------------------------------------------------------------- media model
 
@@ -583,7 +670,9 @@ class FakeCall:
         after = self._fake.hangup_after_audio_s
         if self._caller_end_tick is None or self._queue or not math.isfinite(after):
             return False
-        quiet_from = self._caller_end_tick
+        if self._transfer_pending or self._keypad.pending:
+            return False  # the caller waits for its transfer, and keys what it meant to
+        quiet_from = max(self._caller_end_tick, self._quiet_floor_tick)
         if self._last_play_tick is not None:
             quiet_from = max(quiet_from, self._last_play_tick + 1)
         return tick >= quiet_from + math.ceil(after / FRAME_S - 1e-9)
@@ -633,24 +722,38 @@ class FakeCall:
         else:
             await ws.send(text)
 
+    def _negotiate_media(self, media: dict[str, Any] | None, rate: int) -> None:
+        """Take the answer's (or createCall's) ``mediaStreamingOptions``, validated, and its
+        rate: the caller audio is resampled (soxr) when the rate is not the fake's."""
+        self.media_options = media
+        self.bidirectional = bool(media and media.get("enableBidirectional"))
+        if rate != self.acs_rate:
+            caller = np.frombuffer(self._caller_src, dtype="<i2")
+            self._caller = resample(caller, self.acs_rate, rate, how="soxr").tobytes()
+            self.acs_rate = rate
+
     def _properties(self) -> dict[str, Any]:
-        """The ``CallConnectionProperties`` JSON for this call (§2.3)."""
+        """The ``CallConnectionProperties`` JSON for this call (§2.3). An outbound call is
+        ``connecting`` while it rings, has the createCall ``targets`` and source caller id,
+        and no ``answeredBy``/``answeredFor`` (those describe an answered inbound call)."""
         if self.media_options is None:
             media_state = "disabled"
         else:
             # active only while a socket is open and streaming: not after a drop or a stop
             media_state = "active" if self.streaming else "inactive"
-        return {
+        state = "connecting" if self.state == "ringing" else "connected"
+        app = {"id": f"8:acs:{self._fake.resource_id}_{self.event_id}"}
+        props: dict[str, Any] = {
             "callConnectionId": self.call_connection_id,
             "serverCallId": self.server_call_id,
             "targets": [phone(self.recipient)],
-            "callConnectionState": "disconnected" if self._ending else "connected",
+            "callConnectionState": "disconnected" if self._ending else state,
             "callbackUri": self.callback_uri,
             "sourceCallerIdNumber": {"value": self.caller},
             "sourceDisplayName": "",
             "source": phone(self.caller),
             "correlationId": self.correlation_id,
-            "answeredBy": {"id": f"8:acs:{self._fake.resource_id}_{self.event_id}"},
+            "answeredBy": app,
             "answeredFor": {"value": self.recipient},
             "mediaStreamingSubscription": {
                 "id": self.media_subscription_id,
@@ -658,3 +761,13 @@ class FakeCall:
                 "subscribedContentTypes": ["audio"] if self.media_options is not None else [],
             },
         }
+        if self.direction == "outbound":
+            del props["answeredBy"], props["answeredFor"]
+            props["targets"] = [phone(self.target or self.caller)]
+            props["sourceCallerIdNumber"] = {"value": self.source_caller_id or self.recipient}
+            props["source"] = {
+                "kind": "communicationUser",
+                "rawId": app["id"],
+                "communicationUser": app,
+            }
+        return props

@@ -1,9 +1,11 @@
 """The Call Automation REST API the bridge's SDK calls, every request HMAC-checked (§2):
-answer, reject, get, hang up, terminate, play, start/stop media streaming, cancel media
-operations; plus the JWKS and OpenID configuration the bridge fetches to verify tokens.
+answer, reject, create (:mod:`.outbound`), get, hang up, terminate, transfer
+(:mod:`.transfer`), play, start/stop media streaming, cancel media operations; plus the JWKS
+and OpenID configuration the bridge fetches to verify tokens.
 
 :class:`CallAutomation` is the top protocol layer of
-:class:`~voicebridge.sim.fake_acs.FakeAcs`, on :class:`~.flow.CallFlow`.
+:class:`~voicebridge.sim.fake_acs.FakeAcs`, on :class:`~.outbound.OutboundCalls` (on
+:class:`~.transfer.CallTransfers`, on :class:`~.flow.CallFlow`).
 """
 
 from __future__ import annotations
@@ -22,24 +24,22 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-import numpy as np
 from aiohttp import web
 
-from voicebridge.sim.fake_acs.flow import CallFlow
+from voicebridge.sim.fake_acs.bodies import callback_uri_problem, media_rate
+from voicebridge.sim.fake_acs.bodies import error as _error
 from voicebridge.sim.fake_acs.media import FakeCall, now_utc
+from voicebridge.sim.fake_acs.outbound import OutboundCalls
 from voicebridge.sim.fake_acs.playfile import (
     SUBCODE_NOT_DOWNLOADED,
     PlayFileError,
     fetch_pcm,
     file_uris,
 )
-from voicebridge.sim.wav import resample
 
 log = logging.getLogger(__name__)
 
-AUDIO_FORMATS = {"pcm16kmono": 16000, "pcm24kmono": 24000}  # §2.2, matched case-insensitively
 SIGNED_HEADERS = "x-ms-date;host;x-ms-content-sha256"  # what the SDK's HMAC policy signs (§2.3)
 _AUTH_RE = re.compile(r"^HMAC-SHA256 SignedHeaders=(?P<headers>[^&]+)&Signature=(?P<sig>\S+)$")
 _ANSWER_PATH = "/calling/callConnections:answer"
@@ -47,12 +47,6 @@ _CALL_PATH_RE = re.compile(r"^/calling/callConnections/(?P<cid>[^/:]+)(?::(?P<ac
 # A request older or newer than this is refused, as HMAC services do against replay.
 # The exact ACS window is not documented; 15 min is the usual Azure figure [inference].
 _MAX_CLOCK_SKEW = timedelta(minutes=15)
-
-
-def _error(status: int, message: str, code: str | None = None) -> web.Response:
-    """The ACS error body the SDK turns into ``HttpResponseError`` (§2.3)."""
-    body = {"error": {"code": code or str(status), "message": message}}
-    return web.json_response(body, status=status)
 
 
 def _content_hash(body: bytes) -> str:
@@ -138,7 +132,7 @@ def _play_seconds(body: Mapping[str, Any]) -> float | None:
     return max(total, 0.5)
 
 
-class CallAutomation(CallFlow):
+class CallAutomation(OutboundCalls):
     """The REST endpoints (see the module docstring)."""
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -212,6 +206,10 @@ class CallAutomation(CallFlow):
             if method != "POST":
                 return _error(405, "Method not allowed.")
             return await self._answer(request, parsed, record)
+        if path == "/calling/callConnections":
+            if method != "POST":
+                return _error(405, "Method not allowed.")
+            return await self._create_call(request, parsed, record)
         if path == "/calling/callConnections:reject":
             if method != "POST":
                 return _error(405, "Method not allowed.")
@@ -244,6 +242,10 @@ class CallAutomation(CallFlow):
         if action == "terminate":
             self._spawn(self._end(call, "bridge_hung_up"), f"terminate-{cid[:8]}")
             return web.Response(status=204)
+        if call.state == "ringing":  # an outbound call not answered yet
+            return _error(400, "Action not supported: the call is not established.", "8501")
+        if action == "transferToParticipant":
+            return self._transfer(call, body_obj)
         if action == "play":
             return self._play(call, body_obj)
         if action == "cancelAllMediaOperations":
@@ -311,39 +313,19 @@ class CallAutomation(CallFlow):
         if call._ending:
             return _error(404, "The call is no longer ringing.")
         callback = parsed.get("callbackUri")
-        if not isinstance(callback, str) or urlsplit(callback).scheme not in ("http", "https"):
-            return _error(400, "callbackUri must be an absolute http(s) URL.")
+        problem = callback_uri_problem(callback)
+        if problem is not None:
+            return problem
         media = parsed.get("mediaStreamingOptions")
-        rate = self.acs_rate
-        if media is not None:
-            if not isinstance(media, dict):
-                return _error(400, "mediaStreamingOptions must be an object.")
-            url = media.get("transportUrl")
-            # Live ACS insists on wss:// (§4); plain ws:// is allowed on loopback here.
-            if not isinstance(url, str) or urlsplit(url).scheme not in ("ws", "wss"):
-                return _error(400, "mediaStreamingOptions.transportUrl must be a ws(s):// URL.")
-            if str(media.get("transportType", "")).lower() != "websocket":
-                return _error(400, "mediaStreamingOptions.transportType must be websocket.")
-            if str(media.get("contentType", "")).lower() != "audio":
-                return _error(400, "mediaStreamingOptions.contentType must be audio.")
-            if str(media.get("audioChannelType", "")).lower() not in ("mixed", "unmixed"):
-                return _error(400, "mediaStreamingOptions.audioChannelType must be mixed/unmixed.")
-            fmt = media.get("audioFormat")
-            if fmt is not None:
-                if str(fmt).lower() not in AUDIO_FORMATS:
-                    return _error(400, f"Unsupported audioFormat {fmt!r}.")
-                rate = AUDIO_FORMATS[str(fmt).lower()]
+        rate = media_rate(media, self.acs_rate)
+        if isinstance(rate, web.Response):
+            return rate
         call.answer_request = parsed
         call.api_version = request.query.get("api-version", "")
         call.callback_uri = callback
         context = parsed.get("operationContext")
         call.operation_context = context if isinstance(context, str) else None
-        call.media_options = media
-        call.bidirectional = bool(media and media.get("enableBidirectional"))
-        if rate != call.acs_rate:
-            caller = np.frombuffer(call._caller_src, dtype="<i2")
-            call._caller = resample(caller, call.acs_rate, rate, how="soxr").tobytes()
-            call.acs_rate = rate
+        call._negotiate_media(media, rate)
         call.call_connection_id = call._preset_connection_id or str(uuid.uuid4())
         call._answer_repeat_id = repeat_id
         call.state = "connected"

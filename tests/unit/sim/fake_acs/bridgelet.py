@@ -9,6 +9,8 @@ Like a node of a bridge cluster it can name itself (``node``: the ``x-voicebridg
 header on every response, the media handshake included; change it mid-test to play another
 node), reply ``{"answering": n}`` to Event Grid, be killed mid-stream (:meth:`abort_media`:
 the TCP connection of the media socket is reset, no close frame) and serve files to play.
+It can also place calls (:meth:`Bridgelet.create_call`, the SDK's ``create_call``) with the
+same callback and media endpoints.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from azure.communication.callautomation import (
     MediaStreamingAudioChannelType,
     MediaStreamingContentType,
     MediaStreamingOptions,
+    PhoneNumberIdentifier,
     StreamingTransportType,
 )
 from azure.communication.callautomation.aio import CallAutomationClient
@@ -73,6 +76,7 @@ class Bridgelet:
         inline_answer: bool = False,
         node: str | None = None,
         answering: list[int] | None = None,
+        dtmf_tones: bool = True,
     ) -> None:
         self.answer = answer
         self.inline_answer = inline_answer  # answer before replying to Event Grid
@@ -81,6 +85,7 @@ class Bridgelet:
         self.media_status = media_status  # reject the media upgrade with this status
         self.node = node  # sent as x-voicebridge-node on every response when set
         self.answering = answering  # per IncomingCall delivery (the last repeats); None: none
+        self.dtmf_tones = dtmf_tones  # mediaStreamingOptions.enableDtmfTones
         self.files: dict[str, bytes] = {}  # served at /files/{name}
         self.file_requests: list[str] = []
         self.media_request: web.Request | None = None
@@ -168,8 +173,12 @@ class Bridgelet:
         origin = request.headers.get("WebHook-Request-Origin", "")
         return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin})
 
-    async def answer_call(self, context: str) -> None:
-        media = MediaStreamingOptions(
+    @property
+    def callback_url(self) -> str:
+        return f"http://{self.base}/api/callbacks/key123"
+
+    def media_options(self) -> MediaStreamingOptions:
+        return MediaStreamingOptions(
             transport_url=f"ws://{self.base}/ws/media/key123",
             transport_type=StreamingTransportType.WEBSOCKET,
             content_type=MediaStreamingContentType.AUDIO,
@@ -177,17 +186,37 @@ class Bridgelet:
             start_media_streaming=self.start_media,
             enable_bidirectional=True,
             audio_format=self.audio_format,
-            enable_dtmf_tones=True,
+            enable_dtmf_tones=self.dtmf_tones,
         )
+
+    async def answer_call(self, context: str) -> None:
         try:
             self.props = await self.client.answer_call(
                 incoming_call_context=context,
-                callback_url=f"http://{self.base}/api/callbacks/key123",
+                callback_url=self.callback_url,
                 operation_context="incomingCall",
-                media_streaming=media,
+                media_streaming=self.media_options(),
             )
         except HttpResponseError as exc:
             self.answer_error = exc
+
+    async def create_call(
+        self, target: str, source: str = "+18005550100", *, media: bool = True, **kwargs: Any
+    ) -> Any:
+        """Place a call with the SDK's ``create_call`` (raises ``HttpResponseError``)."""
+        return await self.client.create_call(
+            PhoneNumberIdentifier(target),
+            self.callback_url,
+            source_caller_id_number=PhoneNumberIdentifier(source),
+            operation_context="outbound",
+            media_streaming=self.media_options() if media else None,
+            **kwargs,
+        )
+
+    def callback(self, kind: str) -> dict[str, Any]:
+        """The data of the first callback of type ``kind`` (without the prefix)."""
+        full = "Microsoft.Communication." + kind
+        return next(event["data"] for _, event in self.callbacks if event["type"] == full)
 
     async def _callback(self, request: web.Request) -> web.Response:
         body = await request.json()
