@@ -255,7 +255,8 @@ async def _dial(ctx: AppContext, call: Call) -> None:
             )
         except Exception as exc:
             status = getattr(exc, "status_code", None)
-            detail = " ".join(str(getattr(exc, "message", "") or "").split())[:200]
+            lines = str(getattr(exc, "message", "") or "").splitlines()  # the SDK repeats it
+            detail = " ".join((lines[0] if lines else "").split())[:200]
             call.failure = (
                 f"createCall refused: HTTP {status or '?'}: {detail or type(exc).__name__}"
             )
