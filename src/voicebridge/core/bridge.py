@@ -269,6 +269,10 @@ class CallBridge:
                 self._uplink.release()  # caller audio held meanwhile follows the update
             case vl.SessionUpdated():
                 session.updated(ev)
+                # The agent can listen from now: a silent caller's silence counts from
+                # here, not from the media clock's origin (without a greeting nothing
+                # else would start it, and the first poll would re-prompt at once).
+                self._no_input.busy_until(now)
             case vl.TranscriptionCompleted():
                 session.user_said(ev)
             case vl.TranscriptDone():
