@@ -141,7 +141,6 @@ def test_silent_caller_is_reprompted_twice_then_given_up() -> None:
     assert counters(b)["no_input_reprompts"] == 2
 
 
-
 def test_without_a_greeting_the_silence_counts_from_session_updated() -> None:
     """A callee-first outbound call (or GREETING_MODE=none) on a media clock far from 0:
     the first poll after session.updated is no re-prompt."""
@@ -154,6 +153,7 @@ def test_without_a_greeting_the_silence_counts_from_session_updated() -> None:
     assert sent(b) == []
     b.poll(5008.2)
     assert sent(b) == [vl.greeting_pre_generated("Hello?")]
+
 
 def test_speech_or_a_key_restarts_the_silence() -> None:
     w = NoInput(NoInputConfig(reprompt_s=8.0, max_reprompts=1))
