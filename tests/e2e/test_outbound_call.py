@@ -4,6 +4,7 @@ answer, busy and a refused createCall end with their outcomes; the profile's lim
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,49 @@ async def test_a_profile_limit_refuses_a_second_call_while_the_first_rings(tmp_p
         await acs.stop()
         await emulator.stop()
     assert len(acs.outbound_calls) == 1  # the refused one was never dialled
+
+
+async def test_voicebridge_call_places_a_call_and_follows_it(
+    tmp_path: Path, short_caller: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voicebridge.cli import build_parser
+    from voicebridge.dial import run as dial
+    from voicebridge.sim.wav import read_wav
+
+    pcm, _ = read_wav(short_caller)
+    emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=SPEED)
+    acs = FakeAcs(speed=SPEED)
+    await emulator.start()
+    await acs.start()
+    acs.callee_audio = pcm.tobytes()
+    acs.expect_outbound("+15551230009", faults={"acs-callee-busy": None})
+    try:
+        overrides = {
+            "voicelive_endpoint": emulator.endpoint,
+            "voicelive_api_key": EMULATOR_KEY,
+            "voicelive_model": "gpt-realtime",
+            "log_dir": str(tmp_path / "logs"),
+            "phone_numbers": "+18005550100",
+            "outbound_api_keys": SIM_API_KEY,
+            **fake_acs_settings(acs),
+        }
+        async with running_bridge(overrides, speed=SPEED) as (_app, base):
+            common = ["--url", base, "--api-key", SIM_API_KEY, "--poll", "0.2"]
+            answered = build_parser(["call"]).parse_args(
+                ["call", "+15551230001", "--context", '{"name": "Ada"}', *common]
+            )
+            assert await asyncio.to_thread(dial, answered) == 0
+            busy = build_parser(["call"]).parse_args(["call", "+15551230009", *common])
+            assert await asyncio.to_thread(dial, busy) == 1
+            refused = build_parser(["call"]).parse_args(
+                ["call", "+15551230001", "--url", base, "--api-key", "wrong-key-0123456789"]
+            )
+            assert await asyncio.to_thread(dial, refused) == 2
+    finally:
+        await acs.stop()
+        await emulator.stop()
+    out = capsys.readouterr().out
+    assert ": dialling (profile default)" in out and ": connected" in out
+    assert "outcome callee_hung_up" in out
+    assert "outcome busy (486/560486: " in out
+    assert "refused: HTTP 401: unauthorized" in out
