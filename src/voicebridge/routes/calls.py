@@ -398,8 +398,9 @@ async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) 
             # The echo of our own hang-up: the relay is ending the call and names
             # the outcome (drained, apology_hangup, ...); only let it know.
             call.disconnected.set()
-        elif call.direction == "outbound" and not call.connected:
-            # Not placed, and no CreateCallFailed said why (ACS sends one, documented).
+        elif call.direction == "outbound" and not call.connected and call.media_task is None:
+            # Never answered (no CallConnected here, no media anywhere: a node that got
+            # the media socket has it as media_task), and no CreateCallFailed said why.
             call.failure = call.failure or "CallDisconnected before CallConnected"
             _end(ctx, call, CallOutcome.FAILED)
         else:
