@@ -17,7 +17,10 @@ async def test_a_whole_call_with_greeting_turns_and_barge_in(tmp_path: Path) -> 
     write_outputs(result, tmp_path)
     report = result.report
 
-    assert report["outcome"] == "caller_hung_up"
+    # the caller ends with "Thanks, goodbye.": the agent says goodbye, calls end_call and
+    # the bridge hangs up once that goodbye has been heard
+    assert report["outcome"] == "agent_hung_up"
+    assert result.call.end_reason == "bridge_hung_up" and result.call.queued_samples == 0
     assert report["audio"]["conserved"], report["audio"]["checks"]
     assert report["errors"] == []
 
@@ -41,7 +44,7 @@ async def test_a_whole_call_with_greeting_turns_and_barge_in(tmp_path: Path) -> 
 
     # the process-wide stats add up the call
     stats = result.service_stats
-    assert stats is not None and stats["calls_by_outcome"] == {"caller_hung_up": 1}
+    assert stats is not None and stats["calls_by_outcome"] == {"agent_hung_up": 1}
     assert stats["calls_not_conserved"] == 0 and stats["counters"]["barge_ins"] >= 1
     assert stats["relay_latency_ms"]["inbound"]["count"] > 1000
     assert stats["loop_lag_ms"]["count"] > 0

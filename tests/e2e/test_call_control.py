@@ -111,3 +111,92 @@ async def test_token_usage_is_counted_as_reported_and_exported(tmp_path: Path) -
     audio_out = f'voicebridge_tokens_total{{direction="output",kind="audio"}} {out["audio_tokens"]}'
     assert audio_out in metrics
     assert "voicebridge_estimated_cost_usd_total" in metrics
+
+
+async def scenario(tmp_path: Path, name: str) -> SimResult:
+    from voicebridge.sim import scenarios
+
+    options = scenarios.build(name, SimOptions(out=tmp_path, speed=SPEED))
+    result = await run_call(options)
+    assert result.report["audio"]["conserved"], result.report["audio"]["checks"]
+    assert result.report["outcome"] == scenarios.SCENARIOS[name].expect
+    return result
+
+
+def no_overlap(result: SimResult) -> None:
+    """No response.create ever met an active response: the emulator refused none and
+    the guard blocked none."""
+    assert result.emulator is not None
+    refused = [e["code"] for s in result.emulator.sessions for e in s.errors_sent]
+    assert "conversation_already_has_active_response" not in refused, refused
+    assert result.report["guard"]["blocked"] == {}
+
+
+async def test_transfer_accepted(tmp_path: Path) -> None:
+    result = await scenario(tmp_path, "transfer")
+    (transfer,) = result.call.transfers
+    assert transfer["target"].endswith("+15557654321") and transfer["result"] == "accepted"
+    assert transfer["source_caller_id"].endswith("+18005550100")  # the number called
+    assert result.call.end_reason == "transferred"
+    announced = [r for r in result.report["responses"] if r["prompt"] is not None]
+    assert len(announced) >= 3  # greeting, answer, the announcement before the transfer
+    no_overlap(result)
+
+
+async def test_transfer_failed_and_the_call_goes_on(tmp_path: Path) -> None:
+    result = await scenario(tmp_path, "transfer-failed")
+    assert [t["result"] for t in result.call.transfers] == ["failed"]
+    assert result.call.end_reason == "caller_hung_up"  # not the bridge: the call went on
+    assert result.emulator is not None
+    outputs = [o for s in result.emulator.sessions for o in s.tool_outputs]
+    assert len(outputs) == 1 and "failed" in str(outputs[0]).lower()
+    last = result.report["responses"][-1]  # the agent told the caller
+    assert last["status"] == "completed" and last["prompt"] is not None
+    assert result.report["call_control"]["tool_errors"] == 1
+    no_overlap(result)
+
+
+async def test_a_slow_tool_gets_a_filler_instead_of_dead_air(tmp_path: Path) -> None:
+    result = await scenario(tmp_path, "slow-tool")
+    assert len(events_named(result, "tool_filler")) == 1
+    assert result.call.transfers[0]["result"] == "accepted"
+    no_overlap(result)
+
+
+async def test_keypad_digits_reach_the_agent_as_one_turn_and_never_the_logs(
+    tmp_path: Path,
+) -> None:
+    result = await scenario(tmp_path, "dtmf")
+    assert result.call.dtmf_sent == 5
+    assert result.emulator is not None
+    texts = [t for s in result.emulator.sessions for t in s.user_texts]
+    assert len(texts) == 1 and "1234" in str(texts[0])
+    assert result.report["call_control"]["dtmf_submitted"] == 1
+    keys = [e["kind"] for e in events_named(result, "dtmf")]
+    assert keys == ["collecting"] * 4 + ["submitted"]
+    assert result.log_path is not None
+    assert "1234" not in result.log_path.read_text()
+    no_overlap(result)
+
+
+async def test_keypad_interrupts_agent_audio(tmp_path: Path) -> None:
+    """A key pressed while the agent speaks stops its audio at once, like barge-in."""
+    from voicebridge.sim import scenarios
+
+    caller = scenarios.write_caller(
+        scenarios.Scenario("keys over the greeting", first_turn=False, keys="5#", seconds=12.0),
+        tmp_path / "c",
+    )
+    script = caller.with_suffix(".json")
+    script.write_text(script.read_text().replace('"start_s": 13.0', '"start_s": 1.0'))
+    result = await call(tmp_path, caller)
+    assert result.report["barge_ins"], "the key did not interrupt the greeting"
+    assert result.report["audio"]["samples_dropped_by_barge_in"] > 0
+
+
+async def test_a_keypad_action_transfers_without_the_model(tmp_path: Path) -> None:
+    result = await scenario(tmp_path, "dtmf-action")
+    assert result.call.transfers[0]["result"] == "accepted"
+    assert result.emulator is not None
+    assert [c for s in result.emulator.sessions for c in s.tool_calls] == []  # no model call
+    assert result.report["call_control"]["dtmf_actions"] == 1

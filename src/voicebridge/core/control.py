@@ -47,6 +47,8 @@ class DtmfConfig:
     clear_key: str = "*"
     #: A key → an action name, taken at once when pressed on an empty entry.
     actions: Mapping[str, str] = field(default_factory=dict)
+    #: Keys per second taken at most (a phone sends a few; a flood is dropped, counted).
+    max_keys_per_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +65,22 @@ class DtmfResult:
 class DtmfCollector:
     """One call's keypad entry (see the module docstring)."""
 
-    __slots__ = ("_config", "_digits", "_last_at")
+    __slots__ = ("_allowance", "_config", "_digits", "_last_at")
 
     def __init__(self, config: DtmfConfig | None = None) -> None:
         self._config = config or DtmfConfig()
         self._digits = ""
         self._last_at = 0.0
+        self._allowance = self._config.max_keys_per_s  # a token bucket of one second
 
     def press(self, key: str, now: float) -> DtmfResult:
         c = self._config
         key = key.strip().upper()[:1]
-        if key not in DTMF_KEYS:
+        rate = c.max_keys_per_s
+        self._allowance = min(rate, self._allowance + (now - self._last_at) * rate)
+        if key not in DTMF_KEYS or self._allowance < 1.0:
             return DtmfResult("ignored", length=len(self._digits))
+        self._allowance -= 1.0
         self._last_at = now
         if not self._digits and key in c.actions:
             return DtmfResult("action", action=c.actions[key])

@@ -99,15 +99,22 @@ class CallControl:
         relay.drain_events()
 
     async def _filler(self) -> None:
-        """Say the filler if the tool is still running after TOOL_FILLER_AFTER_S and
-        nothing is being said (no dead air)."""
+        """Once, while the tool runs: when the line has been silent (nothing playing, no
+        response) for TOOL_FILLER_AFTER_S, say the filler — no dead air."""
         relay, s = self.relay, self.settings
-        await asyncio.sleep(relay.clock.real_seconds(s.tool_filler_after_s))
-        if relay.bridge.played_out(relay.clock.media_now()) and relay.bridge.say(
-            s.tool_filler_text
-        ):
-            relay.call.log.write("tool_filler")
-            await relay.send_voicelive()
+        bridge, clock = relay.bridge, relay.clock
+        silent_since: float | None = None
+        while True:
+            await asyncio.sleep(clock.real_seconds(0.1))
+            now = clock.media_now()
+            if not (bridge.responses.is_idle and bridge.played_out(now)):
+                silent_since = None
+                continue
+            silent_since = now if silent_since is None else silent_since
+            if now - silent_since >= s.tool_filler_after_s and bridge.say(s.tool_filler_text):
+                relay.call.log.write("tool_filler")
+                await relay.send_voicelive()
+                return
 
     def end(self) -> None:
         """Hang up once what the agent is saying has been heard."""

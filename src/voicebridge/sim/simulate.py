@@ -41,7 +41,7 @@ from voicebridge.server import uvicorn_options
 from voicebridge.sim import scenarios
 from voicebridge.sim.clock import ScaledClock
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
-from voicebridge.sim.fake_acs import FakeAcs, FakeCall
+from voicebridge.sim.fake_acs import FakeAcs, FakeCall, dtmf_from_segments
 from voicebridge.sim.faults import FAULT_HELP, parse_faults
 from voicebridge.sim.ports import free_socket
 from voicebridge.sim.script import caller_script
@@ -222,6 +222,7 @@ async def run_call(options: SimOptions) -> SimResult:
             call = await acs.place_call(
                 webhook_url=f"{base_url}/api/incoming-call",
                 caller_pcm=caller_pcm.tobytes(),
+                dtmf=dtmf_from_segments(segments),  # keys the caller script presses
             )
             timeout = options.timeout_s or (audio_s / speed + 30.0)
             started = time.monotonic()

@@ -215,7 +215,8 @@ def test_tools_the_service_runs_itself_are_reported_by_type_only() -> None:
 
 def test_keypad_digits_are_blanked_out_of_logged_transcripts() -> None:
     b = quiet()
-    for key in "4111222233334444#":
+    for i, key in enumerate("4111222233334444#"):
+        b.poll(0.2 * i)  # the bridge's media clock moves on between keys
         b.receive_acs(acs.dtmf_message(key))
     vl_in(
         b,
@@ -243,3 +244,10 @@ def test_keypad_digits_are_blanked_out_of_logged_transcripts() -> None:
         "I have [keypad], and [keypad] again.",
         "yes [keypad] is right",
     ]
+
+
+def test_a_flood_of_keys_is_bounded() -> None:
+    c = DtmfCollector(DtmfConfig(max_keys_per_s=10.0, max_digits=64))
+    kinds = [c.press("1", 5.0).kind for _ in range(100)]  # 100 keys in one instant
+    assert kinds.count("collecting") == 10 and kinds.count("ignored") == 90
+    assert c.press("2", 5.5).kind == "collecting"  # half a second later: 5 more allowed
