@@ -4,6 +4,7 @@ counted, and that nothing is dialled for a refusal (the fake ACS received no cre
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ night:
     calling_hours: {{timezone: UTC, days: [{closed_today()}], start: "00:00", end: "23:59"}}
 nonumber:
   VOICE_NAME: en-US-AndrewNeural
+office:
+  numbers: ["+18005550160"]
+  outbound:
+    calling_hours: {{timezone: America/New_York, days: mon-fri, start: "09:00", end: "17:00"}}
 """
 
 
@@ -158,7 +163,10 @@ async def test_unauthenticated_and_wrong_role_are_refused_with_nothing_dialled(e
     assert env.counted() == {"unauthorized": 14, "forbidden": 4}
 
 
-async def test_an_api_key_and_an_entra_app_role_may_call(env: Env) -> None:
+async def test_an_api_key_and_an_entra_app_role_may_call(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     async with httpx.AsyncClient() as client:
         by_key = await client.post(f"{env.base}/api/calls", json=GOOD, headers=bearer())
         assert by_key.status_code == 202, by_key.text
@@ -183,6 +191,8 @@ async def test_an_api_key_and_an_entra_app_role_may_call(env: Env) -> None:
     assert options["enableBidirectional"] is True and options["startMediaStreaming"] is True
     assert "/ws/media/1." in options["transportUrl"] and "/api/callbacks/1." in body["callbackUri"]
     assert env.counted()["accepted"] == 2
+    assert KEY not in caplog.text and role["Authorization"][7:] not in caplog.text
+    assert "requested by api-key" in caplog.text and "requested by entra:crm" in caplog.text
 
 
 BAD = [
@@ -230,6 +240,32 @@ async def test_calling_hours_are_respected(env: Env) -> None:
     assert resp.status_code == 409
     assert resp.json()["error"].startswith("outside the calling hours of profile night: ")
     assert env.create_calls() == [] and env.counted() == {"outside_hours": 1}
+
+
+async def test_calling_hours_follow_the_clock_in_the_profile_time_zone(env: Env) -> None:
+    outbound = env.app.state.ctx.outbound
+    times = {
+        "2026-03-02T10:00:00-05:00": 202,  # Monday 10:00 in New York
+        "2026-03-02T16:59:00-05:00": 202,
+        "2026-03-02T17:00:00-05:00": 409,  # the end is exclusive
+        "2026-03-02T08:59:00-05:00": 409,
+        "2026-03-07T10:00:00-05:00": 409,  # Saturday
+        "2026-03-02T14:30:00+00:00": 202,  # 09:30 in New York (EST)
+    }
+    errors = {}
+    async with httpx.AsyncClient() as client:
+        for when, status in times.items():
+            outbound.wall_now = datetime.fromisoformat(when).timestamp
+            resp = await client.post(
+                f"{env.base}/api/calls", json={**GOOD, "profile": "office"}, headers=bearer()
+            )
+            assert resp.status_code == status, (when, resp.text)
+            errors[when] = resp.json().get("error")
+    assert errors["2026-03-07T10:00:00-05:00"] == (
+        "outside the calling hours of profile office: mon-fri 09:00-17:00 America/New_York "
+        "(it is Sat 10:00 there)"
+    )
+    assert env.counted() == {"accepted": 3, "outside_hours": 3}
 
 
 async def test_the_rate_limit_answers_429_with_retry_after(env: Env) -> None:

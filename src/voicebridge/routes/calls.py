@@ -199,7 +199,6 @@ def _start_answer(ctx: AppContext, event: webhooks.IncomingCall, ids: tuple[str,
             "voicebridge.profile": call.profile,
         },
     )
-    log.info("call %s: profile %s", call.label, call.profile)
     with logs.call_context(call):  # the answer task, and its log lines, belong to the call
         ctx.spawn(_answer(ctx, call, event.incoming_call_context), name=f"answer-{call.id}")
     return call
@@ -229,7 +228,12 @@ async def _answer(ctx: AppContext, call: Call, incoming_call_context: str) -> No
             ctx.registry.end(call, CallOutcome.ANSWER_FAILED)
             return
         span.set_attribute("voicebridge.call_connection_id", call.call_connection_id)
-    log.info("answered call %s (correlation %s)", call.call_connection_id, call.correlation_id)
+    log.info(
+        "answered call %s (correlation %s, profile %s)",
+        call.call_connection_id,
+        call.correlation_id,
+        call.profile,
+    )
     call.log.write("answered", call_connection_id=call.call_connection_id)
     if ctx.cluster is not None and call.call_connection_id:
         await ctx.cluster.update(call.id, ccid=call.call_connection_id)
