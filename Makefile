@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint format typecheck pytest fuzz simulate bench clean
+.PHONY: test lint format typecheck pytest test-cluster fuzz simulate bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# Only the offline cluster scenarios (scale-out.md §6.4): redis-server, haproxy and N bridge
+# processes on loopback (sudo apt-get install -y redis-server haproxy). make test runs them too.
+test-cluster: $(STAMP)
+	$(BIN)/pytest -q -m cluster
 
 # The long fuzz campaign: 10 000 examples per target (make test runs a short one).
 fuzz: $(STAMP)

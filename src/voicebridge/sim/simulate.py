@@ -40,6 +40,7 @@ from voicebridge.config import Settings
 from voicebridge.server import uvicorn_options
 from voicebridge.sim import scenarios
 from voicebridge.sim.clock import ScaledClock
+from voicebridge.sim.cluster import simulate as cluster_simulate
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall, dtmf_from_segments
 from voicebridge.sim.faults import FAULT_HELP, parse_faults
@@ -716,12 +717,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault", action="append", default=[], metavar="NAME[=ARG]", help=FAULT_HELP
     )
-    parser.add_argument(
-        "--outbound", action="store_true", help="the agent calls (voicebridge.sim.outbound)"
-    )
+    parser.add_argument("--outbound", action="store_true", help="the agent places the call")
+    cluster_simulate.configure(parser)  # --replicas N, --calls, --drain-mode, cluster faults
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.replicas is not None or args.calls is not None or args.drain_mode is not None:
+        return cluster_simulate.run(args)  # many nodes (its options alone: an error)
     from voicebridge import logs
 
     # Console: warnings, as text. The bridge's own log, as the service writes it (JSON,
