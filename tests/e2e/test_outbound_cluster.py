@@ -9,10 +9,7 @@ import asyncio
 import base64
 import contextlib
 import shutil
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +18,9 @@ import pytest
 
 from tests.e2e.conftest import SPEED
 from voicebridge.core.context import BEGIN
+from voicebridge.sim.cluster.redis_server import RedisServer
 from voicebridge.sim.emulator import VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs
-from voicebridge.sim.ports import free_socket
 from voicebridge.sim.simulate import EMULATOR_KEY, fake_acs_settings, running_bridge
 from voicebridge.sim.wav import read_wav
 
@@ -37,40 +34,14 @@ URL_KEYS = "k1:" + base64.b64encode(b"k" * 32).decode()
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server on loopback, stopped (and waited for) at the end."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A private redis-server on loopback (the cluster harness's), stopped at the end."""
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
     try:
-        for _ in range(100):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            if proc.poll() is not None:
-                raise RuntimeError("redis-server exited at start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        await server.stop()
 
 
 @contextlib.asynccontextmanager
