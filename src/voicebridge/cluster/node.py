@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 REDIS_TIMEOUT_S = 1.0
 #: How long the pub/sub reader waits for a message before it looks at its to-do list.
 LISTEN_POLL_S = 0.1
+#: How long an outbound call's record may wait for its media socket (a phone ringing,
+#: then answered) before the janitor looks at it as an orphan.
+OUTBOUND_RING_GRACE_S = 180.0
 #: Background writes (transcripts, conversation ids) waiting at most; more are dropped.
 WRITE_QUEUE_MAX = 1000
 
@@ -400,8 +403,11 @@ class ClusterNode:
         owner = record.get("owner", "")
         if owner and await self._call(self.store.node_alive(owner)):
             return  # alive, its heartbeat is late: leave it
-        if not owner and time.time() - float(record.get("answered_at", "0")) < 60:
-            return  # still answering (ACS may take a while to dial the media socket)
+        # Still answering (ACS may take a while to dial the media socket), or, for an
+        # outbound call, still ringing: its CreateCallFailed (or media) comes first.
+        grace = OUTBOUND_RING_GRACE_S if record.get("dir") == "outbound" else 60
+        if not owner and time.time() - float(record.get("answered_at", "0")) < grace:
+            return
         if self.orphan is not None:
             self.counts["janitor"] += 1
             await self._call(self.store.touch_live(cid))  # not again before the next round

@@ -88,14 +88,14 @@ async def place_call(request: Request, ctx: CtxDep) -> Response:
         if wait > 0:
             raise Refusal(429, "rate limited: OUTBOUND_RATE_PER_MIN", "rate_limited", wait)
         ids = ctx.registry.signer.new_call()
-        if key is not None:
-            winner = await _remember(ctx, key, ids[0], req.fingerprint())
-            if winner[0] != ids[0]:  # the same key raced in at the same time
-                return _duplicate(ctx, key, winner, req)
         if not await _admit(ctx, ids[0]):
             raise Refusal(
                 429, "busy: MAX_CONCURRENT_CALLS reached", "busy", float(BUSY_RETRY_AFTER_S)
             )
+        if key is not None:  # last: a key never names a call that was refused
+            winner = await _remember(ctx, key, ids[0], req.fingerprint())
+            if winner[0] != ids[0]:  # the same key raced in at the same time
+                return _duplicate(ctx, key, winner, req)
     except Refusal as refusal:
         log.warning("outbound call refused (%d): %s", refusal.status, refusal.reason)
         return _refused(ctx, refusal)
