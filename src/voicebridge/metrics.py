@@ -202,6 +202,14 @@ FAMILIES: tuple[Family, ...] = (
         unit="s",
     ),
     Family(
+        "voicebridge_forward_latency_seconds",
+        "histogram",
+        "Many nodes: a callback received by another node until this node, the call's "
+        "owner, ran it (Redis pub/sub; node clocks assumed in step).",
+        read_hist=lambda s, a: [((), s.forward_ms)],
+        unit="s",
+    ),
+    Family(
         "voicebridge_event_loop_lag_seconds",
         "histogram",
         "How late a 50 ms asyncio sleep wakes up (live; the event loop's health).",

@@ -75,8 +75,14 @@ async def test_s1_forward_latency_is_measured(cluster: Cluster, short_pcm: np.nd
     reach the owner (scale-out.md §3.9 ``voicebridge_forward_latency_seconds``)."""
     calls = await cluster.place_calls(3, short_pcm, stagger_s=0.1)
     await ended(cluster, calls, 60)
-    metrics = [await node.get("/metrics") for node in cluster.live_nodes()]
-    assert any("voicebridge_forward_latency_seconds" in str(body) for _, body, _ in metrics)
+    metrics = [str((await node.get("/metrics"))[1]) for node in cluster.live_nodes()]
+    counts = [
+        float(line.split()[-1])
+        for body in metrics
+        for line in body.splitlines()
+        if line.startswith("voicebridge_forward_latency_seconds_count")
+    ]
+    assert len(counts) == len(metrics) and sum(counts) > 0  # forwarded callbacks were timed
 
 
 async def test_s2_event_grid_retries_answer_each_call_once(

@@ -213,6 +213,11 @@ class ClusterNode:
     async def transcript(self, cid: str) -> list[tuple[str, str]]:
         return await self._call(self.store.transcript(cid)) or []
 
+    async def alive(self, node: str) -> bool:
+        """The node heartbeats (True when Redis cannot tell: never blame a node blindly)."""
+        alive: bool | None = await self._call(self.store.node_alive(node))
+        return True if alive is None else alive
+
     async def update(self, cid: str, **fields: str) -> None:
         await self._call(self.store.update(cid, **fields))
 
@@ -272,7 +277,12 @@ class ClusterNode:
 
     async def forward(self, cid: str, body: bytes) -> int | None:
         """Send a callback delivery to the call's owner; how many nodes got it."""
-        message = {"t": "callbacks", "body": body.decode("utf-8"), "node": self.name}
+        message = {
+            "t": "callbacks",
+            "body": body.decode("utf-8"),
+            "node": self.name,
+            "at": time.time(),
+        }
         received: int | None = await self._call(self.store.publish(cid, message))
         if received is not None:
             self.counts["forwarded" if received else "forward_undelivered"] += 1
@@ -351,6 +361,9 @@ class ClusterNode:
                 )
                 owned.call.moved.set()
             return
+        at = data.get("at")
+        if isinstance(at, int | float):
+            self.stats.forward_ms.add(max(0.0, (time.time() - at) * 1000.0))
         if self.deliver is not None:
             await self.deliver(owned.call, data)
 

@@ -283,10 +283,11 @@ class CallStore:
         for raw in results[:-1]:
             if not raw:
                 continue
+            beat = {_s(k): _s(v) for k, v in raw.items()}
             nodes += 1
-            if raw.get(b"ready") == b"1":
+            if beat.get("ready") == "1":
                 ready += 1
-                capacity += int(raw.get(b"cap", b"0"))
+                capacity += int(beat.get("cap", "0"))
         return ClusterView(active_calls=active, ready_nodes=ready, nodes=nodes, capacity=capacity)
 
     async def stale_calls(self, older_than_s: float) -> list[str]:

@@ -292,8 +292,12 @@ async def _forward(
             outbound = record.get("dir") == "outbound"
             for event in events:
                 if event.type == "CallDisconnected" and not record.get("we_hung_up"):
+                    # the other party left; if the node that held the call had died,
+                    # that is why
+                    dead = record.get("owner") and not await cluster.alive(record["owner"])
                     hung_up = CallOutcome.CALLEE_HUNG_UP if outbound else CallOutcome.CALLER_HUNG_UP
-                    await cluster.ended(call_id, hung_up, we_hung_up=False)
+                    outcome = CallOutcome.OWNER_LOST if dead else hung_up
+                    await cluster.ended(call_id, outcome, we_hung_up=False)
                 elif event.type == "AnswerFailed":
                     await cluster.ended(call_id, CallOutcome.ANSWER_FAILED, we_hung_up=False)
                 elif event.type == "CreateCallFailed":
@@ -309,6 +313,8 @@ async def _forward(
         if record is None or record.get("state") == "ended":
             return
         if "MediaStreamingFailed" in types and received == 0:
+            if record.get("owner"):  # its node died: that is the outcome, whatever follows
+                await cluster.ended(call_id, CallOutcome.OWNER_LOST, we_hung_up=False)
             ctx.spawn(
                 service.end_orphan(ctx, call_id, record, media_gone=True),
                 name=f"orphan-{call_id}",
