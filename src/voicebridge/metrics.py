@@ -106,6 +106,14 @@ FAMILIES: tuple[Family, ...] = (
         read=lambda s, a: _by("outcome", list(s.outcomes.items())),
     ),
     Family(
+        "voicebridge_outbound_requests_total",
+        "counter",
+        "POST /api/calls requests by result: accepted, duplicate (Idempotency-Key), "
+        "unauthorized, forbidden, malformed, invalid, invalid_context, unknown_profile, "
+        "no_caller_id, idempotency_conflict, outside_hours, busy, rate_limited.",
+        read=lambda s, a: _by("result", sorted(s.outbound.items())),
+    ),
+    Family(
         "voicebridge_cluster_events_total",
         "counter",
         "Many nodes (REDIS_URL): takeover (this node took a call's media over), "

@@ -108,6 +108,8 @@ class ServiceStats:
         self.forward_ms = Histogram()
         #: Estimated cost of the finished calls' tokens (USD, configured prices).
         self.cost_usd = 0.0
+        #: POST /api/calls answers by result (accepted, duplicate, unauthorized, ...).
+        self.outbound: Counter[str] = Counter()
 
     def call_finished(
         self, report: dict[str, Any], inbound_ms: Histogram, outbound_ms: Histogram
