@@ -134,6 +134,7 @@ class AppContext:
             self.registry.end(call, CallOutcome.SHUTDOWN)
         if self.cluster is not None:
             await self.cluster.stop()
+            logs.node = None
         if self.acs is not None:
             await self.acs.close()
         for credential in self.credentials.values():

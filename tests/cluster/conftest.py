@@ -35,6 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _HERE in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.cluster)
+            # one cluster at a time under pytest-xdist: they are whole sets of processes
+            item.add_marker(pytest.mark.xdist_group("cluster"))
             if _PROBLEM is not None:
                 item.add_marker(pytest.mark.skip(reason=_PROBLEM))
 
