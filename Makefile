@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint format typecheck pytest fuzz simulate bench clean
+.PHONY: test lint format typecheck pytest test-cluster fuzz simulate bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,18 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two processes (whole clusters stay on one: xdist_group "cluster"); PYTEST_WORKERS=0 runs
+# everything in this process.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
+
+# Only the offline cluster scenarios (scale-out.md §6.4): redis-server, haproxy and N bridge
+# processes on loopback (sudo apt-get install -y redis-server haproxy). make test runs them too.
+test-cluster: $(STAMP)
+	$(BIN)/pytest -q -m cluster
 
 # The long fuzz campaign: 10 000 examples per target (make test runs a short one).
 fuzz: $(STAMP)

@@ -317,6 +317,31 @@ param scaleMetricToken string
 param callUrlSecret string = ''
 param eventgridEntraOpenidConfigUrl string = ''
 
+// profiles and outbound calls (docs/outbound.md)
+@description('The profiles file itself (YAML or JSON text; "" = none): per-number profiles. Stored in Key Vault and mounted read-only at /mnt/voicebridge/profiles.yaml, which PROFILES_FILE then names.')
+@secure()
+param profilesYaml string = ''
+@description('PROFILES_FILE: a path in the container (a volume you mount) when profilesYaml is "".')
+param profilesFile string = ''
+@description('PHONE_NUMBERS: the default profile\'s ACS numbers, comma-separated E.164 (the caller id of its outbound calls).')
+param phoneNumbers string = ''
+@description('OUTBOUND_API_KEYS: bearer keys of POST /api/calls, comma-separated, each at least 16 characters ("" = none; with no Entra check either the route does not exist). openssl rand -base64 32')
+@secure()
+param outboundApiKeys string = ''
+@description('OUTBOUND_ENTRA_TENANT_ID: accept Entra ID access tokens of this tenant on POST /api/calls ("" = off).')
+param outboundEntraTenantId string = ''
+@description('OUTBOUND_ENTRA_AUDIENCE: the audience those tokens carry (the API app registration\'s id or id URI).')
+param outboundEntraAudience string = ''
+@description('OUTBOUND_ENTRA_ROLE: the app role a token must carry (roles claim).')
+param outboundEntraRole string = 'Calls.Create'
+param outboundEntraOpenidConfigUrl string = ''
+@description('OUTBOUND_RATE_PER_MIN: new outbound calls a minute, per process.')
+param outboundRatePerMin int = 30
+@description('OUTBOUND_MAX_CONCURRENT: outbound calls in progress, per process.')
+param outboundMaxConcurrent int = 20
+param outboundContextMaxBytes int = 2048
+param outboundContextMaxKeys int = 20
+
 // limits
 param maxBodyBytes int = 1048576
 param maxMediaMessageBytes int = 65536
@@ -408,6 +433,8 @@ var secretNames = {
   redisUrl: 'redis-url'
   redisPassword: 'redis-password'
   appInsightsConnectionString: 'appinsights-connection-string'
+  outboundApiKeys: 'outbound-api-keys'
+  profilesYaml: 'profiles-yaml'
 }
 
 module redis 'modules/redis.bicep' = {
@@ -441,6 +468,8 @@ module vault 'modules/keyvault.bicep' = {
     callUrlSecret: callUrlSecret
     callUrlKeys: callUrlKeys
     scaleMetricToken: scaleMetricToken
+    outboundApiKeys: outboundApiKeys
+    profilesYaml: profilesYaml
     redisUrl: redis.outputs.url
     storeRedisKey: redisAuth == 'key'
     redisName: redis.outputs.name
@@ -478,6 +507,12 @@ var publicBaseUrl = empty(customPublicBaseUrl)
 var webhookUrl = '${publicBaseUrl}/api/incoming-call'
 // The scale rule polls the app itself: any replica answers from Redis.
 var scaleMetricUrl = '${publicBaseUrl}/api/scale-metric'
+
+// Optional secrets, as conditions (a secure value never reaches an env entry).
+var outboundKeysSet = !empty(outboundApiKeys)
+var profilesMounted = !empty(profilesYaml)
+// The profiles file (profilesYaml), mounted from its Container App secret.
+var profilesPath = '/mnt/voicebridge/profiles.yaml'
 
 // Secrets: Key Vault references only (keyVaultUrl + identity), never values.
 var keyVaultSecrets = concat(
@@ -522,6 +557,24 @@ var keyVaultSecrets = concat(
         {
           name: secretNames.redisPassword
           keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.redisPassword}'
+          identity: identity.id
+        }
+      ]
+    : [],
+  outboundKeysSet
+    ? [
+        {
+          name: secretNames.outboundApiKeys
+          keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.outboundApiKeys}'
+          identity: identity.id
+        }
+      ]
+    : [],
+  profilesMounted
+    ? [
+        {
+          name: secretNames.profilesYaml
+          keyVaultUrl: '${vault.outputs.vaultUri}secrets/${secretNames.profilesYaml}'
           identity: identity.id
         }
       ]
@@ -588,6 +641,14 @@ var secretEnv = concat(
         {
           name: 'REDIS_PASSWORD'
           secretRef: secretNames.redisPassword
+        }
+      ]
+    : [],
+  outboundKeysSet
+    ? [
+        {
+          name: 'OUTBOUND_API_KEYS'
+          secretRef: secretNames.outboundApiKeys
         }
       ]
     : [],
@@ -878,6 +939,47 @@ var plainEnv = [
     name: 'EVENTGRID_ENTRA_OPENID_CONFIG_URL'
     value: eventgridEntraOpenidConfigUrl
   }
+  // profiles and outbound calls
+  {
+    name: 'PROFILES_FILE'
+    value: profilesMounted ? profilesPath : profilesFile
+  }
+  {
+    name: 'PHONE_NUMBERS'
+    value: phoneNumbers
+  }
+  {
+    name: 'OUTBOUND_ENTRA_TENANT_ID'
+    value: outboundEntraTenantId
+  }
+  {
+    name: 'OUTBOUND_ENTRA_AUDIENCE'
+    value: outboundEntraAudience
+  }
+  {
+    name: 'OUTBOUND_ENTRA_ROLE'
+    value: outboundEntraRole
+  }
+  {
+    name: 'OUTBOUND_ENTRA_OPENID_CONFIG_URL'
+    value: outboundEntraOpenidConfigUrl
+  }
+  {
+    name: 'OUTBOUND_RATE_PER_MIN'
+    value: string(outboundRatePerMin)
+  }
+  {
+    name: 'OUTBOUND_MAX_CONCURRENT'
+    value: string(outboundMaxConcurrent)
+  }
+  {
+    name: 'OUTBOUND_CONTEXT_MAX_BYTES'
+    value: string(outboundContextMaxBytes)
+  }
+  {
+    name: 'OUTBOUND_CONTEXT_MAX_KEYS'
+    value: string(outboundContextMaxKeys)
+  }
   // limits
   {
     name: 'MAX_BODY_BYTES'
@@ -974,6 +1076,14 @@ module app 'modules/containerapp.bicep' = {
     registryServer: empty(registryName) ? '' : '${toLower(registryName)}${az.environment().suffixes.acrLoginServer}'
     env: appEnv
     secrets: keyVaultSecrets
+    secretFiles: profilesMounted
+      ? [
+          {
+            secretRef: secretNames.profilesYaml
+            path: 'profiles.yaml'
+          }
+        ]
+      : []
     targetPort: 8000
     cpuCores: cpuCores
     memory: memory

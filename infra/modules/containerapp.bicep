@@ -39,6 +39,8 @@ param registryServer string = ''
 param env array
 @description('Container App secrets: {name, keyVaultUrl, identity} only.')
 param secrets array
+@description('Container App secrets (of secrets) mounted read-only as files in /mnt/voicebridge: [{secretRef, path}]; [] = none.')
+param secretFiles array = []
 
 param targetPort int = 8000
 param cpuCores string = '1.0'
@@ -126,6 +128,14 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
             memory: memory
           }
           env: env
+          volumeMounts: empty(secretFiles)
+            ? []
+            : [
+                {
+                  volumeName: 'secret-files'
+                  mountPath: '/mnt/voicebridge'
+                }
+              ]
           probes: [
             {
               type: 'Startup'
@@ -162,6 +172,15 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
           ]
         }
       ]
+      volumes: empty(secretFiles)
+        ? []
+        : [
+            {
+              name: 'secret-files'
+              storageType: 'Secret'
+              secrets: secretFiles
+            }
+          ]
       scale: {
         minReplicas: minReplicas
         maxReplicas: maxReplicas

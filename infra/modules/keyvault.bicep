@@ -52,6 +52,14 @@ param callUrlKeys string
 @minLength(16)
 param scaleMetricToken string
 
+@description('OUTBOUND_API_KEYS: bearer keys of POST /api/calls ("" = none).')
+@secure()
+param outboundApiKeys string = ''
+
+@description('The profiles file (PROFILES_FILE), mounted into the app ("" = none).')
+@secure()
+param profilesYaml string = ''
+
 @description('REDIS_URL (no credentials in it).')
 param redisUrl string
 
@@ -153,6 +161,24 @@ resource scaleMetric 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   properties: {
     value: scaleMetricToken
     contentType: 'Bearer token of GET /api/scale-metric'
+  }
+}
+
+resource outboundKeys 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(outboundApiKeys)) {
+  parent: vault
+  name: secretNames.outboundApiKeys
+  properties: {
+    value: outboundApiKeys
+    contentType: 'Bearer keys of POST /api/calls (comma-separated)'
+  }
+}
+
+resource profiles 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(profilesYaml)) {
+  parent: vault
+  name: secretNames.profilesYaml
+  properties: {
+    value: profilesYaml
+    contentType: 'voicebridge profiles file (YAML or JSON)'
   }
 }
 

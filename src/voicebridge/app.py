@@ -23,6 +23,8 @@ from voicebridge.acs import client as acs_client
 from voicebridge.calls import Call, CallOutcome, CallRegistry
 from voicebridge.clock import Clock, RealClock
 from voicebridge.config import Settings
+from voicebridge.outbound import Outbound
+from voicebridge.profiles import credential_key, profiles_of
 from voicebridge.security import (
     ENTRA_OPENID_CONFIG_URL,
     URL_TOKEN_GRACE_S,
@@ -67,21 +69,36 @@ class AppContext:
         if self.cluster is not None:
             self.registry.on_end = self._shared_end
             logs.node = self.cluster.name
+        # Outbound calls (POST /api/calls): auth, rate limit, idempotency, their status.
+        self.outbound = Outbound(settings, self.clock.wall_now)
+        self.registry.on_outbound_end = self.outbound.book.ended
         self.acs_tokens = acs_token_validator(settings)
         self.eventgrid_tokens = eventgrid_token_validator(settings)
-        # AzureKeyCredential, a static token or DefaultAzureCredential (make_credential).
+        # The per-number profiles (PROFILES_FILE; the default one alone without it).
+        self.profiles = profiles_of(settings)
+        # AzureKeyCredential, a static token or DefaultAzureCredential (make_credential):
+        # the default profile's, and one per distinct credential of the profiles.
         self.voicelive_credential: Any = None
+        self.credentials: dict[tuple[str, str], Any] = {}
         self.acs: CallAutomationClient | None = None  # built by start(), before any request
         self.ready = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
-        self.voicelive_credential = make_credential(self.settings)
+        for profile in self.profiles:
+            key = credential_key(profile.settings)
+            if key not in self.credentials:
+                self.credentials[key] = make_credential(profile.settings)
+        self.voicelive_credential = self.credential_for(self.settings)
         self.acs = acs_client.make_client(self.settings)
         self.telemetry.observe(self.stats, lambda: self.registry.active)
         self.spawn(self.stats.loop.watch(interval_s=0.05), name="loop-lag")
-        for name, validator in (("ACS", self.acs_tokens), ("Entra", self.eventgrid_tokens)):
+        for name, validator in (
+            ("ACS", self.acs_tokens),
+            ("Entra", self.eventgrid_tokens),
+            ("Entra (outbound)", self.outbound.auth.tokens),
+        ):
             if validator is not None:  # warm the key cache; a failure retries on first use
                 self.spawn(_prefetch(validator.keys, name), name=f"jwks-{name}")
         if self.acs_tokens is None:
@@ -117,12 +134,23 @@ class AppContext:
             self.registry.end(call, CallOutcome.SHUTDOWN)
         if self.cluster is not None:
             await self.cluster.stop()
+            logs.node = None
         if self.acs is not None:
             await self.acs.close()
-        close = getattr(self.voicelive_credential, "close", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()
+        for credential in self.credentials.values():
+            close = getattr(credential, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+    def credential_for(self, settings: Settings) -> Any:
+        """The Voice Live credential for ``settings`` (a profile's): one object per
+        distinct credential, built at start."""
+        key = credential_key(settings)
+        credential = self.credentials.get(key)
+        if credential is None:  # a configuration that was not a profile at start
+            credential = self.credentials[key] = make_credential(settings)
+        return credential
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run ``coro`` in the background, keeping a reference until it ends."""
@@ -296,7 +324,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     """The bridge service for ``settings``. ``clock``: the relay's clock (default real
     time; the simulator passes ``voicebridge.sim.clock.ScaledClock(speed)``)."""
     from voicebridge import deps
-    from voicebridge.routes import assets, calls, debug, health, media, metrics
+    from voicebridge.routes import assets, calls, debug, health, media, metrics, outbound
 
     logs.install_record_factory()  # call ids on every record, whoever set up logging
     ctx = AppContext(settings, clock)
@@ -334,6 +362,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(assets.router)
     app.include_router(metrics.router)
+    if settings.outbound_enabled:  # absent (404) unless OUTBOUND_API_KEYS or _ENTRA_* is set
+        app.include_router(outbound.router)
     if settings.expose_node_id:
         app.add_middleware(NodeHeader, node=settings.node_name)
     if settings.debug_endpoints:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from voicebridge.core.events import BridgeEvent, as_record
 from voicebridge.logs import CallIds
@@ -21,6 +21,7 @@ from voicebridge.security import CallUrlSigner
 from voicebridge.stats import ServiceStats
 
 if TYPE_CHECKING:
+    from voicebridge.config import Settings
     from voicebridge.relay import MediaRelay
     from voicebridge.telemetry import Span
 
@@ -67,6 +68,15 @@ class CallOutcome(StrEnum):
     TRANSFERRED = "transferred"
     #: The caller said and keyed nothing through every re-prompt: goodbye, hang-up.
     NO_INPUT = "no_input"
+    #: Outbound: the callee's phone rang out (``CreateCallFailed``, e.g. 480/408).
+    NO_ANSWER = "no_answer"
+    #: Outbound: the callee's line was busy (``CreateCallFailed``, e.g. 486).
+    BUSY = "busy"
+    #: Outbound: the call could not be placed (``createCall`` refused, or
+    #: ``CreateCallFailed`` for another reason: ``Call.failure`` says ACS's).
+    FAILED = "failed"
+    #: Outbound: the person called hung up (the outbound spelling of ``caller_hung_up``).
+    CALLEE_HUNG_UP = "callee_hung_up"
 
     @property
     def failed(self) -> bool:
@@ -83,6 +93,7 @@ _FAILED = frozenset(
         CallOutcome.MEDIA_LOST,
         CallOutcome.APOLOGY_HANGUP,
         CallOutcome.OWNER_LOST,
+        CallOutcome.FAILED,
     }
 )
 
@@ -167,6 +178,18 @@ class Call:
     # A transfer to a person in progress: its CallTransferAccepted/Failed callback.
     transfer: asyncio.Future[Any] | None = None
     history: list[tuple[str, str]] = field(default_factory=list)
+    # The call's profile (voicebridge.profiles) and the Settings its relay, session,
+    # greeting, tools and limits come from (None: the app's own settings).
+    profile: str = "default"
+    settings: Settings | None = None
+    # "outbound": placed by POST /api/calls. Then ``caller`` is the person called and
+    # ``callee`` this side's number (its caller id, as the number called is inbound).
+    direction: Literal["inbound", "outbound"] = "inbound"
+    # Outbound: ACS's reason when the call could not be placed (CreateCallFailed).
+    failure: str | None = None
+    # Outbound: the request's context (plain strings; in the instructions in model mode,
+    # a first system message in agent mode: voicebridge.core.context).
+    context: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -197,6 +220,8 @@ class CallRegistry:
         self._ended: OrderedDict[str, CallIds] = OrderedDict()
         #: Called once per ended call (many nodes: the shared record learns the outcome).
         self.on_end: Callable[[Call], None] | None = None
+        #: Called once per ended outbound call (its status for GET /api/calls/{id}).
+        self.on_outbound_end: Callable[[Call], None] | None = None
 
     def seen_before(self, event_id: str) -> bool:
         """True if ``event_id`` was delivered within the TTL (Event Grid retries)."""
@@ -264,7 +289,7 @@ class CallRegistry:
         socket runs it (many nodes). Not an end: nothing is counted."""
         if self.by_id.pop(call.id, None) is None:
             return
-        self._ended[call.id] = CallIds(call.correlation_id, call.call_connection_id)
+        self._ended[call.id] = CallIds(call.correlation_id, call.call_connection_id, call.profile)
         if not self.by_id:
             self.empty.set()
         self.stats.cluster["handed_off"] += 1
@@ -285,18 +310,24 @@ class CallRegistry:
         if call.ended.is_set():
             return
         call.outcome = call.outcome or outcome
+        if call.direction == "outbound" and call.outcome is CallOutcome.CALLER_HUNG_UP:
+            call.outcome = CallOutcome.CALLEE_HUNG_UP  # the other party is the one called
         self.stats.call_ended(call.outcome)
         call.ended.set()
         self.by_id.pop(call.id, None)
-        self._ended[call.id] = CallIds(call.correlation_id, call.call_connection_id)
+        self._ended[call.id] = CallIds(call.correlation_id, call.call_connection_id, call.profile)
         if len(self._ended) > 1000:
             self._ended.popitem(last=False)
         if not self.by_id:
             self.empty.set()
         summary = {
             "call": call.label,
+            "id": call.id,
             "correlation_id": call.correlation_id,
+            "profile": call.profile,
+            "direction": call.direction,
             "outcome": call.outcome,
+            "failure": call.failure,
             "duration_s": round(time.monotonic() - call.started, 3),
             "conversation_id": call.conversation_id,
             "report": call.report,
@@ -304,10 +335,13 @@ class CallRegistry:
         self.finished.append(summary)
         if self.on_end is not None:
             self.on_end(call)
-        call.log.write("call_ended", outcome=call.outcome)
+        if self.on_outbound_end is not None and call.direction == "outbound":
+            self.on_outbound_end(call)
+        call.log.write("call_ended", outcome=call.outcome, failure=call.failure)
         call.log.close()
         if call.span is not None:
             call.span.set_attribute("voicebridge.outcome", call.outcome)
+            call.span.set_attribute("voicebridge.profile", call.profile)
             call.span.set_attribute("voicebridge.call_connection_id", call.call_connection_id)
             if call.outcome.failed:
                 call.span.fail(call.outcome)

@@ -4,7 +4,7 @@ Each command module exposes ``configure(parser)`` (add its arguments) and
 ``run(args) -> int`` (do the work, return the exit status). Importing lazily keeps
 ``voicebridge --help`` instant and keeps simulator-only dependencies out of ``serve``.
 
-The production image ships ``serve`` and ``doctor`` only (``voicebridge.sim`` and
+The production image ships ``serve``, ``doctor`` and ``call`` only (``voicebridge.sim`` and
 ``voicebridge.tools`` are left out: see the Dockerfile); its other commands say so and
 exit 2 instead of failing on an import.
 """
@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "voicebridge.doctor",
         "check the configured Voice Live, ACS and public URL before the first real call",
     ),
+    "call": ("voicebridge.dial", "place one outbound call through a running bridge"),
     "phone": (
         "voicebridge.phone.command",
         "talk to the agent from your browser: the bridge with the browser phone on loopback",
@@ -43,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 #: Where the commands that are not in the production image come from.
 NOT_INSTALLED_HINT = (
-    "this installation has the service only (serve, doctor), like the production image; "
+    "this installation has the service only (serve, doctor, call), like the production image; "
     "the simulator and the developer tools come with a source install: pip install -e '.[dev]'"
 )
 

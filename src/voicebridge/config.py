@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -50,6 +51,22 @@ _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 #: PHONE_TOKEN: 16-256 URL-safe characters, so it fits a URL fragment and a WebSocket
 #: subprotocol (RFC 6455: an HTTP token) unchanged.
 _PHONE_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")
+#: The shortest OUTBOUND_API_KEYS entry accepted.
+MIN_API_KEY_CHARS = 16
+
+
+def e164(value: str) -> str:
+    """``value`` as an E.164 number (``+`` and 7-15 digits; an ACS raw id's ``4:``
+    prefix is dropped), or ValueError."""
+    number = value.strip().removeprefix("4:")
+    if not _E164.match(number):
+        raise ValueError(f"{value!r} is not an E.164 number (+ then 7 to 15 digits)")
+    return number
+
+
+def parse_numbers(value: str) -> list[str]:
+    """PHONE_NUMBERS: E.164 numbers, comma-separated."""
+    return [e164(n) for n in value.split(",") if n.strip()]
 
 
 def parse_targets(value: str) -> dict[str, str]:
@@ -104,6 +121,8 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
     )
+    # The loaded profiles (voicebridge.profiles.profiles_of), once asked for.
+    _profiles: Any = PrivateAttr(default=None)
 
     # ---- Voice Live
     voicelive_endpoint: str = _env("VOICELIVE_ENDPOINT", "AZURE_VOICELIVE_ENDPOINT")
@@ -358,6 +377,46 @@ class Settings(BaseSettings):
         default=120.0, ge=0, validation_alias=AliasChoices("DRAIN_GRACE_S")
     )
 
+    # ---- profiles and outbound calls (docs/outbound.md)
+    # A YAML or JSON file of per-number profiles (voicebridge.profiles); the environment
+    # is the "default" profile and the base every profile overrides.
+    profiles_file: str | None = Field(default=None, validation_alias=AliasChoices("PROFILES_FILE"))
+    # The default profile's ACS numbers (E.164, comma-separated): the caller id of its
+    # outbound calls. A profiles file's "default" entry may set its own.
+    phone_numbers: str | None = Field(default=None, validation_alias=AliasChoices("PHONE_NUMBERS"))
+    # POST /api/calls: bearer API keys (comma-separated, each >= 16 characters; Key Vault
+    # in Azure) and/or an Entra ID app role; the route is absent (404) without either.
+    outbound_api_keys: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OUTBOUND_API_KEYS")
+    )
+    outbound_entra_tenant_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("OUTBOUND_ENTRA_TENANT_ID")
+    )
+    outbound_entra_audience: str | None = Field(
+        default=None, validation_alias=AliasChoices("OUTBOUND_ENTRA_AUDIENCE")
+    )
+    outbound_entra_role: str = Field(
+        default="Calls.Create", validation_alias=AliasChoices("OUTBOUND_ENTRA_ROLE")
+    )
+    outbound_entra_openid_config_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OUTBOUND_ENTRA_OPENID_CONFIG_URL")
+    )
+    # New outbound calls per minute per process (a token bucket, bursts up to that many),
+    # and outbound calls in progress per process (a profile's outbound max_concurrent too).
+    outbound_rate_per_min: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("OUTBOUND_RATE_PER_MIN")
+    )
+    outbound_max_concurrent: int = Field(
+        default=20, ge=1, validation_alias=AliasChoices("OUTBOUND_MAX_CONCURRENT")
+    )
+    # A request's "context": at most this many keys, this many bytes of JSON.
+    outbound_context_max_bytes: int = Field(
+        default=2048, ge=64, le=65536, validation_alias=AliasChoices("OUTBOUND_CONTEXT_MAX_BYTES")
+    )
+    outbound_context_max_keys: int = Field(
+        default=20, ge=1, le=200, validation_alias=AliasChoices("OUTBOUND_CONTEXT_MAX_KEYS")
+    )
+
     # ---- many nodes (docs/deploy.md "Scale-out"): off unless REDIS_URL is set
     # redis://[:password@]host:port/db or rediss:// (Azure Managed Redis: port 10000, TLS).
     redis_url: SecretStr | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
@@ -466,6 +525,38 @@ class Settings(BaseSettings):
             parse_dtmf_actions(value)
         return value
 
+    @field_validator("phone_numbers")
+    @classmethod
+    def _numbers(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_numbers(value)
+        return value
+
+    @field_validator("outbound_api_keys")
+    @classmethod
+    def _api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # "" (e.g. an empty Bicep parameter) means unset
+        keys = [k.strip() for k in value.get_secret_value().split(",")]
+        for i, key in enumerate(keys, 1):
+            if len(key) < MIN_API_KEY_CHARS:
+                raise ValueError(
+                    f"key {i} is {'empty' if not key else 'too short'}: each key needs at "
+                    f"least {MIN_API_KEY_CHARS} characters (openssl rand -base64 32)"
+                )
+        return value
+
+    def outbound_keys(self) -> list[str]:
+        """The OUTBOUND_API_KEYS, each stripped (empty when unset)."""
+        if self.outbound_api_keys is None:
+            return []
+        return [k.strip() for k in self.outbound_api_keys.get_secret_value().split(",")]
+
+    @property
+    def outbound_enabled(self) -> bool:
+        """POST /api/calls exists: an API key or the Entra check is configured."""
+        return self.outbound_api_keys is not None or bool(self.outbound_entra_tenant_id)
+
     @field_validator("call_url_keys")
     @classmethod
     def _url_keys(cls, value: SecretStr | None) -> SecretStr | None:
@@ -566,6 +657,10 @@ class Settings(BaseSettings):
                 "(realtime models do not support interim responses); unset it, or use an "
                 "agent or a non-realtime model"
             )
+        if bool(self.outbound_entra_tenant_id) != bool(self.outbound_entra_audience):
+            raise ValueError(
+                "OUTBOUND_ENTRA_AUDIENCE: set both it and OUTBOUND_ENTRA_TENANT_ID, or neither"
+            )
         if bool(self.eventgrid_entra_tenant_id) != bool(self.eventgrid_entra_audience):
             raise ValueError(
                 "EVENTGRID_ENTRA_AUDIENCE: set both it and EVENTGRID_ENTRA_TENANT_ID, or neither"
@@ -662,19 +757,34 @@ def _env_name(name: str) -> str:
 _FIELD_ENV = {name: _env_name(name) for name in Settings.model_fields}
 
 
+def env_name(name: str) -> str:
+    """The environment variable of Settings field ``name`` (its first alias)."""
+    return _FIELD_ENV.get(name, name.upper())
+
+
+def describe_error(exc: ValidationError) -> str:
+    """The first problem of a Settings validation, as ``VARIABLE: what is wrong``."""
+    err = exc.errors()[0]
+    loc = err.get("loc") or ()
+    name = str(loc[0]) if loc else ""
+    var = env_name(name) if name else ""
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if err.get("type") == "missing":
+        msg = "required but not set"
+    if not var or msg.startswith(var + ":") or msg.startswith(var + "="):
+        return msg  # model-level checks name their variable
+    return f"{var}: {msg}"
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build :class:`Settings` from env/.env (plus ``overrides``), or raise one
-    ``ConfigError`` line naming the offending variable."""
+    """Build :class:`Settings` from env/.env (plus ``overrides``) and load its profiles
+    (``PROFILES_FILE``, :mod:`voicebridge.profiles`), or raise one ``ConfigError`` line
+    naming the offending variable (and profile)."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = err.get("loc") or ()
-        name = str(loc[0]) if loc else ""
-        var = _FIELD_ENV.get(name, name.upper())
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        if err.get("type") == "missing":
-            msg = "required but not set"
-        if not var or msg.startswith(var + ":"):  # model-level checks name their variable
-            raise ConfigError(msg) from None
-        raise ConfigError(f"{var}: {msg}") from None
+        raise ConfigError(describe_error(exc)) from None
+    from voicebridge.profiles import profiles_of  # profiles builds on this module
+
+    profiles_of(settings)  # validated now: a bad profile stops start-up here
+    return settings

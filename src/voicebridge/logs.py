@@ -3,9 +3,10 @@
 One line per event, on stderr, in one of two formats (``LOG_FORMAT``):
 
 * ``json`` (the service's default) — ``{"ts", "level", "logger", "message",
-  "call_connection_id", "correlation_id", ["trace_id", "span_id"], ["exception"]}``,
-  for Container Apps / Log Analytics;
-* ``text`` — ``<time> <LEVEL> <logger>: <message> [call=<id> correlation=<id>]``.
+  "call_connection_id", "correlation_id", "profile", ["trace_id", "span_id"],
+  ["exception"]}``, for Container Apps / Log Analytics;
+* ``text`` — ``<time> <LEVEL> <logger>: <message> [call=<id> correlation=<id>
+  profile=<name>]``.
 
 **Call ids on every line of a call.** The routes bind the current :class:`~voicebridge.calls.Call`
 to a context variable where a call's work starts (the answer task, each callback,
@@ -72,6 +73,7 @@ class CallIds:
 
     correlation_id: str
     call_connection_id: str | None = None
+    profile: str | None = None  # the call's profile (voicebridge.profiles)
 
 
 # The context holds a *weak* reference to a Call: asyncio timers copy the context and a
@@ -106,8 +108,8 @@ def current_call() -> HasCallIds | None:
 
 
 def install_record_factory() -> None:
-    """Stamp ``call_connection_id`` / ``correlation_id`` on every new log record
-    (None outside a call). Idempotent; process-wide."""
+    """Stamp ``call_connection_id`` / ``correlation_id`` / ``profile`` on every new log
+    record (None outside a call). Idempotent; process-wide."""
     previous = logging.getLogRecordFactory()
     if getattr(previous, "_voicebridge", False):
         return
@@ -116,10 +118,11 @@ def install_record_factory() -> None:
         record = previous(*args, **kwargs)
         call = current_call()
         if call is None:
-            record.call_connection_id = record.correlation_id = None
+            record.call_connection_id = record.correlation_id = record.profile = None
         else:
             record.call_connection_id = call.call_connection_id or None
             record.correlation_id = call.correlation_id or None
+            record.profile = getattr(call, "profile", None) or None
         return record
 
     factory._voicebridge = True  # type: ignore[attr-defined]
@@ -171,6 +174,9 @@ class JsonFormatter(logging.Formatter):
         correlation_id = getattr(record, "correlation_id", None)
         if correlation_id:
             line["correlation_id"] = correlation_id
+        profile = getattr(record, "profile", None)
+        if profile:
+            line["profile"] = profile
         if trace_ids is not None:
             ids = trace_ids()
             if ids is not None:
@@ -199,6 +205,9 @@ class TextFormatter(logging.Formatter):
         correlation_id = getattr(record, "correlation_id", None)
         if correlation_id:
             ids.append(f"correlation={correlation_id}")
+        profile = getattr(record, "profile", None)
+        if profile:
+            ids.append(f"profile={profile}")
         if ids:
             head, nl, rest = text.partition("\n")  # ids on the message line, not the traceback
             text = f"{head} [{' '.join(ids)}]{nl}{rest}"

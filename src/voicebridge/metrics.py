@@ -106,6 +106,14 @@ FAMILIES: tuple[Family, ...] = (
         read=lambda s, a: _by("outcome", list(s.outcomes.items())),
     ),
     Family(
+        "voicebridge_outbound_requests_total",
+        "counter",
+        "POST /api/calls requests by result: accepted, duplicate (Idempotency-Key), "
+        "unauthorized, forbidden, malformed, invalid, invalid_context, unknown_profile, "
+        "no_caller_id, idempotency_conflict, outside_hours, busy, rate_limited.",
+        read=lambda s, a: _by("result", sorted(s.outbound.items())),
+    ),
+    Family(
         "voicebridge_cluster_events_total",
         "counter",
         "Many nodes (REDIS_URL): takeover (this node took a call's media over), "
@@ -191,6 +199,14 @@ FAMILIES: tuple[Family, ...] = (
             ((("direction", "inbound"),), s.inbound_ms),
             ((("direction", "outbound"),), s.outbound_ms),
         ],
+        unit="s",
+    ),
+    Family(
+        "voicebridge_forward_latency_seconds",
+        "histogram",
+        "Many nodes: a callback received by another node until this node, the call's "
+        "owner, ran it (Redis pub/sub; node clocks assumed in step).",
+        read_hist=lambda s, a: [((), s.forward_ms)],
         unit="s",
     ),
     Family(

@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -113,9 +114,14 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def run(args: argparse.Namespace, *, clock: Clock | None = None) -> int:
+def run(
+    args: argparse.Namespace,
+    *,
+    clock: Clock | None = None,
+    worker_program: Sequence[str] = ("-m", "voicebridge", "serve"),
+) -> int:
     """``voicebridge serve`` (``clock``: only ``python -m voicebridge.sim.serve`` passes
-    one, and runs one process whatever ``--workers`` says)."""
+    one, with ``worker_program`` to run its workers with the same clock)."""
     from voicebridge import logs
     from voicebridge.config import load_settings
 
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace, *, clock: Clock | None = None) -> int:
     port = args.port or settings.port
     worker_of: int | None = getattr(args, "worker_of", None)
     count = getattr(args, "workers", None) or settings.workers
-    if clock is not None or worker_of is not None or count == 1:
+    if worker_of is not None or count == 1:
         return serve(settings, host, port, clock=clock, worker_of=worker_of)
     if not settings.clustered:
         log.warning(
@@ -138,7 +144,7 @@ def run(args: argparse.Namespace, *, clock: Clock | None = None) -> int:
             "Set REDIS_URL (and CALL_URL_KEYS) for more than one worker",
             count,
         )
-    return workers.supervise(count, host, port)
+    return workers.supervise(count, host, port, program=worker_program)
 
 
 def serve(

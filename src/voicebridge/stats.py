@@ -104,8 +104,12 @@ class ServiceStats:
         self.calls_not_conserved = 0
         #: Many nodes (voicebridge.cluster): takeovers, forwarded callbacks, Redis errors...
         self.cluster: Counter[str] = Counter()
+        #: Many nodes: a callback received elsewhere until this node (its owner) ran it.
+        self.forward_ms = Histogram()
         #: Estimated cost of the finished calls' tokens (USD, configured prices).
         self.cost_usd = 0.0
+        #: POST /api/calls answers by result (accepted, duplicate, unauthorized, ...).
+        self.outbound: Counter[str] = Counter()
 
     def call_finished(
         self, report: dict[str, Any], inbound_ms: Histogram, outbound_ms: Histogram

@@ -188,6 +188,7 @@ class Supervisor:
         self.live: dict[int, Worker] = {}  # slot -> its running worker
         self.due: dict[int, float] = {}  # slot -> when to restart it (monotonic)
         self.delay: dict[int, float] = {}  # slot -> the delay of its last restart
+        self.starts: dict[int, int] = {}  # slot -> how many workers it has started
         self.state = "running"  # -> "draining" (SIGTERM) -> "stopping" (SIGINT)
         self._signals: collections.deque[int] = collections.deque()
 
@@ -284,8 +285,13 @@ class Supervisor:
                 self._start(slot)
 
     def _start(self, slot: int) -> None:
+        self.starts[slot] = self.starts.get(slot, 0) + 1
+        env = dict(os.environ)
+        base = env.get("NODE_ID")
+        if base:  # each worker process is its own node; a restarted one is a new node
+            env["NODE_ID"] = f"{base}/w{slot}.{self.starts[slot]}"
         try:
-            proc = subprocess.Popen(self.command)
+            proc = subprocess.Popen(self.command, env=env)
         except OSError as exc:
             self._schedule(slot, 0.0)
             log.error("worker %d not started (%s); retrying in %.1f s", slot, exc, self.delay[slot])
@@ -294,15 +300,18 @@ class Supervisor:
         log.info("worker %d started (pid %d)", slot, proc.pid)
 
 
-def supervise(count: int, host: str, port: int) -> int:
+def supervise(
+    count: int, host: str, port: int, *, program: Sequence[str] = ("-m", "voicebridge", "serve")
+) -> int:
     """``voicebridge serve`` with ``count`` > 1 workers on ``host:port``: the
-    supervisor's exit status (3 if the port is taken)."""
+    supervisor's exit status (3 if the port is taken). ``program``: how a worker is run
+    after ``python`` (the simulator's scaled-clock server passes its own)."""
     try:
         port_is_free(host, port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return STARTUP_FAILURE
-    command = [sys.executable, "-m", "voicebridge", "serve", "--host", host, "--port", str(port)]
+    command = [sys.executable, *program, "--host", host, "--port", str(port)]
     command += ["--worker-of", str(os.getpid())]
     log.info(
         "supervisor (pid %d): %d workers on %s:%d, each with its own SO_REUSEPORT socket",

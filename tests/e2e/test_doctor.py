@@ -440,3 +440,38 @@ async def test_the_command_prints_json_and_fails_without_leaking_the_key(
     assert handshake["status"] == "fail" and "HTTP 401" in handshake["detail"]
     for secret in ("wrong-key-in-the-env-42", acs.access_key):
         assert secret not in out.decode() + err.decode()
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+async def test_every_profile_with_its_own_voice_live_configuration_is_checked(
+    emulators: Emulators, acs: FakeAcs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator = await emulators()
+    monkeypatch.setenv("SALES_KEY", "not-the-key-5678")
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(
+        "same:\n  numbers: ['+18005550111']\n  GREETING_MODE: none\n"
+        "sales:\n  numbers: ['+18005550112']\n  VOICELIVE_API_KEY: env:SALES_KEY\n"
+        f"agent:\n  AGENT_NAME: {AGENT}\n  PROJECT_NAME: {PROJECT}\n"
+        f"  VOICELIVE_BEARER_TOKEN: {jwt_for('https://ai.azure.com')}\n"
+    )
+    overrides = model_mode(emulator, acs, profiles_file=str(profiles))
+    checks = await diagnose(Options(timeout_s=3.0), overrides=overrides)
+    names = [c.name for c in checks]
+    assert names[: len(CHECK_NAMES)] == list(CHECK_NAMES)
+    extra = {c.name: c for c in checks[len(CHECK_NAMES) :]}
+    assert extra["profiles"].status == "pass"
+    assert (
+        "3+1" not in extra["profiles"].detail and "sales (+18005550112)" in extra["profiles"].detail
+    )
+    # same Voice Live configuration as the default (a greeting is not part of it): once
+    assert extra["profile same: voicelive"].detail.startswith("the same Voice Live configuration")
+    assert extra["profile sales: voicelive.handshake"].status == "fail"
+    assert "HTTP 401" in extra["profile sales: voicelive.handshake"].detail
+    assert extra["profile agent: voicelive.handshake"].status == "pass"
+    assert extra["profile agent: voicelive.agent"].status == "pass"
+    assert checks[names.index("voicelive.handshake")].status == "pass"  # the default's
+    assert exit_status(checks) == 1
+    assert "not-the-key-5678" not in to_json(checks)

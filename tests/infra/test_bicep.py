@@ -667,3 +667,23 @@ def test_call_url_keys_are_required_and_a_key_vault_reference(
     assert kv_secrets["secretNames.callUrlKeys"]["keyVaultUrl"] == (
         "'${vault.outputs.vaultUri}secrets/${secretNames.callUrlKeys}'"
     )
+
+
+def test_the_profiles_file_is_mounted_from_key_vault_where_profiles_file_points(
+    main: BicepFile, containerapp: BicepFile, plain_env: dict[str, dict[str, str]]
+) -> None:
+    """profilesYaml (secure) -> Key Vault -> a Container App secret mounted as a file in
+    /mnt/voicebridge; PROFILES_FILE names that file (docs/outbound.md)."""
+    params = main.params()
+    assert params["profilesYaml"].secure and params["outboundApiKeys"].secure
+    path = literal(main.var("profilesPath"))
+    directory, _, name = path.rpartition("/")
+    assert plain_env["PROFILES_FILE"]["value"] == "profilesMounted ? profilesPath : profilesFile"
+    app_params = object_body(object_body(main.declaration("module", "app"))["params"])
+    files = objects(app_params["secretFiles"], "secretRef")
+    assert files == [{"secretRef": "secretNames.profilesYaml", "path": f"'{name}'"}]
+    mounts = objects(containerapp.declaration("resource", "app"), "mountPath")
+    assert [literal(m["mountPath"]) for m in mounts] == [directory]
+    volumes = objects(containerapp.declaration("resource", "app"), "storageType")
+    assert [literal(v["storageType"]) for v in volumes] == ["Secret"]
+    assert volumes[0]["name"] == mounts[0]["volumeName"]

@@ -61,6 +61,17 @@ def test_json_lines_carry_the_call_ids_only_inside_a_call(
     assert "correlation_id" not in after
 
 
+def test_the_call_profile_is_on_its_lines(capture: tuple[io.StringIO, logging.Logger]) -> None:
+    stream, log = capture
+    with logs.call_context(CallIds(CORR, CONN, profile="ventas")):
+        log.info("hola")
+    assert lines(stream)[0]["profile"] == "ventas"
+    text = logs.TextFormatter()
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    record.profile = "ventas"
+    assert text.format(record).endswith("[profile=ventas]")
+
+
 def test_one_line_per_event_even_with_newlines_and_tracebacks(
     capture: tuple[io.StringIO, logging.Logger],
 ) -> None:

@@ -136,8 +136,11 @@ def dispatch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str,
         calls.append(("serve", (host, port, kw)))
         return 0
 
-    def supervise(count: int, host: str, port: int) -> int:
+    def supervise(count: int, host: str, port: int, **kw: Any) -> int:
         calls.append(("supervise", (count, host, port)))
+        calls.extend(
+            ("program", p) for p in [kw.get("program")] if p != ("-m", "voicebridge", "serve")
+        )
         return 0
 
     monkeypatch.setattr(server, "serve", serve)
@@ -180,15 +183,18 @@ def test_more_workers_start_the_supervisor(
     assert len(warned) == 2 and warned[0].levelname == "WARNING"
 
 
-def test_a_worker_and_the_simulator_serve_in_their_own_process(
+def test_a_worker_serves_in_its_own_process_and_the_simulator_has_workers_too(
     dispatch: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WORKERS", "4")
     server.run(serve_args("--worker-of", "7"))
     clock = RealClock()
-    server.run(serve_args(), clock=clock)
-    assert [name for name, _ in dispatch] == ["serve", "serve"]
+    server.run(serve_args("--workers", "1"), clock=clock)
+    sim = ("-m", "voicebridge.sim.serve", "--speed", "4.0")
+    server.run(serve_args(), clock=clock, worker_program=sim)  # its workers keep its clock
+    assert [name for name, _ in dispatch] == ["serve", "serve", "supervise", "program"]
     assert dispatch[0][1][2]["worker_of"] == 7 and dispatch[1][1][2]["clock"] is clock
+    assert dispatch[3][1] == sim
 
 
 def test_a_configuration_error_is_reported_once_before_any_worker(

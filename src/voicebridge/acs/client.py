@@ -100,6 +100,33 @@ async def answer(
     return str(props.call_connection_id)
 
 
+async def create_call(
+    client: CallAutomationClient,
+    *,
+    target: str,
+    caller_id: str,
+    callback_url: str,
+    transport_url: str,
+    acs_rate: int,
+    operation_context: str = "outboundCall",
+) -> tuple[str, str]:
+    """Place a call to the phone number ``target`` from ``caller_id`` (an ACS number:
+    required to call a phone, "Troubleshooting call end response codes"), streaming
+    media as an answered call does; return ``(call connection id, correlation id)``.
+    ACS answers at once; ``CallConnected`` or ``CreateCallFailed`` follows on the
+    callback URL. Raises ``HttpResponseError`` when ACS refuses the request."""
+    from azure.communication.callautomation import PhoneNumberIdentifier
+
+    props = await client.create_call(
+        identifier(target),
+        callback_url,
+        source_caller_id_number=PhoneNumberIdentifier(caller_id.removeprefix("4:")),
+        operation_context=operation_context,
+        media_streaming=media_streaming_options(transport_url, acs_rate),
+    )
+    return str(props.call_connection_id or ""), str(getattr(props, "correlation_id", "") or "")
+
+
 async def hang_up(client: CallAutomationClient, call_connection_id: str) -> bool:
     """End the call for everyone. True if ACS accepted it; False if it was already
     gone or ACS failed (logged, never raised: hang-up is cleanup)."""

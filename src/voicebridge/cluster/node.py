@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 REDIS_TIMEOUT_S = 1.0
 #: How long the pub/sub reader waits for a message before it looks at its to-do list.
 LISTEN_POLL_S = 0.1
+#: How long an outbound call's record may wait for its media socket (a phone ringing,
+#: then answered) before the janitor looks at it as an orphan.
+OUTBOUND_RING_GRACE_S = 180.0
 #: Background writes (transcripts, conversation ids) waiting at most; more are dropped.
 WRITE_QUEUE_MAX = 1000
 
@@ -186,18 +189,34 @@ class ClusterNode:
             "scid": call.server_call_id,
             "caller": call.caller,
             "callee": call.callee,
+            "profile": call.profile,  # the node that runs the call uses its settings
             "answered_by": self.name,
             "answered_at": str(time.time()),
         }
         if traceparent:
             fields["traceparent"] = traceparent
+        if call.direction == "outbound":  # dialled by POST /api/calls, with its context
+            fields |= {"dir": "outbound", "ctx": json.dumps(call.context, ensure_ascii=False)}
         await self._call(self.store.create(call.id, fields))
+
+    async def remember(self, key: str, value: str) -> str | None:
+        """An outbound Idempotency-Key bound to ``value`` on every node, unless it is
+        bound already: the value that stands (None: Redis could not be asked)."""
+        return await self._call(self.store.remember(key, value, ttl_s=24 * 3600))  # type: ignore[no-any-return]
+
+    async def recall(self, key: str) -> str | None:
+        return await self._call(self.store.recall(key))  # type: ignore[no-any-return]
 
     async def restore(self, cid: str, **fields: str) -> None:
         await self._call(self.store.restore(cid, fields))
 
     async def transcript(self, cid: str) -> list[tuple[str, str]]:
         return await self._call(self.store.transcript(cid)) or []
+
+    async def alive(self, node: str) -> bool:
+        """The node heartbeats (True when Redis cannot tell: never blame a node blindly)."""
+        alive: bool | None = await self._call(self.store.node_alive(node))
+        return True if alive is None else alive
 
     async def update(self, cid: str, **fields: str) -> None:
         await self._call(self.store.update(cid, **fields))
@@ -258,7 +277,12 @@ class ClusterNode:
 
     async def forward(self, cid: str, body: bytes) -> int | None:
         """Send a callback delivery to the call's owner; how many nodes got it."""
-        message = {"t": "callbacks", "body": body.decode("utf-8"), "node": self.name}
+        message = {
+            "t": "callbacks",
+            "body": body.decode("utf-8"),
+            "node": self.name,
+            "at": time.time(),
+        }
         received: int | None = await self._call(self.store.publish(cid, message))
         if received is not None:
             self.counts["forwarded" if received else "forward_undelivered"] += 1
@@ -337,6 +361,9 @@ class ClusterNode:
                 )
                 owned.call.moved.set()
             return
+        at = data.get("at")
+        if isinstance(at, int | float):
+            self.stats.forward_ms.add(max(0.0, (time.time() - at) * 1000.0))
         if self.deliver is not None:
             await self.deliver(owned.call, data)
 
@@ -389,8 +416,11 @@ class ClusterNode:
         owner = record.get("owner", "")
         if owner and await self._call(self.store.node_alive(owner)):
             return  # alive, its heartbeat is late: leave it
-        if not owner and time.time() - float(record.get("answered_at", "0")) < 60:
-            return  # still answering (ACS may take a while to dial the media socket)
+        # Still answering (ACS may take a while to dial the media socket), or, for an
+        # outbound call, still ringing: its CreateCallFailed (or media) comes first.
+        grace = OUTBOUND_RING_GRACE_S if record.get("dir") == "outbound" else 60
+        if not owner and time.time() - float(record.get("answered_at", "0")) < grace:
+            return
         if self.orphan is not None:
             self.counts["janitor"] += 1
             await self._call(self.store.touch_live(cid))  # not again before the next round

@@ -17,6 +17,8 @@ scale-out.md §3.3; every one carries a TTL or is trimmed):
 * ``vb:node:{node}``: each node's heartbeat (ready, calls, capacity); expires by itself.
   ``vb:nodes``: sorted set of node → last heartbeat, to list them without ``SCAN``.
 * ``vb:lock:janitor``: one janitor at a time.
+* ``vb:idem:{hash}``: an outbound call's ``Idempotency-Key`` -> ``call id|fingerprint``
+  (``SET NX``, 24 hours).
 * channel ``vb:call:{cid}``: wakes the call's owner (forwarded callbacks, takeover).
 
 Errors are not handled here: callers catch :data:`REDIS_ERRORS` and fall back to
@@ -25,6 +27,7 @@ per-node behaviour (:mod:`voicebridge.cluster.node`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -85,6 +88,11 @@ def call_key(cid: str) -> str:
     return f"vb:call:{cid}"
 
 
+def idempotency_key(key: str) -> str:
+    """``vb:idem:{sha256 of the key}``: an outbound call's Idempotency-Key (24 h)."""
+    return "vb:idem:" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
 def channel(cid: str) -> str:
     return f"vb:call:{cid}"
 
@@ -137,6 +145,19 @@ class CallStore:
                 pipe.set(f"vb:incoming:{server_call_id}", event_id, nx=True, ex=DEDUP_TTL_S)
             results = await pipe.execute()
         return all(bool(r) for r in results)
+
+    async def remember(self, key: str, value: str, ttl_s: float) -> str:
+        """Bind ``key`` (an outbound Idempotency-Key, hashed) to ``value`` unless it is
+        bound already (``SET NX``); the value that stands."""
+        name = idempotency_key(key)
+        if await self.redis.set(name, value, nx=True, ex=int(ttl_s)):
+            return value
+        existing = await self.redis.get(name)
+        return _s(existing) if existing is not None else value
+
+    async def recall(self, key: str) -> str | None:
+        existing = await self.redis.get(idempotency_key(key))
+        return _s(existing) if existing is not None else None
 
     async def admit(self, cid: str, *, capacity: int, at_max: bool) -> bool:
         """Count the new call as live unless every node is full and no more can come."""
@@ -262,10 +283,11 @@ class CallStore:
         for raw in results[:-1]:
             if not raw:
                 continue
+            beat = {_s(k): _s(v) for k, v in raw.items()}
             nodes += 1
-            if raw.get(b"ready") == b"1":
+            if beat.get("ready") == "1":
                 ready += 1
-                capacity += int(raw.get(b"cap", b"0"))
+                capacity += int(beat.get("cap", "0"))
         return ClusterView(active_calls=active, ready_nodes=ready, nodes=nodes, capacity=capacity)
 
     async def stale_calls(self, older_than_s: float) -> list[str]:

@@ -149,11 +149,13 @@ class CallBridge:
         limits: GuardLimits | None = None,
         cancel_on_barge_in: bool | None = None,
         control: Control | None = None,
+        context: str | None = None,
     ) -> None:
         """``session_config`` is the ``session`` object of the one ``session.update``;
         ``cancel_on_barge_in`` None means: only when the session does not interrupt
         responses by itself (``turn_detection.interrupt_response``); ``control``: keypad,
-        silent-caller and tool settings."""
+        silent-caller and tool settings; ``context``: a system message sent once after the
+        first ``session.update`` (an outbound call's data for an agent)."""
         rates = rates or Rates()
         self.voicelive_in_hz = rates.voicelive_in_hz
         self.voicelive_out_hz = rates.voicelive_out_hz
@@ -171,6 +173,7 @@ class CallBridge:
             timeouts=timeouts,
             limits=limits,
             cancel_on_barge_in=cancel_on_barge_in,
+            context=context,
         )
         self._uplink = Uplink(
             self._session.guard,
@@ -266,6 +269,10 @@ class CallBridge:
                 self._uplink.release()  # caller audio held meanwhile follows the update
             case vl.SessionUpdated():
                 session.updated(ev)
+                # The agent can listen from now: a silent caller's silence counts from
+                # here, not from the media clock's origin (without a greeting nothing
+                # else would start it, and the first poll would re-prompt at once).
+                self._no_input.busy_until(now)
             case vl.TranscriptionCompleted():
                 session.user_said(ev)
             case vl.TranscriptDone():

@@ -13,6 +13,11 @@ session, while the user-turn count and the conversation go on.
   replacement session, replays the conversation so far (agent mode keeps it
   server-side under the conversation id); ``session.updated`` sends the greeting,
   once per call.
+* ``context`` (an outbound call's data for the agent, already plain ``key: value``
+  text): one ``system`` message item right after the call's first ``session.update``,
+  through the guard like everything else — the agent-mode way to hand it over (an
+  agent takes no ``instructions``; model mode appends it to them instead). Sent once
+  per call: an agent keeps it in the conversation across reconnects.
 * :meth:`VoiceLiveSession.poll` says when the session should be replaced:
   ``session_update_timeout``, ``response_stalled``, ``response_timeout`` (a committed
   turn got no response even after one ``response.create`` of our own, the nudge) or
@@ -110,8 +115,10 @@ class VoiceLiveSession:
         timeouts: Timeouts | None = None,
         limits: GuardLimits | None = None,
         cancel_on_barge_in: bool | None = None,
+        context: str | None = None,
     ) -> None:
         self.session_config = dict(session_config)
+        self._context = context or None  # sent once, after the first session.update
         self._out = voicelive_out  # the bridge's Voice Live outbox (wire text)
         self._accounting = accounting
         self._emit = emit
@@ -201,6 +208,9 @@ class VoiceLiveSession:
         self.new_session()
         self.send(vl.session_update(self.session_config))
         self._awaiting_update_since = now
+        if self._context is not None and not self._resumed:
+            self.send(vl.message_item_create("system", self._context))
+            self._context = None
         replaying = self.sessions > 1 or self._resumed
         if replaying and self._history.replay and self.transcript:
             for role, text in self.transcript:

@@ -1,7 +1,9 @@
 """``voicebridge doctor``: check, before the first real call, that the resources named by
 the environment work together — the settings, Voice Live (DNS/TLS, auth, handshake,
 session.update, agent, transcription, optionally one text turn), ACS (credentials, JWKS,
-clock), PUBLIC_BASE_URL, and with ``--azure`` the Event Grid subscription.
+clock), PUBLIC_BASE_URL, and with ``--azure`` the Event Grid subscription. With a
+``PROFILES_FILE``, the Voice Live checks also run for every profile whose configuration
+differs (:mod:`voicebridge.doctor.profiles`).
 
 One line per check, ✓ / ✗ / skipped; a ✗ names the likely cause and the fix
 (docs/first-call.md lists them all). ``--json`` prints
@@ -20,6 +22,7 @@ from typing import Any
 from voicebridge.config import Settings, load_settings
 from voicebridge.doctor import acs, eventgrid, public, voicelive
 from voicebridge.doctor.context import ARM_ENDPOINT, Context, Options
+from voicebridge.doctor.profiles import profile_checks
 from voicebridge.doctor.report import (
     Check,
     exit_status,
@@ -31,6 +34,7 @@ from voicebridge.doctor.report import (
     to_json,
 )
 from voicebridge.errors import ConfigError
+from voicebridge.profiles import profiles_of
 
 SETTINGS = "settings"
 #: Every check, in report order.
@@ -71,9 +75,14 @@ async def diagnose(
         fix = "correct the variable the line names (.env.example describes each one)"
         why = "needs valid settings"
         return [failed(SETTINGS, str(exc), fix)] + [skipped(n, why) for n in CHECK_NAMES[1:]]
+    profiles = profiles_of(settings)
+    # The Voice Live checks run with the default profile's settings: what a call to an
+    # unknown number gets (the environment, unless PROFILES_FILE's "default" changes it).
     ctx = Context(settings, options, arm_credential=arm_credential)
+    vl_ctx = Context(profiles.default.settings, options) if profiles.source else ctx
+    contexts = [ctx, vl_ctx]
     groups = await asyncio.gather(
-        voicelive.voicelive_checks(ctx),
+        voicelive.voicelive_checks(vl_ctx),
         acs.acs_checks(ctx),
         public.public_checks(ctx),
         eventgrid.eventgrid_check(ctx),
@@ -86,7 +95,9 @@ async def diagnose(
         *public_checks,
         eventgrid_check,
     ]
-    return redact(checks, ctx.secrets)
+    if profiles.source:  # PROFILES_FILE: each profile's own Voice Live configuration
+        checks += await profile_checks(profiles, options, contexts)
+    return redact(checks, set().union(*(c.secrets for c in contexts)))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

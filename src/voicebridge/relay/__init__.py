@@ -44,6 +44,7 @@ from voicebridge.core.bridge import (
     Timeouts,
     UplinkConfig,
 )
+from voicebridge.core.context import context_text
 from voicebridge.core.events import (
     AcsMalformed,
     AgentTranscript,
@@ -123,8 +124,10 @@ class CallServices:
     cluster: ClusterNode | None = None
 
 
-def bridge_for(s: Settings) -> CallBridge:
-    """The core of one call, configured from the settings."""
+def bridge_for(s: Settings, *, context: str | None = None) -> CallBridge:
+    """The core of one call, configured from the settings (the call's profile's);
+    ``context``: a system message for the start of the conversation (agent mode's
+    outbound context, :mod:`voicebridge.core.context`)."""
     return CallBridge(
         session_config=session_config(s),
         rates=Rates(
@@ -156,6 +159,7 @@ def bridge_for(s: Settings) -> CallBridge:
             ),
             reprompt=Reprompt(text=s.no_input_prompt or ""),
         ),
+        context=context,
     )
 
 
@@ -175,11 +179,16 @@ class MediaRelay:
 
     def __init__(self, services: CallServices, call: Call, websocket: MediaSocket) -> None:
         self.services = services
-        self.settings = services.settings
+        # The call's profile's settings: session, greeting, tools, limits (the service's
+        # own when the call has none).
+        self.settings = call.settings or services.settings
         self.clock = services.clock
         self.call = call
         self.ws = websocket
-        self.bridge = bridge_for(self.settings)
+        agent_context = self.settings.mode == "agent" and call.context
+        self.bridge = bridge_for(
+            self.settings, context=context_text(call.context) if agent_context else None
+        )
         self.control = CallControl(self)
         if call.resume:  # taken over from another node mid-call
             self.bridge.resume(call.history)

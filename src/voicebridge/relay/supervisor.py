@@ -22,8 +22,10 @@ When the call ends (a :class:`CallOutcome`, every exit in :meth:`Supervisor.run`
 * ``MEDIA_IDLE_TIMEOUT``: no ACS media for ``MEDIA_IDLE_TIMEOUT_S`` *and* Call
   Automation no longer knows the call (:meth:`Supervisor.call_still_connected`);
 * ``MAX_DURATION``: ``MAX_CALL_DURATION_S`` (goodbye first);
-* ``MEDIA_LOST``: the ACS socket closed without ``CallDisconnected`` and no new one came
-  within ``ACS_RECONNECT_GRACE_S`` (a second socket for the call replaces the first);
+* ``MEDIA_LOST``: the ACS socket closed without ``CallDisconnected``, no new one came
+  within ``ACS_RECONNECT_GRACE_S`` (a second socket for the call replaces the first) and
+  Call Automation still knows the call (if it does not, the caller hung up and its
+  callback went astray: ``CALLER_HUNG_UP``);
 * ``DRAINED``: SIGTERM's ``DRAIN_GRACE_S`` is over (goodbye first);
 * ``MOVED``: another node claimed the call's media (many nodes): no hang-up, the call
   goes on there;
@@ -426,6 +428,11 @@ class Supervisor:
             await self._say_and_hang_up("goodbye")
             return await self._finish(CallOutcome.DRAINED)
         if lost and not call.disconnected.is_set():
+            if await self.services.call_state(call) == "gone":
+                # ACS ended the call and its CallDisconnected never reached us (it went
+                # to another node while Redis was down, or was lost): the caller hung up.
+                log.info("call %s: media closed and ACS says the call is over", call.label)
+                return await self._finish(CallOutcome.CALLER_HUNG_UP)
             log.warning("call %s: media socket lost and not reopened: hanging up", call.label)
             await self.services.hang_up(call)  # not if another node has it now
             if call.moved.is_set():

@@ -27,6 +27,7 @@ from voicebridge.cluster import service
 from voicebridge.core import webhooks
 from voicebridge.deps import AcsCallbackDep, CtxDep
 from voicebridge.errors import WebhookError
+from voicebridge.outbound import create_failed
 from voicebridge.security import TokenRejected, constant_time_equal
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,9 @@ def _start_answer(ctx: AppContext, event: webhooks.IncomingCall, ids: tuple[str,
         ids=ids,
     )
     call.callee = event.callee_raw_id
-    call.log.write("incoming_call", correlation_id=call.correlation_id)
+    profile = ctx.profiles.for_number(event.callee_raw_id)  # unknown numbers: default
+    call.profile, call.settings = profile.name, profile.settings
+    call.log.write("incoming_call", correlation_id=call.correlation_id, profile=call.profile)
     # The call's trace starts here and ends in CallRegistry.end (a no-op when tracing is off).
     call.span = ctx.telemetry.start(
         "call",
@@ -193,6 +196,7 @@ def _start_answer(ctx: AppContext, event: webhooks.IncomingCall, ids: tuple[str,
         **{
             "voicebridge.correlation_id": call.correlation_id,
             "voicebridge.server_call_id": call.server_call_id or None,
+            "voicebridge.profile": call.profile,
         },
     )
     with logs.call_context(call):  # the answer task, and its log lines, belong to the call
@@ -224,7 +228,12 @@ async def _answer(ctx: AppContext, call: Call, incoming_call_context: str) -> No
             ctx.registry.end(call, CallOutcome.ANSWER_FAILED)
             return
         span.set_attribute("voicebridge.call_connection_id", call.call_connection_id)
-    log.info("answered call %s (correlation %s)", call.call_connection_id, call.correlation_id)
+    log.info(
+        "answered call %s (correlation %s, profile %s)",
+        call.call_connection_id,
+        call.correlation_id,
+        call.profile,
+    )
     call.log.write("answered", call_connection_id=call.call_connection_id)
     if ctx.cluster is not None and call.call_connection_id:
         await ctx.cluster.update(call.id, ccid=call.call_connection_id)
@@ -280,11 +289,21 @@ async def _forward(
             if ccid and not record.get("ccid"):
                 await cluster.update(call_id, ccid=ccid)
                 record["ccid"] = ccid
+            outbound = record.get("dir") == "outbound"
             for event in events:
                 if event.type == "CallDisconnected" and not record.get("we_hung_up"):
-                    await cluster.ended(call_id, CallOutcome.CALLER_HUNG_UP, we_hung_up=False)
+                    # the other party left; if the node that held the call had died,
+                    # that is why
+                    dead = record.get("owner") and not await cluster.alive(record["owner"])
+                    hung_up = CallOutcome.CALLEE_HUNG_UP if outbound else CallOutcome.CALLER_HUNG_UP
+                    outcome = CallOutcome.OWNER_LOST if dead else hung_up
+                    await cluster.ended(call_id, outcome, we_hung_up=False)
                 elif event.type == "AnswerFailed":
                     await cluster.ended(call_id, CallOutcome.ANSWER_FAILED, we_hung_up=False)
+                elif event.type == "CreateCallFailed":
+                    outcome, failure = create_failed(event)
+                    await cluster.update(call_id, failure=failure)
+                    await cluster.ended(call_id, outcome, we_hung_up=False)
         received = await cluster.forward(call_id, body)
         types = [e.type for e in events]
         if received:
@@ -294,6 +313,8 @@ async def _forward(
         if record is None or record.get("state") == "ended":
             return
         if "MediaStreamingFailed" in types and received == 0:
+            if record.get("owner"):  # its node died: that is the outcome, whatever follows
+                await cluster.ended(call_id, CallOutcome.OWNER_LOST, we_hung_up=False)
             ctx.spawn(
                 service.end_orphan(ctx, call_id, record, media_gone=True),
                 name=f"orphan-{call_id}",
@@ -335,7 +356,8 @@ async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) 
     etype = event.type
     if etype == "CallConnected":
         call.connected = True
-        log.info("call %s connected", call.label)
+        what = "answered by the callee" if call.direction == "outbound" else "connected"
+        log.info("call %s %s", call.label, what)
     elif etype == "MediaStreamingStarted":
         log.info("call %s: media streaming started", call.label)
     elif etype in ("MediaStreamingFailed", "MediaStreamingStopped"):
@@ -376,12 +398,21 @@ async def _callback(ctx: AppContext, call: Call, event: webhooks.CallbackEvent) 
     elif etype == "AnswerFailed":
         log.error("call %s: answer failed: %s", call.label, event.message)
         _end(ctx, call, CallOutcome.ANSWER_FAILED)
+    elif etype == "CreateCallFailed":
+        outcome, call.failure = create_failed(event)
+        log.warning("call %s: not placed: %s (%s)", call.label, outcome, call.failure)
+        _end(ctx, call, outcome)
     elif etype == "CallDisconnected":
         log.info("call %s disconnected", call.label)
         if call.we_hung_up and call.relay is not None:
             # The echo of our own hang-up: the relay is ending the call and names
             # the outcome (drained, apology_hangup, ...); only let it know.
             call.disconnected.set()
+        elif call.direction == "outbound" and not call.connected and call.media_task is None:
+            # Never answered (no CallConnected here, no media anywhere: a node that got
+            # the media socket has it as media_task), and no CreateCallFailed said why.
+            call.failure = call.failure or "CallDisconnected before CallConnected"
+            _end(ctx, call, CallOutcome.FAILED)
         else:
             _end(ctx, call, CallOutcome.CALLER_HUNG_UP)
     else:

@@ -46,6 +46,23 @@ async def status(ctx: CtxDep, s: SettingsDep) -> dict[str, object]:
         "voicelive_audio_rate": s.voicelive_audio_rate,
         "active_calls": ctx.registry.active,
         "calls_by_outcome": dict(ctx.stats.outcomes),
+        # Per-number profiles (PROFILES_FILE): numbers, mode, model or agent, voice,
+        # language, tools, outbound rules. Never a secret.
+        "profiles": [profile.public() for profile in ctx.profiles],
+        "outbound": {
+            "enabled": s.outbound_enabled,
+            "auth": [
+                name
+                for name, on in (
+                    ("api-key", s.outbound_api_keys is not None),
+                    ("entra-id", bool(s.outbound_entra_tenant_id)),
+                )
+                if on
+            ],
+            "rate_per_min": s.outbound_rate_per_min,
+            "max_concurrent": s.outbound_max_concurrent,
+            "in_progress": ctx.outbound.book.live(),
+        },
         "cluster": None
         if ctx.cluster is None
         else {

@@ -20,6 +20,7 @@ from voicebridge.app import AppContext
 from voicebridge.calls import Call, CallOutcome
 from voicebridge.deps import POLICY_VIOLATION, AcsMediaDep, CtxDep
 from voicebridge.errors import close_code
+from voicebridge.outbound import call_settings, context_of
 from voicebridge.relay import CallServices, MediaRelay
 from voicebridge.voicelive.session import open_session
 
@@ -57,7 +58,7 @@ async def _media(ctx: AppContext, websocket: WebSocket, call: Call) -> None:
     if not call.call_connection_id:
         call.call_connection_id = websocket.headers.get("x-ms-call-connection-id") or None
     await websocket.accept()
-    relay = call.relay = MediaRelay(services(ctx), call, websocket)
+    relay = call.relay = MediaRelay(services(ctx, call), call, websocket)
     call.media_task = asyncio.current_task()
     outcome = CallOutcome.ERROR
     code = 1000
@@ -120,6 +121,7 @@ async def _claim(
             call_connection_id=record.get("ccid") or headers.get("x-ms-call-connection-id"),
         )
         call.callee = record.get("callee", "")
+        _profile(ctx, call, record)
         # The call's trace goes on here, under the answering node's span.
         call.span = ctx.telemetry.start(
             "call",
@@ -127,6 +129,7 @@ async def _claim(
             **{
                 "voicebridge.correlation_id": call.correlation_id,
                 "voicebridge.node": cluster.name,
+                "voicebridge.profile": call.profile,
             },
         )
     gen = claim.gen if claim is not None else 0
@@ -136,7 +139,7 @@ async def _claim(
     if gen > 1:  # the call had media before, here or elsewhere: resume it
         call.resume = True
         call.conversation_id = record.get("conversation_id") or call.conversation_id
-        if ctx.settings.mode == "model":
+        if (call.settings or ctx.settings).mode == "model":
             call.history = await cluster.transcript(call_id)
         with logs.call_context(call):
             log.info(
@@ -157,15 +160,31 @@ async def _claim(
 _OUTCOMES = frozenset(o.value for o in CallOutcome)
 
 
-def services(ctx: AppContext) -> CallServices:
-    """What a relay may use of the app: settings, stats, telemetry, the clock, and the
-    calls out (Voice Live connect with the app's credential, hang-up, call state)."""
+def _profile(ctx: AppContext, call: Call, record: dict[str, str]) -> None:
+    """A call answered (or dialled) elsewhere: its profile by the name in its record
+    (the default one for a name this node does not know), and for an outbound call its
+    context and first speaker, as the dialling node set them."""
+    profile = ctx.profiles.named(record.get("profile"))
+    call.profile = profile.name
+    if record.get("dir") == "outbound":
+        call.direction = "outbound"
+        call.context = context_of(record)
+        call.settings = call_settings(profile, call.context)
+    else:
+        call.settings = profile.settings
+
+
+def services(ctx: AppContext, call: Call | None = None) -> CallServices:
+    """What a relay may use of the app: the call's settings (its profile's), stats,
+    telemetry, the clock, and the calls out (Voice Live connect with the credential of
+    the call's profile, hang-up, call state)."""
+    settings = (call.settings if call is not None else None) or ctx.settings
     return CallServices(
-        settings=ctx.settings,
+        settings=settings,
         stats=ctx.stats,
         telemetry=ctx.telemetry,
         clock=ctx.clock,
-        open_session=functools.partial(open_session, ctx.settings, ctx.voicelive_credential),
+        open_session=functools.partial(open_session, settings, ctx.credential_for(settings)),
         hang_up=ctx.hang_up,
         call_state=ctx.call_state,
         transfer=ctx.transfer,

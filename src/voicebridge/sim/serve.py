@@ -29,7 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.speed <= 100:
         parser.error("--speed must be in (0, 100]")
-    return server.run(args, clock=None if args.speed == 1.0 else ScaledClock(args.speed))
+    return server.run(
+        args,
+        clock=None if args.speed == 1.0 else ScaledClock(args.speed),
+        worker_program=("-m", "voicebridge.sim.serve", "--speed", repr(args.speed)),
+    )
 
 
 if __name__ == "__main__":

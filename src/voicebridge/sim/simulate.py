@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from importlib import resources
+from importlib import import_module, resources
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from voicebridge.config import Settings
 from voicebridge.server import uvicorn_options
 from voicebridge.sim import scenarios
 from voicebridge.sim.clock import ScaledClock
+from voicebridge.sim.cluster import simulate as cluster_simulate
 from voicebridge.sim.emulator import VAD_ONSET_MS, VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs, FakeCall, dtmf_from_segments
 from voicebridge.sim.faults import FAULT_HELP, parse_faults
@@ -302,6 +303,7 @@ def build_report(
     guard = bridge.get("guard", {})
     return {
         "outcome": (summary or {}).get("outcome"),
+        **{k: (summary or {}).get(k) for k in ("profile", "direction")},
         "fake_acs_end_reason": call.end_reason,
         "rates": {"acs_hz": rate, "voicelive_hz": options.voicelive_rate},
         "speed": options.speed,
@@ -715,9 +717,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault", action="append", default=[], metavar="NAME[=ARG]", help=FAULT_HELP
     )
+    parser.add_argument("--outbound", action="store_true", help="the agent places the call")
+    cluster_simulate.configure(parser)  # --replicas N, --calls, --drain-mode, cluster faults
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.replicas is not None or args.calls is not None or args.drain_mode is not None:
+        return cluster_simulate.run(args)  # many nodes (its options alone: an error)
     from voicebridge import logs
 
     # Console: warnings, as text. The bridge's own log, as the service writes it (JSON,
@@ -779,7 +785,8 @@ def run(args: argparse.Namespace) -> int:
             and k not in ("voicelive_endpoint", "voicelive_audio_rate")
         }
     try:
-        result = asyncio.run(run_call(options))
+        outbound = import_module("voicebridge.sim.outbound")  # imports this module
+        result = asyncio.run((outbound.run_outbound_call if args.outbound else run_call)(options))
     except Exception as exc:
         print(f"voicebridge simulate: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -141,6 +141,20 @@ def test_silent_caller_is_reprompted_twice_then_given_up() -> None:
     assert counters(b)["no_input_reprompts"] == 2
 
 
+def test_without_a_greeting_the_silence_counts_from_session_updated() -> None:
+    """A callee-first outbound call (or GREETING_MODE=none) on a media clock far from 0:
+    the first poll after session.updated is no re-prompt."""
+    b = make(greeting=Greeting(mode="none"), control=Control(reprompt=Reprompt(text="Hello?")))
+    vl_in(b, {"type": "session.created", "session": {"id": "s1"}}, 5000.0)
+    vl_in(b, {"type": "session.updated", "session": {"id": "s1"}}, 5000.1)
+    sent(b)
+    b.poll(5000.5)
+    b.poll(5008.0)
+    assert sent(b) == []
+    b.poll(5008.2)
+    assert sent(b) == [vl.greeting_pre_generated("Hello?")]
+
+
 def test_speech_or_a_key_restarts_the_silence() -> None:
     w = NoInput(NoInputConfig(reprompt_s=8.0, max_reprompts=1))
     assert w.poll(7.0, idle=True) is None

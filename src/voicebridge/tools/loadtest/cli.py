@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from voicebridge.sim.cluster.binaries import missing_message
 from voicebridge.tools.loadtest import soak
 from voicebridge.tools.loadtest.options import P99_LIMIT_MS, LoadOptions
 from voicebridge.tools.loadtest.runner import run_load
@@ -55,6 +56,13 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-pin", action="store_true", help="do not give the bridge a CPU of its own")
     add("--env", action="append", default=[], metavar="NAME=VALUE", help="bridge env override")
     add("--p99-limit-ms", type=float, default=P99_LIMIT_MS, help="relay p99 pass mark (10)")
+    add(
+        "--replicas",
+        type=int,
+        metavar="N",
+        help="run the calls through N bridge nodes behind HAProxy with Redis (the offline "
+        "cluster; needs redis-server and haproxy); compare with a run without it",
+    )
     add(
         "--machine-probe",
         action="store_true",
@@ -165,7 +173,10 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         leak_check=bool(args.soak or args.leak_check or faults),
         settle_s=args.settle,
         machine_probe=args.machine_probe,
+        replicas=args.replicas,
     )
+    if args.replicas is not None and (args.find_max or args.sweep):
+        raise ValueError("--replicas does not combine with --find-max or --sweep")
     options.validate()
     return options
 
@@ -191,7 +202,16 @@ def run(args: argparse.Namespace) -> int:
                 plot_sweep(result, args.plot)
             print(json.dumps(result) if args.json else format_sweep(result))
             return 0
-        report = asyncio.run(_stoppable(run_load(options)))
+        if options.replicas is not None:
+            problem = missing_message()
+            if problem is not None:
+                print(f"voicebridge loadtest: {problem}", file=sys.stderr)
+                return 2
+            from voicebridge.tools.loadtest.cluster import run_cluster_load
+
+            report = asyncio.run(_stoppable(run_cluster_load(options)))
+        else:
+            report = asyncio.run(_stoppable(run_load(options)))
     except asyncio.CancelledError:
         print("voicebridge loadtest: stopped by SIGTERM", file=sys.stderr)
         return 1

@@ -57,6 +57,9 @@ class LoadOptions:
     leak_check: bool = False
     settle_s: float = soak.SETTLE_S
     machine_probe: bool = False
+    #: Through the offline cluster: this many bridge nodes behind HAProxy with Redis
+    #: (:mod:`voicebridge.tools.loadtest.cluster`); None: one bridge process.
+    replicas: int | None = None
 
     @property
     def ramp(self) -> float:
@@ -88,6 +91,14 @@ class LoadOptions:
         if self.settle_s < 0:
             raise ValueError("--settle must not be negative")
         soak.parse_specs(self.faults, self.seconds)
+        if self.replicas is not None:
+            if self.replicas < 1:
+                raise ValueError("--replicas must be at least 1")
+            if self.faults or self.leak_check or self.machine_probe:
+                raise ValueError(
+                    "--replicas does not combine with --fault, --soak, --leak-check "
+                    "or --machine-probe"
+                )
 
     def fault_plan(self) -> list[soak.PlannedFault | None] | None:
         """Per call index its fault or None; None (no plan at all) without ``faults``."""

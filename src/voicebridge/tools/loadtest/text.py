@@ -19,6 +19,7 @@ def format_report(r: dict[str, Any]) -> str:
         *_latency_rows(r),
         *_outcome_rows(r),
         *_environment_rows(r),
+        *_cluster_rows(r.get("cluster")),
         (
             "verdict",
             ("held" if r["held"] else "NOT held")
@@ -35,6 +36,36 @@ def format_report(r: dict[str, Any]) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
     return "\n".join(lines + [f"  {'':{width}}  {f}" for f in r["failures"]])
+
+
+def _cluster_rows(c: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """With ``--replicas``: the nodes one by one, the merged relay p99, Redis."""
+    if not c:
+        return []
+    merged = c["relay_p99_ms_merged"]
+    rows = [
+        (
+            "cluster",
+            f"{c['replicas']} nodes behind HAProxy; latency rows above are the highest node's; "
+            f"relay p99 over all nodes' buckets: in {merged['inbound']} ms, "
+            f"out {merged['outbound']} ms",
+        ),
+        (
+            "redis",
+            f"{c['redis_commands']} commands ({c['redis_ops_per_s']}/s); "
+            f"callbacks forwarded: {c['forwarded_total']}",
+        ),
+    ]
+    for n in c["nodes"]:
+        rows.append(
+            (
+                f"node {n['node']}",
+                f"p99 in {n['inbound_p99_ms']} / out {n['outbound_p99_ms']} ms, "
+                f"CPU {n['cpu_s']} s, outcomes {n['calls_by_outcome']}, "
+                f"balancer sessions {n['balancer_sessions']}",
+            )
+        )
+    return rows
 
 
 def _cost_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
