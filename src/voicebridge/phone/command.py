@@ -153,8 +153,13 @@ async def serving(
     emulator: Any = None
     try:
         if emulated:
-            from voicebridge.sim.emulator import VoiceLiveEmulator  # the simulator's
-
+            try:
+                from voicebridge.sim.emulator import VoiceLiveEmulator  # the simulator's
+            except ModuleNotFoundError:  # the production image has no simulator
+                raise ConfigError(
+                    "VOICELIVE_ENDPOINT: set it with a key, token or AGENT_NAME; the Voice "
+                    "Live emulator is not installed here (pip install -e '.[dev]' has it)"
+                ) from None
             emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, **(emulator_options or {}))
             await emulator.start()
             fields |= _emulated(emulator.endpoint)
