@@ -504,7 +504,11 @@ class Settings(BaseSettings):
 
     @field_validator("call_tools")
     @classmethod
-    def _tools(cls, value: str) -> str:
+    def _tools(cls, value: str | list[str]) -> str:
+        if isinstance(value, list):
+            value = ",".join(value)
+        if value.strip().lower() == "none":  # an empty variable means "unset" (the default)
+            return ""
         names = [n.strip() for n in value.split(",") if n.strip()]
         unknown = sorted(set(names) - set(CALL_TOOLS))
         if unknown:

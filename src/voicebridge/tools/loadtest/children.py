@@ -197,6 +197,9 @@ def bridge_env(
         "LOG_LEVEL": "WARNING",
         "ACS_AUDIO_RATE": str(options.acs_rate),
         "VOICELIVE_AUDIO_RATE": str(options.voicelive_rate),
+        # No call-control tools: the looped caller says goodbye now and then, and a call
+        # the agent ends early would make call-seconds (what is measured) vary.
+        "CALL_TOOLS": "none",
     }
     env |= options.bridge_env
     if options.leak_check:
