@@ -35,7 +35,7 @@ import contextlib
 import dataclasses
 import logging
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, NoReturn
 from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketException
@@ -154,22 +154,22 @@ async def phone_call_id(url_key: str, websocket: WebSocket, ctx: CtxDep) -> str:
     try:
         call_id = ctx.registry.signer.check(url_key, PURPOSE_PHONE)
     except TokenRejected as exc:
-        return _refuse(ctx, f"the URL token is {exc.reason}")
+        _refuse(ctx, f"the URL token is {exc.reason}")
+    origin = websocket.headers.get("origin")
+    if origin is not None and urlparse(origin).netloc != websocket.headers.get("host"):
+        # A page of another site (cross-site WebSocket hijacking): it would need the
+        # token too, but it is refused before any token is tried.
+        _refuse(ctx, "a page of another origin")
     offered = websocket.scope.get("subprotocols") or []
     given = next((p[len(TOKEN_PREFIX) :] for p in offered if p.startswith(TOKEN_PREFIX)), None)
     if SUBPROTOCOL not in offered or not token_ok(ctx, given):
-        return _refuse(ctx, "wrong or missing PHONE_TOKEN")
-    origin = websocket.headers.get("origin")
-    if origin is not None and urlparse(origin).netloc != websocket.headers.get("host"):
-        # A page of another site (cross-site WebSocket hijacking needs the token too;
-        # this refuses it before the token is ever tried).
-        return _refuse(ctx, "a page of another origin")
+        _refuse(ctx, "wrong or missing PHONE_TOKEN")
     if ctx.registry.ids_of(call_id) is not None:
-        return _refuse(ctx, "its URL was used already")
+        _refuse(ctx, "its URL was used already")
     return call_id
 
 
-def _refuse(ctx: AppContext, why: str) -> str:
+def _refuse(ctx: AppContext, why: str) -> NoReturn:
     ctx.stats.counters["phone_refused_socket"] += 1
     log.warning("phone socket refused: %s", why)
     raise WebSocketException(code=POLICY_VIOLATION)
