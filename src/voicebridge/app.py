@@ -26,11 +26,11 @@ from voicebridge.config import Settings
 from voicebridge.outbound import Outbound
 from voicebridge.profiles import credential_key, profiles_of
 from voicebridge.security import (
-    ENTRA_OPENID_CONFIG_URL,
     URL_TOKEN_GRACE_S,
     CallUrlSigner,
     JwksCache,
     TokenValidator,
+    entra_token_validator,
 )
 from voicebridge.stats import ServiceStats
 from voicebridge.voicelive.session import make_credential
@@ -261,18 +261,10 @@ def eventgrid_token_validator(settings: Settings) -> TokenValidator | None:
     tenant = settings.eventgrid_entra_tenant_id
     if not tenant or not settings.eventgrid_entra_audience:
         return None
-    keys = JwksCache(
-        openid_config_url=settings.eventgrid_entra_openid_config_url
-        or ENTRA_OPENID_CONFIG_URL.format(tenant=tenant)
-    )
-    return TokenValidator(
-        keys,
-        # v2.0 and v1.0 tokens name the tenant differently (protocols.md §5).
-        issuers=[
-            f"https://login.microsoftonline.com/{tenant}/v2.0",
-            f"https://sts.windows.net/{tenant}/",
-        ],
-        audience=settings.eventgrid_entra_audience,
+    return entra_token_validator(
+        tenant,
+        settings.eventgrid_entra_audience,
+        openid_config_url=settings.eventgrid_entra_openid_config_url,
         leeway_s=settings.jwt_leeway_s,
     )
 

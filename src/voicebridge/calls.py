@@ -98,6 +98,10 @@ _FAILED = frozenset(
 )
 
 
+#: Every outcome's string, to read one back from the shared call record.
+OUTCOMES = frozenset(o.value for o in CallOutcome)
+
+
 class ConversationLog:
     """One JSONL file per call: every line is ``{"t": s since start, "ts": iso, "event": ...}``.
 

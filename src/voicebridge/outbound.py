@@ -37,11 +37,10 @@ from voicebridge.config import Settings, e164
 from voicebridge.core.context import with_context
 from voicebridge.profiles import Profile, Profiles
 from voicebridge.security import (
-    ENTRA_OPENID_CONFIG_URL,
-    JwksCache,
     TokenRejected,
     TokenValidator,
     constant_time_equal,
+    entra_token_validator,
 )
 
 if TYPE_CHECKING:
@@ -227,18 +226,10 @@ def entra_validator(settings: Settings) -> TokenValidator | None:
     tenant = settings.outbound_entra_tenant_id
     if not tenant or not settings.outbound_entra_audience:
         return None
-    keys = JwksCache(
-        openid_config_url=settings.outbound_entra_openid_config_url
-        or ENTRA_OPENID_CONFIG_URL.format(tenant=tenant)
-    )
-    return TokenValidator(
-        keys,
-        # v2.0 and v1.0 tokens name the tenant differently (protocols.md §5).
-        issuers=[
-            f"https://login.microsoftonline.com/{tenant}/v2.0",
-            f"https://sts.windows.net/{tenant}/",
-        ],
-        audience=settings.outbound_entra_audience,
+    return entra_token_validator(
+        tenant,
+        settings.outbound_entra_audience,
+        openid_config_url=settings.outbound_entra_openid_config_url,
         leeway_s=settings.jwt_leeway_s,
     )
 

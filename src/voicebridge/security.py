@@ -374,3 +374,23 @@ def unverified_audience(authorization: str | None) -> Any:
     scheme, _, token = (authorization or "").partition(" ")
     claims = unverified_claims(token) if scheme.lower() == "bearer" and token else None
     return claims.get("aud") if claims else None
+
+
+def entra_token_validator(
+    tenant: str, audience: str, *, openid_config_url: str | None, leeway_s: float
+) -> TokenValidator:
+    """A validator of Microsoft Entra ID access tokens for ``audience`` from ``tenant``
+    (the Event Grid webhook, the outbound-call API)."""
+    keys = JwksCache(
+        openid_config_url=openid_config_url or ENTRA_OPENID_CONFIG_URL.format(tenant=tenant)
+    )
+    return TokenValidator(
+        keys,
+        # v2.0 and v1.0 tokens name the tenant differently (protocols.md §5).
+        issuers=[
+            f"https://login.microsoftonline.com/{tenant}/v2.0",
+            f"https://sts.windows.net/{tenant}/",
+        ],
+        audience=audience,
+        leeway_s=leeway_s,
+    )

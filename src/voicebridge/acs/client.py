@@ -141,29 +141,9 @@ async def hang_up(client: CallAutomationClient, call_connection_id: str) -> bool
     return True
 
 
-async def call_state(client: CallAutomationClient, call_connection_id: str) -> str:
-    """The call's state as Call Automation reports it: ``connected`` (or another
-    ``CallConnectionState`` value in lower case), ``gone`` when ACS no longer knows
-    the call (404) or it is disconnected, ``unknown`` when ACS could not be asked."""
-    try:
-        props = await client.get_call_connection(call_connection_id).get_call_properties()
-    except HttpResponseError as exc:
-        if exc.status_code == 404:
-            return "gone"
-        log.warning("call state %s: HTTP %s", call_connection_id, exc.status_code)
-        return "unknown"
-    except AzureError as exc:
-        log.warning("call state %s failed: %s", call_connection_id, type(exc).__name__)
-        return "unknown"
-    raw = getattr(props, "call_connection_state", None)
-    state = str(getattr(raw, "value", raw) or "").lower()
-    return "gone" if state in ("", "disconnected") else state
-
-
-async def media_streaming_state(client: CallAutomationClient, call_connection_id: str) -> str:
-    """The call and its media as Call Automation reports them: ``gone`` (ACS no longer
-    knows the call, or it is disconnected), ``unknown`` (ACS could not be asked),
-    ``media_active`` (connected, media streaming active) or ``media_inactive``."""
+async def _properties(client: CallAutomationClient, call_connection_id: str) -> Any:
+    """The call's properties, or ``gone`` (ACS no longer knows it, or it is disconnected)
+    / ``unknown`` (ACS could not be asked)."""
     try:
         props = await client.get_call_connection(call_connection_id).get_call_properties()
     except HttpResponseError as exc:
@@ -175,8 +155,28 @@ async def media_streaming_state(client: CallAutomationClient, call_connection_id
         log.warning("call properties %s failed: %s", call_connection_id, type(exc).__name__)
         return "unknown"
     raw = getattr(props, "call_connection_state", None)
-    if str(getattr(raw, "value", raw) or "").lower() in ("", "disconnected"):
-        return "gone"
+    state = str(getattr(raw, "value", raw) or "").lower()
+    return "gone" if state in ("", "disconnected") else props
+
+
+async def call_state(client: CallAutomationClient, call_connection_id: str) -> str:
+    """The call's state as Call Automation reports it: ``connected`` (or another
+    ``CallConnectionState`` value in lower case), ``gone`` when ACS no longer knows
+    the call (404) or it is disconnected, ``unknown`` when ACS could not be asked."""
+    props = await _properties(client, call_connection_id)
+    if isinstance(props, str):
+        return props
+    raw = props.call_connection_state
+    return str(getattr(raw, "value", raw)).lower()
+
+
+async def media_streaming_state(client: CallAutomationClient, call_connection_id: str) -> str:
+    """The call and its media as Call Automation reports them: ``gone`` (ACS no longer
+    knows the call, or it is disconnected), ``unknown`` (ACS could not be asked),
+    ``media_active`` (connected, media streaming active) or ``media_inactive``."""
+    props = await _properties(client, call_connection_id)
+    if isinstance(props, str):
+        return props
     media = getattr(props, "media_streaming_subscription", None)
     state = getattr(media, "state", None)
     state = str(getattr(state, "value", state) or "").lower()

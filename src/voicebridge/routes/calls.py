@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from voicebridge import logs, observations
 from voicebridge.acs import client as acs_client
 from voicebridge.app import AppContext
-from voicebridge.calls import Call, CallOutcome
+from voicebridge.calls import OUTCOMES, Call, CallOutcome
 from voicebridge.cluster import service
 from voicebridge.core import webhooks
 from voicebridge.deps import AcsCallbackDep, CtxDep
@@ -339,7 +339,7 @@ async def deliver(ctx: AppContext, call: Call, message: dict[str, Any]) -> None:
                 call.disconnected.set()
             else:
                 outcome = str(message.get("outcome") or "")
-                known = outcome in {o.value for o in CallOutcome}
+                known = outcome in OUTCOMES
                 _end(ctx, call, CallOutcome(outcome) if known else CallOutcome.CALLER_HUNG_UP)
 
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter, WebSocket
 
 from voicebridge import logs
 from voicebridge.app import AppContext
-from voicebridge.calls import Call, CallOutcome
+from voicebridge.calls import OUTCOMES, Call, CallOutcome
 from voicebridge.deps import POLICY_VIOLATION, AcsMediaDep, CtxDep
 from voicebridge.errors import close_code
 from voicebridge.outbound import call_settings, context_of
@@ -108,7 +108,7 @@ async def _claim(
             call.media_task = None
             outcome = claim.previous_owner
             ctx.registry.end(
-                call, CallOutcome(outcome) if outcome in _OUTCOMES else CallOutcome.CALLER_HUNG_UP
+                call, CallOutcome(outcome) if outcome in OUTCOMES else CallOutcome.CALLER_HUNG_UP
             )
         return None
     record = (await cluster.record(call_id) if claim is not None else None) or {}
@@ -155,9 +155,6 @@ async def _claim(
     if call.call_connection_id and not record.get("ccid") and claim is not None:
         await cluster.update(call_id, ccid=call.call_connection_id)
     return call
-
-
-_OUTCOMES = frozenset(o.value for o in CallOutcome)
 
 
 def _profile(ctx: AppContext, call: Call, record: dict[str, str]) -> None:
