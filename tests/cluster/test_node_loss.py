@@ -25,6 +25,7 @@ from tests.cluster.helpers import (
     media_nodes,
     mid_call,
     owners_by_node,
+    requests_of,
 )
 from voicebridge.sim.cluster import BridgeNode, Cluster
 from voicebridge.sim.fake_acs import FakeCall
@@ -101,7 +102,14 @@ async def test_s4b_owner_killed_and_media_failed_posted_plays_the_apology(
     outcomes = await ended(cluster, mine, 30)
     assert_outcomes(cluster, outcomes, ("owner_lost",))
     for call in mine:
-        assert any(str(uri).endswith("apology.wav") for uri in call.played_files)
+        assert any(str(uri).endswith("apology.wav") for uri in call.played_files), (
+            call.play_failures,
+            [(t, w, d) for t, w, d in call.timeline if "play" in w or "end" in w],
+            [
+                (r["method"], r["path"].rsplit("/", 1)[-1], r["status"])
+                for r in requests_of(cluster, call)
+            ],
+        )
 
 
 async def test_s4c_owner_killed_and_acs_silent_the_janitor_ends_the_calls(

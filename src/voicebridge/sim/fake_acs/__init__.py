@@ -66,7 +66,9 @@ reads close code 1006: the bridge process was killed) and the fake did not close
 hang-up, ``stopMediaStreaming``, ``acs-drop``/``acs-reconnect``); each counts in
 :attr:`FakeCall.media_drops`. By default a drop is treated like any socket the bridge closed:
 the bridge gets :data:`~.flow.MEDIA_FAILURE_GRACE_S` wall seconds to hang up, then
-``MediaStreamingFailed`` (``streamConnectionInterrupted``) and the end as ``media_failed``.
+``MediaStreamingFailed`` (``streamConnectionInterrupted``), and the end as ``media_failed``
+:data:`~.flow.MEDIA_FAILED_END_S` later (after a file play the bridge started meanwhile)
+unless the bridge hangs up first.
 Two exclusive faults change that:
 
 * ``acs-redial-on-drop``: streaming stops and the play queue is discarded (counted in

@@ -23,9 +23,16 @@ from voicebridge.core import acs
 from voicebridge.sim.fake_acs.events import MEDIA_TOKEN_LIFETIME_S, NODE_HEADER, AcsEvents
 from voicebridge.sim.fake_acs.media import FRAME_S, FakeCall, epoch_us, now_utc, phone
 
-# Wall-clock seconds the bridge gets to hang up by itself after media failed or its
-# media socket closed, before the fake ends the call as "media_failed".
+# Wall-clock seconds the bridge gets to hang up by itself after its media socket closed,
+# before the fake posts MediaStreamingFailed.
 MEDIA_FAILURE_GRACE_S = 2.0
+# Wall-clock seconds a call stays connected after MediaStreamingFailed (ACS does not end a
+# call because its media stream failed), for the bridge to act through Call Automation (an
+# apology, a hang-up), before the fake ends it as "media_failed"; a file play the bridge
+# started meanwhile is let finish first.
+MEDIA_FAILED_END_S = 10.0
+# Wall-clock seconds such a play may take at most before the fake ends the call anyway.
+MEDIA_FAILED_PLAY_MAX_S = 30.0
 # acs-drop: call seconds after the drop at which the fake gives up on the bridge hanging up.
 MEDIA_DROP_END_S = 10.0
 # acs-reconnect / acs-redial-on-drop: call seconds between the lost socket and the new one
@@ -399,15 +406,14 @@ class CallFlow(AcsEvents):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(call.ended.wait(), MEDIA_FAILURE_GRACE_S)
         if not call._ending:
-            await self._media_failed(call, "streamConnectionInterrupted", grace_s=0.0)
+            await self._media_failed(call, "streamConnectionInterrupted")
 
-    async def _media_failed(
-        self, call: FakeCall, details: str, *, grace_s: float | None = None
-    ) -> None:
+    async def _media_failed(self, call: FakeCall, details: str) -> None:
         """Post ``MediaStreamingFailed`` (8581, §3); end the call if the bridge does not.
 
-        The bridge gets ``grace_s`` (default :data:`MEDIA_FAILURE_GRACE_S`) wall
-        seconds to hang up; either way the call ends as ``media_failed``.
+        The call stays connected :data:`MEDIA_FAILED_END_S` wall seconds for the bridge to
+        hang up (and while a file play it started runs, up to
+        :data:`MEDIA_FAILED_PLAY_MAX_S`); either way the call ends as ``media_failed``.
         """
         call._media_failed = True
         await self._post_event(
@@ -421,10 +427,11 @@ class CallFlow(AcsEvents):
                 "is not operational.",
             },
         )
-        wait_s = MEDIA_FAILURE_GRACE_S if grace_s is None else grace_s
-        if wait_s > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(call.ended.wait(), wait_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call.ended.wait(), MEDIA_FAILED_END_S)
+        play = call._play_task
+        if not call._ending and play is not None and not play.done():
+            await asyncio.wait({play}, timeout=MEDIA_FAILED_PLAY_MAX_S)
         if not call._ending:
             await self._end(call, "media_failed")
 

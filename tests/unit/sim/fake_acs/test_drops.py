@@ -65,6 +65,7 @@ async def test_a_drop_without_fault_is_a_media_failure(
     harness: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(flow, "MEDIA_FAILURE_GRACE_S", 0.05)
+    monkeypatch.setattr(flow, "MEDIA_FAILED_END_S", 0.05)
     fake, bridge = await harness(fake_kwargs=INF)
     call = await connected_call(fake, bridge)
     await kill(bridge, call, None)
@@ -131,6 +132,7 @@ async def test_redial_on_drop_gives_up_after_three_dials(
     harness: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(flow, "MEDIA_FAILURE_GRACE_S", 0.05)
+    monkeypatch.setattr(flow, "MEDIA_FAILED_END_S", 0.05)
     fake, bridge = await harness(
         fake_kwargs={**INF, "faults": {"acs-redial-on-drop": None}}, node="n1"
     )
@@ -154,6 +156,7 @@ async def test_a_close_frame_or_a_stop_is_not_a_drop(
     harness: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(flow, "MEDIA_FAILURE_GRACE_S", 0.05)
+    monkeypatch.setattr(flow, "MEDIA_FAILED_END_S", 0.05)
     faults = {"acs-redial-on-drop": None}
     fake, bridge = await harness(fake_kwargs={**INF, "faults": faults})
     stopped = await connected_call(fake, bridge)

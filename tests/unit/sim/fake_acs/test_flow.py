@@ -43,6 +43,7 @@ async def test_media_rejected_posts_media_streaming_failed(
     harness: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(flow, "MEDIA_FAILURE_GRACE_S", 0.05)
+    monkeypatch.setattr(flow, "MEDIA_FAILED_END_S", 0.05)
     fake, bridge = await harness(media_status=401)
     call = await fake.place_call(webhook_url=bridge.webhook, caller_pcm=b"")
     await call.wait_ended(5)
@@ -72,6 +73,7 @@ async def test_bridge_closing_media_and_staying_on_is_a_media_failure(
     harness: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(flow, "MEDIA_FAILURE_GRACE_S", 0.05)
+    monkeypatch.setattr(flow, "MEDIA_FAILED_END_S", 0.05)
     fake, bridge = await harness(fake_kwargs={"hangup_after_audio_s": math.inf})
     call = await connected_call(fake, bridge)
     await until(lambda: bridge.ws is not None)
