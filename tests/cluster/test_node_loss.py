@@ -159,14 +159,18 @@ async def test_s5a_drain_wait_lets_the_calls_finish(
     cluster: Cluster, full_pcm: np.ndarray, short_pcm: np.ndarray
 ) -> None:
     """S5a: the balancer marks r3 DOWN and sends it nothing new; r3's calls end normally
-    on r3; r3 exits by itself; no call failed."""
+    on r3; r3 exits by itself; no call failed. An IncomingCall that reaches r3 while it
+    drains (an ingress that has not noticed yet) is answered there, and the call runs on
+    another node."""
     await cluster.heal(env={VICTIM: {"DRAIN_MODE": "wait"}})
     victim = cluster.nodes[VICTIM]
     mine, calls = await calls_on_victim(cluster, full_pcm)
     victim.signal(signal.SIGTERM)
     await cluster.haproxy.wait_status(VICTIM, ("DOWN", "MAINT", "DRAIN"), 10)
+    straight = await cluster.place_call(short_pcm, via=victim)
+    assert straight.incoming_deliveries == [{"node": VICTIM, "status": 200, "answering": 1}]
     before = (await cluster.haproxy.show_stat())[VICTIM]["stot"]
-    late = await cluster.place_calls(3, short_pcm, stagger_s=0.1)
+    late = [straight, *await cluster.place_calls(3, short_pcm, stagger_s=0.1)]
     outcomes = await ended(cluster, calls + late, 90)
     assert (await cluster.haproxy.show_stat())[VICTIM]["stot"] == before  # nothing new
     assert_outcomes(cluster, outcomes)

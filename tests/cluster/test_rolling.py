@@ -1,8 +1,11 @@
-"""S6 (scale-out.md §6.4): a rolling deploy. Revision ``a`` (r1-r3, signing with k1)
-serves calls; revision ``b`` (r4-r6, signing with k2 and verifying k1 and k2) starts in
-the balancer's spare slots and is enabled through its runtime API; r1-r3 get SIGTERM
-(``DRAIN_MODE=migrate``). Then a ``b`` node that does not know k1 (r7) must refuse a
-URL signed with it: the rotation order matters."""
+"""S6 (scale-out.md §6.4): a rolling deploy that is also step 2 of a key rotation
+(docs/deploy.md "Rotating CALL_URL_KEYS"). Revision ``a`` (r1-r3, step 1: signing with k1,
+verifying k1 and k2) serves calls; revision ``b`` (r4-r6, step 2: signing with k2,
+verifying both) starts in the balancer's spare slots and is enabled through its runtime
+API; r1-r3 get SIGTERM (``DRAIN_MODE=migrate``). Both revisions serve for a while, so a
+media socket of a call ``b`` answered may reach an ``a`` node: ``a`` must already know k2.
+Then a ``b`` node that does not know k1 (r7, step 3 too early) must refuse a URL signed
+with it: the rotation order matters."""
 
 from __future__ import annotations
 
@@ -30,7 +33,9 @@ NEW = ("r4", "r5", "r6")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[Cluster]:
-    async with running("rolling", replicas=3, spares=4, drain_mode="migrate") as c:
+    async with running(
+        "rolling", replicas=3, spares=4, drain_mode="migrate", url_keys=("k1", "k2")
+    ) as c:
         yield c
 
 

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import contextlib
 import shutil
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -125,40 +124,3 @@ async def test_outbound_calls_across_two_nodes(
     update = next(m for s in emulator.sessions for m in s.received if m["type"] == "session.update")
     assert BEGIN in update["session"]["instructions"]
     assert "name: Ada" in update["session"]["instructions"]
-
-
-async def test_the_janitor_lets_an_outbound_call_ring(tmp_path: Path, redis_url: str) -> None:
-    """A record with no owner is an orphan after 60 s when answered, but an outbound
-    call's may still be ringing: it gets OUTBOUND_RING_GRACE_S."""
-    from voicebridge.cluster.node import OUTBOUND_RING_GRACE_S, ClusterNode
-    from voicebridge.config import Settings
-
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        voicelive_endpoint="http://127.0.0.1:9",
-        voicelive_api_key="k",
-        voicelive_model="gpt-realtime",
-        acs_connection_string="endpoint=http://127.0.0.1:9/;accesskey=eA==",
-        public_base_url="http://127.0.0.1:9",
-        acs_jwt_validation=False,
-        redis_url=redis_url,
-        call_url_keys=URL_KEYS,
-    )
-    node = ClusterNode(settings)
-    orphans: list[str] = []
-
-    async def orphan(cid: str, record: dict[str, str]) -> None:
-        orphans.append(cid)
-
-    node.orphan = orphan
-    now = time.time()
-    ages = {"in-100": ("", 100), "out-100": ("outbound", 100)}
-    ages["out-late"] = ("outbound", OUTBOUND_RING_GRACE_S + 10)
-    try:
-        for cid, (direction, age) in ages.items():
-            fields = {"answered_at": str(now - age)} | ({"dir": direction} if direction else {})
-            await node.store.create(cid, fields)
-            await node._inspect(cid)
-    finally:
-        await node.redis.aclose()
-    assert orphans == ["in-100", "out-late"]

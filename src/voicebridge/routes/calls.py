@@ -92,9 +92,11 @@ async def incoming_call(request: Request, ctx: CtxDep) -> Response:
     denied = await _check_event_grid(ctx, request)
     if denied is not None:
         return denied
-    if ctx.draining:
+    if ctx.draining and ctx.cluster is None:
         # Event Grid retries a 503 (after ~10 s), by when the ingress routes it to a
-        # replica that is not shutting down; the caller just rings a little longer.
+        # replica that is not shutting down; the caller just rings a little longer. With
+        # many nodes a draining one answers: the call runs wherever its media socket lands,
+        # and the ingress no longer sends sockets here.
         log.warning("draining: IncomingCall delivery refused with 503 for a retry elsewhere")
         return _error(503, "draining")
     answering = 0

@@ -78,6 +78,8 @@ class ClusterOptions:
     acs_rate: int = 16000
     voicelive_rate: int = 24000
     drain_mode: str = "wait"
+    #: The URL keys every node starts with (``CALL_URL_KEYS``), the first signing.
+    url_keys: tuple[str, ...] = ("k1",)
     env: dict[str, str] = field(default_factory=dict)
     node_env: dict[str, dict[str, str]] = field(default_factory=dict)
     workers: dict[str, int] = field(default_factory=dict)
@@ -218,7 +220,7 @@ class Cluster:
             "PUBLIC_BASE_URL": self.url,
             "LOG_DIR": str(self.workdir / name / "logs"),
             "REDIS_URL": self.redis.url,
-            "CALL_URL_KEYS": self.url_keys("k1"),
+            "CALL_URL_KEYS": self.url_keys(*opts.url_keys),
             "SCALE_METRIC_TOKEN": self.scale_token,
             "MAX_NODES": str(opts.replicas + opts.spares),
             "DRAIN_MODE": opts.drain_mode,
@@ -282,11 +284,14 @@ class Cluster:
         *,
         faults: dict[str, FaultValue] | None = None,
         call_connection_id: str | None = None,
+        via: BridgeNode | None = None,
     ) -> FakeCall:
-        """Ring the cluster through the balancer; returns once the webhook replied."""
+        """Ring the cluster through the balancer (``via``: straight to that node, as an
+        ingress that has not noticed yet that it is draining); returns once the webhook
+        replied."""
         pcm = caller_pcm if isinstance(caller_pcm, bytes) else np.asarray(caller_pcm).tobytes()
         call = await self.acs.place_call(
-            webhook_url=self.webhook,
+            webhook_url=self.webhook if via is None else f"{via.url}/api/incoming-call",
             caller_pcm=pcm,
             faults=faults,
             call_connection_id=call_connection_id,

@@ -101,7 +101,8 @@ Two exclusive faults change that:
 (see :class:`FakeCall`; :meth:`FakeCall.summary` has them all); :attr:`FakeAcs.answer_requests`
 counts the ``callConnections:answer`` requests of every call.
 :meth:`FakeAcs.redeliver_incoming_call` POSTs the same ``IncomingCall`` again (Event Grid's
-at-least-once retries), ``times`` times.
+at-least-once retries), ``times`` times. A delivery answered 404, 408, 429 or 5xx is retried by
+the fake itself as Event Grid does, 10 s and then 30 s (call time) later while the call rings.
 
 **Playing a file.** ``:play`` with a ``FileSource`` (``{"kind": "file", "file": {"uri": ...}}``):
 the fake GETs the URI and requires a RIFF WAV of PCM16 mono 16 kHz; anything else, or a failed

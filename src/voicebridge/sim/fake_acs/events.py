@@ -45,6 +45,13 @@ CALLBACK_TOKEN_LIFETIME_S = 5 * 60
 MEDIA_TOKEN_LIFETIME_S = 24 * 3600
 EVENT_PREFIX = "Microsoft.Communication."
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
+#: Event Grid's delivery retry schedule (seconds after the previous attempt; learn.microsoft.com
+#: "Event Grid message delivery and retry"), as far as a ringing call can use it.
+EVENT_GRID_RETRY_S = (10.0, 30.0)
+#: Webhook answers Event Grid retries. It retries every failure except 400, 401, 403 and
+#: 413; the fake retries only the answers a live endpoint gives to ask for a retry (a
+#: webhook it cannot reach is not retried here).
+EVENT_GRID_RETRY_STATUSES = frozenset({404, 408, 429, 500, 502, 503, 504})
 #: The response header a bridge node names itself in (cluster tests), on every HTTP response
 #: and on the media WebSocket handshake; the fake records it per call (FakeCall.media_by, ...).
 NODE_HEADER = "x-voicebridge-node"
@@ -283,8 +290,21 @@ class AcsEvents(abc.ABC):
         self._by_context[call.incoming_call_context] = call
         call.incoming_call_event = self._incoming_call_event(call)
         call._ring_task = self._spawn(self._ring_timeout(call), f"ring-{call.event_id[:8]}")
-        await self._deliver_incoming(call, webhook_url)
+        status = await self._deliver_incoming(call, webhook_url)
+        if status in EVENT_GRID_RETRY_STATUSES:
+            self._spawn(self._retry_incoming(call, webhook_url), f"retry-{call.event_id[:8]}")
         return call
+
+    async def _retry_incoming(self, call: FakeCall, webhook_url: str) -> None:
+        """Event Grid's retries of a delivery the webhook answered with a status it retries
+        (:data:`EVENT_GRID_RETRY_STATUSES`): the same event again after each step of
+        :data:`EVENT_GRID_RETRY_S` (call time), while the call still rings."""
+        for delay in EVENT_GRID_RETRY_S:
+            await asyncio.sleep(delay / self.speed)
+            if call.answered.is_set() or call._ending:
+                return
+            if await self._deliver_incoming(call, webhook_url) not in EVENT_GRID_RETRY_STATUSES:
+                return
 
     def _incoming_call_event(self, call: FakeCall) -> dict[str, Any]:
         """The ``IncomingCall`` event of ``call``, in its schema (§1)."""

@@ -77,6 +77,7 @@ class Bridgelet:
         node: str | None = None,
         answering: list[int] | None = None,
         dtmf_tones: bool = True,
+        refuse: list[int] | None = None,
     ) -> None:
         self.answer = answer
         self.inline_answer = inline_answer  # answer before replying to Event Grid
@@ -86,6 +87,7 @@ class Bridgelet:
         self.node = node  # sent as x-voicebridge-node on every response when set
         self.answering = answering  # per IncomingCall delivery (the last repeats); None: none
         self.dtmf_tones = dtmf_tones  # mediaStreamingOptions.enableDtmfTones
+        self.refuse = refuse or []  # statuses of the first IncomingCall deliveries (no answer)
         self.files: dict[str, bytes] = {}  # served at /files/{name}
         self.file_requests: list[str] = []
         self.media_request: web.Request | None = None
@@ -158,6 +160,9 @@ class Bridgelet:
         if request.headers.get("aeg-event-type") == "SubscriptionValidation":
             return web.json_response({"validationResponse": body[0]["data"]["validationCode"]})
         event = body[0] if isinstance(body, list) else body
+        deliveries = sum(1 for h, _ in self.incoming if h["aeg-event-type"] == "Notification")
+        if deliveries <= len(self.refuse):
+            return web.Response(status=self.refuse[deliveries - 1])
         if self.answer and self.inline_answer:
             await self.answer_call(event["data"]["incomingCallContext"])
         elif self.answer:

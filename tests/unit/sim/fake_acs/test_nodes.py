@@ -1,5 +1,6 @@
 """Which bridge node handled what: ``x-voicebridge-node`` on Event Grid deliveries, callbacks
-and media handshakes; ``answered_by``; Event Grid redelivery; ``answer_requests``; the summary.
+and media handshakes; ``answered_by``; Event Grid redelivery and retries; ``answer_requests``;
+the summary.
 """
 
 from __future__ import annotations
@@ -88,3 +89,26 @@ async def test_redelivery_same_event_answering_and_answer_requests(harness: Any)
     assert await fake.redeliver_incoming_call(call, closed_port_url()) == 0
     assert call.incoming_deliveries[-1] == {"node": None, "status": 0, "answering": None}
     await call.hang_up()
+
+
+async def test_event_grid_retries_a_delivery_refused_for_a_retry(harness: Any) -> None:
+    """503 then 500: delivered again (same event, delivery count one higher) on Event
+    Grid's schedule, until the webhook takes it and the call is answered."""
+    fake, bridge = await harness(fake_kwargs={"speed": 50.0}, refuse=[503, 500])
+    call = await fake.place_call(webhook_url=bridge.webhook, caller_pcm=b"")
+    assert call.incoming_call_status == 503
+    await until(call.answered.is_set)
+    assert [d["status"] for d in call.incoming_deliveries] == [503, 500, 200]
+    counts = [headers["aeg-delivery-count"] for headers, _ in bridge.incoming]
+    assert counts == ["0", "1", "2"]
+    assert len({body[0]["id"] for _, body in bridge.incoming}) == 1
+    await call.hang_up()
+
+
+async def test_event_grid_does_not_retry_what_retrying_cannot_fix(harness: Any) -> None:
+    """401 (like 400, 403, 413) is final: the call rings out unanswered."""
+    fake, bridge = await harness(fake_kwargs={"speed": 50.0, "ring_timeout_s": 2.0}, refuse=[401])
+    call = await fake.place_call(webhook_url=bridge.webhook, caller_pcm=b"")
+    await call.wait_ended(10)  # rang for 2 s: a retry would have come after 0.2 s
+    assert [d["status"] for d in call.incoming_deliveries] == [401]
+    assert call.end_reason == "not_answered"
