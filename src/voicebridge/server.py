@@ -138,12 +138,13 @@ def run(
     if worker_of is not None or count == 1:
         return serve(settings, host, port, clock=clock, worker_of=worker_of)
     if not settings.clustered:
-        log.warning(
-            "%d workers without REDIS_URL: each worker knows only the calls it answered, "
-            "so a callback or media socket that lands on another worker fails its call. "
-            "Set REDIS_URL (and CALL_URL_KEYS) for more than one worker",
-            count,
+        print(
+            f"voicebridge: configuration error: {count} workers need REDIS_URL (and "
+            "CALL_URL_KEYS): without shared call state a call's media socket or callback "
+            "that lands on another worker fails the call; run one worker, or set REDIS_URL",
+            file=sys.stderr,
         )
+        return 2
     return workers.supervise(count, host, port, program=worker_program)
 
 

@@ -11,6 +11,7 @@ of the test, whatever happened. Deadlines are generous and only catch a hang.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -26,10 +27,15 @@ from typing import Any
 
 import pytest
 
+from voicebridge.sim.cluster import missing_message
+from voicebridge.sim.cluster.binaries import binary
+
 pytestmark = pytest.mark.e2e
 
 #: Liveness only: nothing here is expected to take more than a few seconds.
 DEADLINE_S = 60.0
+#: CALL_URL_KEYS of the workers that share a redis-server.
+URL_KEYS = "k1:" + base64.b64encode(b"w" * 32).decode()
 
 
 @pytest.fixture
@@ -255,11 +261,35 @@ def pid_of(node: str) -> int:
     return int(node.rsplit("/", 1)[1])  # "<hostname>/<pid>"
 
 
+def redis_server(spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path) -> str:
+    """A private redis-server on a free loopback port (stopped with the test's groups);
+    its ``REDIS_URL`` once it accepts connections."""
+    port = free_port()
+    argv = [binary("redis-server"), "--bind", "127.0.0.1", "--port", str(port)]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    proc = spawn(argv, base_env(tmp_path), name="redis")
+
+    def answers() -> bool:
+        with socket.socket() as s:
+            s.settimeout(1)
+            try:
+                s.connect(("127.0.0.1", port))
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+    wait_for("redis-server", answers, proc)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.mark.skipif(missing_message() is not None, reason=str(missing_message()))
 def test_workers_share_the_port_restart_and_drain(
     spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     port = free_port()
-    proc = spawn(serve_argv(port), bridge_env(tmp_path))
+    shared = {"REDIS_URL": redis_server(spawn, tmp_path), "CALL_URL_KEYS": URL_KEYS}
+    proc = spawn(serve_argv(port), bridge_env(tmp_path, **shared))
     seen: set[str] = set()
 
     def nodes(n: int) -> bool:
@@ -300,13 +330,25 @@ def test_a_configuration_error_is_one_line_and_starts_no_worker(
     assert lines == ["voicebridge: configuration error: PUBLIC_BASE_URL: required but not set"]
 
 
+def test_workers_without_shared_state_are_refused(
+    spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """Without REDIS_URL a call whose media socket lands on another worker would fail:
+    more than one worker is a configuration error, before any worker starts."""
+    proc = spawn(serve_argv(free_port(), "3"), bridge_env(tmp_path))
+    assert proc.wait(timeout=DEADLINE_S) == 2
+    (line,) = (tmp_path / "out.log").read_text().splitlines()
+    assert line.startswith("voicebridge: configuration error: 3 workers need REDIS_URL")
+
+
 def test_a_taken_port_is_refused_before_any_worker(
     spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        proc = spawn(serve_argv(taken.getsockname()[1]), bridge_env(tmp_path))
+        shared = {"REDIS_URL": "redis://127.0.0.1:9/0", "CALL_URL_KEYS": URL_KEYS}
+        proc = spawn(serve_argv(taken.getsockname()[1]), bridge_env(tmp_path, **shared))
         assert proc.wait(timeout=DEADLINE_S) == 3
     log = (tmp_path / "out.log").read_text()
     assert "cannot listen on 127.0.0.1" in log and "worker 0 started" not in log

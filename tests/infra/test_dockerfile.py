@@ -7,6 +7,7 @@ for ``GET /healthz``, then sends SIGTERM and expects a clean, prompt exit.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -331,6 +332,15 @@ def _get(url: str) -> int | None:
         return None
 
 
+def _shared_state(workers: str) -> dict[str, str]:
+    """More than one worker needs REDIS_URL; nothing listens there (Redis down: each
+    worker starts as one node alone, which is all this test needs)."""
+    if workers == "1":
+        return {}
+    keys = "k1:" + base64.b64encode(b"d" * 32).decode()
+    return {"REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0", "CALL_URL_KEYS": keys}
+
+
 @needs_factory
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_cmd_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path, workers: str) -> None:
@@ -339,7 +349,7 @@ def test_cmd_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path, workers
     proc = subprocess.Popen(
         ["/bin/sh", "-c", _local_command(port)],
         cwd=tmp_path,  # no stray .env
-        env=_env(tmp_path, WORKERS=workers),
+        env=_env(tmp_path, WORKERS=workers, **_shared_state(workers)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
