@@ -16,7 +16,6 @@ import asyncio
 import io
 import json
 import logging
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.e2e.conftest import SPEED
 from voicebridge import logs, telemetry
+from voicebridge.sim.ports import free_port
 from voicebridge.sim.simulate import SimOptions, run_call
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def connection_string() -> str:
-    endpoint = f"http://127.0.0.1:{closed_port()}/"
+    endpoint = f"http://127.0.0.1:{free_port()}/"
     return (
         "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
         f"IngestionEndpoint={endpoint};LiveEndpoint={endpoint}"

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +22,7 @@ from voicebridge.doctor import CHECK_NAMES, Check, Options, diagnose
 from voicebridge.doctor.report import exit_status, render_text, to_json
 from voicebridge.sim.emulator import VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs
+from voicebridge.sim.ports import free_port
 from voicebridge.sim.simulate import fake_acs_settings, running_bridge
 from voicebridge.voicelive.session import StaticTokenCredential
 
@@ -58,12 +58,6 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
     return {c.name: c for c in checks}
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def emulators() -> AsyncIterator[Emulators]:
     started: list[VoiceLiveEmulator] = []
@@ -95,7 +89,7 @@ def model_mode(emulator: VoiceLiveEmulator, acs: FakeAcs, **extra: Any) -> dict[
         "voicelive_api_key": KEY,
         "voicelive_model": "gpt-realtime",
         "voicelive_connect_timeout_s": 3.0,
-        "public_base_url": f"http://127.0.0.1:{closed_port()}",
+        "public_base_url": f"http://127.0.0.1:{free_port()}",
         **fake_acs_settings(acs),
         **extra,
     }
@@ -416,7 +410,7 @@ async def test_the_command_prints_json_and_fails_without_leaking_the_key(
         "ACS_CONNECTION_STRING": acs.connection_string,
         "ACS_RESOURCE_ID": acs.resource_id,
         "ACS_OPENID_CONFIG_URL": acs.openid_config_url,
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{closed_port()}",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{free_port()}",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

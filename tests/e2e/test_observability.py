@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -38,6 +37,7 @@ from tests.unit.test_metrics import parse
 from voicebridge import logs
 from voicebridge.sim.emulator import VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs
+from voicebridge.sim.ports import free_port
 from voicebridge.sim.simulate import (
     EMULATOR_KEY,
     SimOptions,
@@ -188,14 +188,8 @@ async def test_metrics_and_json_logs_of_a_simulated_call(
 # ---------------------------------------------------------------- telemetry off / on
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def fake_connection_string() -> str:
-    endpoint = f"http://127.0.0.1:{closed_port()}/"
+    endpoint = f"http://127.0.0.1:{free_port()}/"
     return (
         "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
         f"IngestionEndpoint={endpoint};LiveEndpoint={endpoint}"
@@ -354,7 +348,7 @@ def test_the_service_starts_with_telemetry_and_logs_json_lines(tmp_path: Path, e
     """`voicebridge serve` (the image's CMD) with App Insights configured at a closed port,
     and plain `uvicorn --factory` (whose own log config must be overridden): the app
     starts, serves /metrics, and every line on stderr — uvicorn's included — is JSON."""
-    port = closed_port()
+    port = free_port()
     if entry == "serve":
         argv = [
             sys.executable,
@@ -378,7 +372,7 @@ def test_the_service_starts_with_telemetry_and_logs_json_lines(tmp_path: Path, e
         VOICELIVE_API_KEY="test-key-not-logged",
         ACS_CONNECTION_STRING="endpoint=https://acs.communication.azure.com/;accesskey=dGVzdA==",
         ACS_RESOURCE_ID="00000000-0000-0000-0000-000000000000",
-        ACS_JWKS_URL=f"http://127.0.0.1:{closed_port()}/keys",
+        ACS_JWKS_URL=f"http://127.0.0.1:{free_port()}/keys",
         PUBLIC_BASE_URL="https://bridge.example.com",
         LOG_DIR=str(tmp_path / "logs"),
         DRAIN_GRACE_S="1",

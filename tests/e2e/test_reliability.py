@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 from tests.e2e.conftest import agent_energy
 from voicebridge.sim.emulator import VoiceLiveEmulator
 from voicebridge.sim.fake_acs import FakeAcs
+from voicebridge.sim.ports import free_port
 from voicebridge.sim.simulate import (
     EMULATOR_KEY,
     SimOptions,
@@ -322,12 +322,6 @@ async def test_drain_lets_the_call_finish_then_says_goodbye(tmp_path: Path) -> N
         await emulator.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_sigterm_drains_voicebridge_serve(tmp_path: Path) -> None:
     """The real `voicebridge serve` process: SIGTERM → not ready, the call finishes
     (goodbye after DRAIN_GRACE_S), then the process exits 0."""
@@ -335,7 +329,7 @@ async def test_sigterm_drains_voicebridge_serve(tmp_path: Path) -> None:
     acs = FakeAcs()
     await emulator.start()
     await acs.start()
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),

@@ -29,6 +29,7 @@ import pytest
 
 from voicebridge.sim.cluster import missing_message
 from voicebridge.sim.cluster.binaries import binary
+from voicebridge.sim.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -218,12 +219,6 @@ def test_a_dead_worker_is_restarted_but_not_while_draining(
 
 
 # ---------------------------------------------------------------- voicebridge serve
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bridge_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import pytest
 from tests.infra.bicep_text import ROOT
 from voicebridge import app as app_module
 from voicebridge.config import Settings
+from voicebridge.sim.ports import free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 SECRETISH = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CONNECTION_STRING|CREDENTIAL", re.I)
@@ -289,12 +289,6 @@ needs_factory = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _local_command(port: int) -> str:
     """The CMD with this venv's interpreter, on loopback and a free port."""
     argv = shlex.split(cmd_script())
@@ -306,7 +300,7 @@ def _local_command(port: int) -> str:
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    closed = _free_port()  # nothing listens: the JWKS prefetch fails fast, offline
+    closed = free_port()  # nothing listens: the JWKS prefetch fails fast, offline
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
@@ -338,14 +332,14 @@ def _shared_state(workers: str) -> dict[str, str]:
     if workers == "1":
         return {}
     keys = "k1:" + base64.b64encode(b"d" * 32).decode()
-    return {"REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0", "CALL_URL_KEYS": keys}
+    return {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "CALL_URL_KEYS": keys}
 
 
 @needs_factory
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_cmd_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path, workers: str) -> None:
     """WORKERS=2: PID 1 is the supervisor; SIGTERM drains both workers, nothing is left."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["/bin/sh", "-c", _local_command(port)],
         cwd=tmp_path,  # no stray .env
@@ -387,7 +381,7 @@ def test_cmd_exits_with_one_line_on_bad_configuration(tmp_path: Path) -> None:
     env = _env(tmp_path)
     del env["PUBLIC_BASE_URL"]
     result = subprocess.run(
-        ["/bin/sh", "-c", _local_command(_free_port())],
+        ["/bin/sh", "-c", _local_command(free_port())],
         cwd=tmp_path,
         env=env,
         capture_output=True,

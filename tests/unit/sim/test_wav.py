@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import wave
 from importlib import resources
 from pathlib import Path
@@ -12,7 +11,6 @@ import pytest
 import soxr
 
 from voicebridge.core.audio import Resampler
-from voicebridge.sim.ports import free_port, free_socket
 from voicebridge.sim.wav import read_wav, resample, write_wav
 
 
@@ -64,14 +62,3 @@ def test_each_resampler_is_the_conversion_its_user_had() -> None:
     for how in ("bridge", "soxr", "soxr-vhq"):
         assert resample(pcm, 16000, 16000, how=how) is pcm  # type: ignore[arg-type]
         assert len(resample(pcm[:0], 16000, 24000, how=how)) == 0  # type: ignore[arg-type]
-
-
-def test_free_socket_listens_and_free_port_can_be_bound() -> None:
-    with free_socket() as sock:
-        host, port = sock.getsockname()
-        assert host == "127.0.0.1" and port > 0 and not sock.getblocking()
-        with socket.create_connection((host, port), timeout=2):
-            pass  # it is listening: a connection is queued
-    port = free_port()
-    with socket.socket() as other:
-        other.bind(("127.0.0.1", port))  # nobody holds it
