@@ -77,7 +77,8 @@ async def test_s4a_owner_killed_and_acs_redials_calls_go_on_elsewhere(
         assert reports[call.correlation_id]["conversation_kept"] is True
         assert not hung_up_by_bridge(cluster, call), actions_of(cluster, call)
         assert call.end_reason == "caller_hung_up"
-        assert reports[call.correlation_id]["conserved"], reports[call.correlation_id]["audio"]
+        audio = reports[call.correlation_id]["audio"]
+        assert reports[call.correlation_id]["conserved"], (audio["checks"], audio)
     # The gap each caller had is recorded, not asserted (it depends on the machine's speed).
     print({c.correlation_id[:8]: reports[c.correlation_id]["media_gaps_s"] for c in mine})
 
