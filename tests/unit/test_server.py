@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import os
 import signal
@@ -170,23 +171,42 @@ def test_one_worker_serves_in_this_process(dispatch: list[tuple[str, Any]]) -> N
 
 
 def test_more_workers_start_the_supervisor(
-    dispatch: list[tuple[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    dispatch: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    shared(monkeypatch)
     server.run(serve_args("--workers", "3", "--host", "127.0.0.1"))
     monkeypatch.setenv("WORKERS", "2")
     server.run(serve_args())
     assert dispatch == [("supervise", (3, "127.0.0.1", 8000)), ("supervise", (2, "0.0.0.0", 8000))]
-    # Calls are per node until they are shared through Redis: said at every start.
-    warned = [r for r in caplog.records if "without REDIS_URL" in r.getMessage()]
-    assert len(warned) == 2 and warned[0].levelname == "WARNING"
+
+
+def test_more_workers_without_redis_are_refused(
+    dispatch: list[tuple[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Calls are per node until they are shared through Redis: N workers alone would fail
+    every call whose media socket lands on another worker."""
+    assert server.run(serve_args("--workers", "3")) == 2
+    monkeypatch.setenv("WORKERS", "2")
+    assert server.run(serve_args()) == 2
+    assert dispatch == []
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].strip() for line in err] == ["configuration error"] * 2
+    assert "3 workers need REDIS_URL" in err[0] and "2 workers need REDIS_URL" in err[1]
+
+
+def shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Call state in Redis (nothing connects to it here)."""
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
+    monkeypatch.setenv("CALL_URL_KEYS", "k1:" + base64.b64encode(b"u" * 32).decode())
 
 
 def test_a_worker_serves_in_its_own_process_and_the_simulator_has_workers_too(
     dispatch: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WORKERS", "4")
+    shared(monkeypatch)
     server.run(serve_args("--worker-of", "7"))
     clock = RealClock()
     server.run(serve_args("--workers", "1"), clock=clock)

@@ -312,6 +312,8 @@ class ClusterNode:
                     else:
                         self._subs.pop(name, None)
                 await self.resync()
+                if delay > 0.2:  # a reconnect, not the first connection
+                    log.info("cluster pub/sub back: listening on %d call(s)", len(listening))
                 delay = 0.2
                 await self._read(pubsub, listening)
             except asyncio.CancelledError:

@@ -104,11 +104,14 @@ class Accounting:
         buffered_samples: int,
         queued_samples: int,
         guard: dict[str, Any],
+        unsent_at_hangup: int = 0,
     ) -> dict[str, Any]:
         """Counters and the conservation verdict (meaningful once the call finished).
 
         ``buffered_samples``: caller audio still held for the next session (Voice Live
-        input rate); ``queued_samples``: agent audio queued but never sent (ACS rate).
+        input rate); ``queued_samples``: agent audio queued but never sent (ACS rate), a
+        loss; ``unsent_at_hangup``: agent audio still queued when the other party hung up
+        (or was transferred), which had nobody left to reach: counted, not a loss.
         """
         c = self.counters
         inbound_expected = out_samples(c.caller_samples_in, acs_hz, voicelive_in_hz)
@@ -116,7 +119,9 @@ class Accounting:
         inbound_accounted = (
             c.voicelive_samples_appended + buffered_samples + c.caller_samples_buffered_dropped
         )
-        outbound_accounted = c.agent_samples_sent + c.samples_dropped_by_barge_in + queued_samples
+        outbound_accounted = (
+            c.agent_samples_sent + c.samples_dropped_by_barge_in + queued_samples + unsent_at_hangup
+        )
         return {
             "acs_hz": acs_hz,
             "sessions": {
@@ -139,6 +144,7 @@ class Accounting:
                 "agent_samples_sent": c.agent_samples_sent,
                 "samples_dropped_by_barge_in": c.samples_dropped_by_barge_in,
                 "queued_unsent": queued_samples,
+                "unsent_at_hangup": unsent_at_hangup,
                 "padding_samples_sent": c.padding_samples_sent,
                 "conserved": c.agent_samples_expected == outbound_accounted and queued_samples == 0,
             },

@@ -191,6 +191,7 @@ class CallBridge:
             config=playout,
         )
         self.ended = False
+        self._party_left = False  # finish(): the other party had gone
         control = control or Control()
         self._dtmf = DtmfCollector(control.dtmf)
         self._dtmf_text = control.dtmf_text
@@ -564,25 +565,31 @@ class CallBridge:
 
     # ------------------------------------------------------------------ end of call
 
-    def finish(self) -> None:
+    def finish(self, *, party_left: bool = False) -> None:
         """The call is over: flush the uplink, settle every response's accounting.
 
         Queued agent frames that were never sent stay counted as neither sent nor
-        dropped, so :meth:`report` shows them as unaccounted.
+        dropped, so :meth:`report` shows them as a loss; unless ``party_left`` (the caller
+        hung up, or the call went to a person): then they had nobody to reach, and are
+        reported as ``unsent_at_hangup``.
         """
         if self.ended:
             return
         self.ended = True
+        self._party_left = party_left
         self._uplink.flush()  # the caller's last samples
         self._playout.finish(0.0)  # the clock is not ours to read: tail frames stamped 0
 
     def report(self) -> dict[str, Any]:
         """Counters and the conservation verdict (meaningful after :meth:`finish`)."""
+        queued = self._playout.queued_agent_samples
+        left = self.ended and self._party_left
         return self._accounting.report(
             acs_hz=self.acs_hz,
             voicelive_in_hz=self.voicelive_in_hz,
             voicelive_out_hz=self.voicelive_out_hz,
             buffered_samples=self._uplink.buffered_samples,
-            queued_samples=self._playout.queued_agent_samples,
+            queued_samples=0 if left else queued,
+            unsent_at_hangup=queued if left else 0,
             guard=self._session.guard.counters(),
         )

@@ -54,6 +54,10 @@ from voicebridge.voicelive.session import OpenSession
 
 log = logging.getLogger("voicebridge.relay")
 
+#: Outcomes in which the other party left first: agent audio still queued is not a loss.
+PARTY_LEFT = frozenset(
+    {CallOutcome.CALLER_HUNG_UP, CallOutcome.CALLEE_HUNG_UP, CallOutcome.TRANSFERRED}
+)
 #: How long a goodbye or apology may play before the hang-up regardless (real seconds).
 PROMPT_DEADLINE_S = 15.0
 
@@ -476,7 +480,9 @@ class Supervisor:
 
     async def _finish(self, outcome: CallOutcome) -> CallOutcome:
         relay, bridge = self.relay, self.bridge
-        bridge.finish()  # flushes the uplink resampler: the caller's last samples
+        # Flushes the uplink resampler (the caller's last samples); agent audio still
+        # queued when the caller hung up or went to a person had nobody left to reach.
+        bridge.finish(party_left=outcome in PARTY_LEFT)
         if relay.session is not None and bridge.voicelive_pending:
             try:
                 async with asyncio.timeout(2.0):

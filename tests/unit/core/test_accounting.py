@@ -99,6 +99,7 @@ def test_the_report_keeps_its_keys() -> None:
         "agent_samples_sent",
         "samples_dropped_by_barge_in",
         "queued_unsent",
+        "unsent_at_hangup",
         "padding_samples_sent",
         "conserved",
     ]
@@ -118,6 +119,18 @@ def test_audio_left_in_the_queue_is_not_conserved() -> None:
     out = b.report()["outbound"]
     assert out["queued_unsent"] > 0 and not out["conserved"]
     assert out["agent_samples_expected"] == out["agent_samples_sent"] + out["queued_unsent"]
+
+
+def test_audio_queued_when_the_caller_hung_up_is_counted_not_lost() -> None:
+    b = make(playout=PlayoutConfig(lead_ms=20))
+    start_session(b)
+    vl_in(b, {"type": "response.created", "response": {"id": "r1"}})
+    vl_in(b, delta("r1", 2400))
+    b.acs_to_send(0.0)
+    b.finish(party_left=True)
+    out = b.report()["outbound"]
+    assert out["queued_unsent"] == 0 and out["unsent_at_hangup"] > 0 and out["conserved"]
+    assert out["agent_samples_expected"] == out["agent_samples_sent"] + out["unsent_at_hangup"]
 
 
 def test_caller_audio_dropped_while_waiting_is_a_counted_loss() -> None:
