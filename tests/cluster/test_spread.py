@@ -174,8 +174,10 @@ async def test_s7_redis_outage_drops_no_call(
 ) -> None:
     """S7 (4 calls instead of 6): Redis stops mid-call and comes back empty. No call is
     dropped, calls placed meanwhile are answered, every owner subscribes again to its
-    calls' channels, and the hang-ups after the restart still end the calls normally."""
-    calls = await cluster.place_calls(4, full_pcm, stagger_s=0.1)
+    calls' channels, and the hang-ups after the restart still end the calls normally.
+    The callers talk twice as long as full_pcm (its turns twice over): the calls must
+    outlast the outage and the resubscription by a margin a slow machine keeps."""
+    calls = await cluster.place_calls(4, np.concatenate([full_pcm, full_pcm]), stagger_s=0.1)
     await owners_by_node(cluster, calls)
     records = await cluster.records()
     channels = {c.correlation_id: f"vb:call:{records[c.correlation_id]['cid']}" for c in calls}

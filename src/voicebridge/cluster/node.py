@@ -108,6 +108,7 @@ class ClusterNode:
         self._subs: dict[str, bool] = {}  # channel -> wanted (True) / to drop (False)
         self._writes: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue(WRITE_QUEUE_MAX)
         self._tasks: list[asyncio.Task[Any]] = []
+        self._redis_back = asyncio.Event()
         #: Orphaned calls being ended by this node (call id -> task).
         self.orphans: dict[str, asyncio.Task[None]] = {}
         self._orphan_slots = asyncio.Semaphore(ORPHANS_AT_ONCE)
@@ -148,6 +149,7 @@ class ClusterNode:
             return None
         if not self.redis_up:
             log.warning("Redis reachable again")
+            self._redis_back.set()  # the pub/sub connection comes back now, not at its next try
         self.redis_up = True
         return result
 
@@ -325,7 +327,9 @@ class ClusterNode:
                 log.info("cluster pub/sub lost (%s); reconnecting", type(exc).__name__)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(delay)
+            self._redis_back.clear()
+            with contextlib.suppress(TimeoutError):  # or as soon as a command got through
+                await asyncio.wait_for(self._redis_back.wait(), delay)
             delay = min(delay * 2, 2.0)
 
     async def _read(self, pubsub: PubSub, listening: set[str]) -> None:

@@ -54,6 +54,9 @@ from voicebridge.voicelive.session import OpenSession
 
 log = logging.getLogger("voicebridge.relay")
 
+#: After CallDisconnected, how long the media socket may stay open with the caller's last
+#: frames before the call is finished anyway (real seconds; ACS closes it right away).
+DISCONNECT_READ_S = 1.0
 #: Outcomes in which the other party left first: agent audio still queued is not a loss.
 PARTY_LEFT = frozenset(
     {CallOutcome.CALLER_HUNG_UP, CallOutcome.CALLEE_HUNG_UP, CallOutcome.TRANSFERRED}
@@ -169,6 +172,7 @@ class Supervisor:
             if tasks["moved"] in done:
                 return await self._let_go()
             if tasks["hangup"] in done:
+                await self._read_to_close()
                 return await self._finish(call.outcome or CallOutcome.CALLER_HUNG_UP)
             if tasks["newsock"] in done:
                 await self._swap_socket()
@@ -443,6 +447,14 @@ class Supervisor:
                 return await self._let_go()
             return await self._finish(CallOutcome.MEDIA_LOST)
         return await self._finish(call.outcome or CallOutcome.CALLER_HUNG_UP)
+
+    async def _read_to_close(self) -> None:
+        """``CallDisconnected`` came: read what ACS had already sent until it closes the
+        media socket (at once, or :data:`DISCONNECT_READ_S` at most), so that the caller's
+        last frames, still on the wire behind a busy event loop, reach Voice Live too."""
+        reader = self.tasks["acs"]
+        if not reader.done():
+            await asyncio.wait({reader}, timeout=DISCONNECT_READ_S)
 
     async def _let_go(self) -> CallOutcome:
         """Another node claimed the call's media (many nodes): stop here, no hang-up."""
