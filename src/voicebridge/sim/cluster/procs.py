@@ -1,10 +1,12 @@
-"""Child processes of the cluster harness: how each is launched (:func:`launch`), stopped
-(:meth:`Proc.stop`) and looked at (:func:`process_tree`, :func:`tcp_peers`).
+"""Child processes of the simulators (the cluster harness, the load test): how each is
+launched (:func:`launch`), stopped (:meth:`Proc.stop`) and looked at (:func:`process_tree`,
+:func:`tcp_peers`).
 
 Every child starts as a tiny Python launcher that asks the kernel to SIGKILL it when this
-process dies (``PR_SET_PDEATHSIG`` survives ``execv``) and then becomes the real program
-in place (same pid). So a harness killed by SIGKILL, or a test run stopped with Ctrl-C,
-leaves no redis-server, haproxy or bridge behind. Each child leads its own process group;
+process dies (``PR_SET_PDEATHSIG`` survives ``execv``), optionally pins itself to CPUs (every
+thread of the program inherits the affinity), and then becomes the real program in place
+(same pid). So a harness killed by SIGKILL, or a test run stopped with Ctrl-C, leaves no
+redis-server, haproxy or bridge behind. Each child leads its own process group;
 :meth:`Proc.stop` signals the group, so a bridge's worker processes go with it.
 """
 
@@ -19,14 +21,16 @@ from pathlib import Path
 
 __all__ = ["Proc", "launch", "pid_alive", "process_tree", "tcp_peers"]
 
-# argv: <parent pid> <program> <argv0> <args...>. The getppid() check covers a parent
-# that died before prctl ran.
+# argv: <parent pid> <CPUs, comma-separated, or ""> <program> <argv0> <args...>. The
+# getppid() check covers a parent that died before prctl ran.
 _LAUNCHER = """\
 import ctypes, os, signal, sys
 ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 if os.getppid() != int(sys.argv[1]):
     os._exit(70)
-os.execv(sys.argv[2], sys.argv[3:])
+if sys.argv[2]:
+    os.sched_setaffinity(0, {int(c) for c in sys.argv[2].split(",")})
+os.execv(sys.argv[3], sys.argv[4:])
 """
 
 
@@ -68,7 +72,13 @@ class Proc:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM to the group, then SIGKILL ``grace_s`` later; then SIGKILL whatever the
-        leader left in its group. Idempotent."""
+        leader left in its group. A child reading a stdin pipe gets its EOF first, and
+        ``grace_s`` to exit by itself. Idempotent."""
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), grace_s)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if not self.running:
                 break
@@ -88,9 +98,14 @@ async def launch(
     log_path: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    cpus: set[int] | None = None,
+    pipes: bool = False,
+    pipe_limit: int = 2**16,
 ) -> Proc:
     """Start ``program args...`` (``program``: an absolute path) through the launcher, in
-    a new session, output (stdout and stderr) to ``log_path``, stdin closed."""
+    a new session, on ``cpus`` (None: any), output to ``log_path`` (appended). ``pipes``:
+    stdin and stdout are pipes (lines up to ``pipe_limit`` bytes), only stderr is logged;
+    otherwise stdin is closed and stdout goes to the log too."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = await asyncio.to_thread(open, log_path, "ab")
     try:
@@ -99,15 +114,17 @@ async def launch(
             "-c",
             _LAUNCHER,
             str(os.getpid()),
+            ",".join(str(c) for c in sorted(cpus or ())),
             program,
             program,
             *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
+            stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if pipes else log,
             stderr=log,
             env=env,
             cwd=cwd,
             start_new_session=True,
+            limit=pipe_limit,
         )
     finally:
         log.close()  # the child has its own descriptor

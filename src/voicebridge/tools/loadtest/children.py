@@ -1,9 +1,10 @@
 """The processes a load test starts: how each is launched (:func:`spawn`, :class:`Child`),
 on which CPUs (:func:`cpu_plan`), and the bridge's environment (:func:`bridge_env`).
 
-Processes are stopped with stdin EOF, SIGTERM, then SIGKILL to each process group
-(:meth:`Child.stop`), and each child asks the kernel to kill it if this process dies
-first (see :data:`_LAUNCHER`), so no run leaves orphans.
+Processes are launched and stopped as the cluster harness's are
+(:mod:`voicebridge.sim.cluster.procs`: stdin EOF, SIGTERM, then SIGKILL to each process
+group; each child is killed by the kernel if this process dies first), so no run leaves
+orphans.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voicebridge.sim.cluster.procs import Proc, launch
 from voicebridge.tools.loadtest.loadgen import LINE_LIMIT
 
 if TYPE_CHECKING:
@@ -26,42 +27,15 @@ if TYPE_CHECKING:
 EMULATOR_KEY = "loadtest-emulator-key"
 MODEL = "gpt-realtime"
 
-# Every child starts as this script and then becomes the real command in place (execv:
-# same pid). PR_SET_PDEATHSIG survives exec, so the kernel kills the child if this
-# process dies, even by SIGKILL; the getppid() check covers a parent that died before
-# prctl ran. Affinity is set before exec so every thread of the command inherits it.
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    os._exit(70)
-if sys.argv[2]:
-    os.sched_setaffinity(0, {int(c) for c in sys.argv[2].split(",")})
-os.execv(sys.executable, [sys.executable, *sys.argv[3:]])
-"""
 
-
-class Child:
-    """A child process leading its own process group; :meth:`stop` ends the group.
+class Child(Proc):
+    """A child process leading its own process group (:class:`Proc`: launched with
+    ``PR_SET_PDEATHSIG``, stopped by group); :meth:`stop` ends the group.
 
     Load-side workers speak the line protocol of
-    :mod:`voicebridge.tools.loadtest.loadgen` on stdin/stdout; everything a child writes
-    to stderr goes to ``log_path``.
+    :mod:`voicebridge.tools.loadtest.loadgen` on stdin/stdout (they exit by themselves at
+    stdin EOF); everything a child writes to stderr goes to ``log_path``.
     """
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.name = name
-        self.proc = proc
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -79,32 +53,12 @@ class Child:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 2)
             raise RuntimeError(
-                f"{self.name} exited (status {self.proc.returncode}):\n{self.log_tail()}"
+                f"{self.name} exited (status {self.proc.returncode}):\n{self.log_tail(15)}"
             )
         reply: dict[str, Any] = json.loads(line)
         if "error" in reply:
-            raise RuntimeError(f"{self.name}: {reply['error']}\n{self.log_tail()}")
+            raise RuntimeError(f"{self.name}: {reply['error']}\n{self.log_tail(15)}")
         return reply
-
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """End the process group: workers get stdin EOF first (they exit by themselves),
-        then every child SIGTERM, then SIGKILL, ``grace_s`` apart."""
-        proc = self.proc
-        steps = [0, signal.SIGTERM, signal.SIGKILL]
-        if proc.stdin is None:
-            steps.remove(0)
-        elif not proc.stdin.is_closing():
-            proc.stdin.close()
-        for sig in steps:
-            if proc.returncode is not None:
-                break
-            if sig:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), grace_s)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever the leader left in its group
 
 
 async def spawn(
@@ -116,31 +70,24 @@ async def spawn(
     env: dict[str, str] | None = None,
     protocol: bool = True,
 ) -> Child:
-    """``python <args>`` through :data:`_LAUNCHER`, in a new session, cwd ``workdir``
+    """``python <args>`` (:func:`~voicebridge.sim.cluster.procs.launch`), cwd ``workdir``
     (never the caller's directory: its ``.env`` must not configure the bridge), on
-    ``cpus`` (None: any). ``protocol``: stdin/stdout are pipes for the line protocol;
-    otherwise stdout is logged with stderr."""
+    ``cpus`` (None: any), logging to ``workdir/<name>.log``. ``protocol``: stdin/stdout
+    are pipes for the line protocol; otherwise stdout is logged with stderr."""
     log_path = workdir / f"{name}.log"
-    log = await asyncio.to_thread(open, log_path, "wb")
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            _LAUNCHER,
-            str(os.getpid()),
-            ",".join(str(c) for c in sorted(cpus or ())),
-            *args,
-            stdin=asyncio.subprocess.PIPE if protocol else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if protocol else log,
-            stderr=log,
-            env=env,
-            cwd=workdir,
-            start_new_session=True,
-            limit=LINE_LIMIT,
-        )
-    finally:
-        log.close()  # the child has its own descriptor
-    return Child(name, proc, log_path)
+    log_path.unlink(missing_ok=True)
+    proc = await launch(
+        name,
+        sys.executable,
+        args,
+        log_path=log_path,
+        env=env,
+        cwd=workdir,
+        cpus=cpus,
+        pipes=protocol,
+        pipe_limit=LINE_LIMIT,
+    )
+    return Child(name, proc.proc, log_path)
 
 
 def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
