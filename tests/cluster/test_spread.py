@@ -175,9 +175,10 @@ async def test_s7_redis_outage_drops_no_call(
     """S7 (4 calls instead of 6): Redis stops mid-call and comes back empty. No call is
     dropped, calls placed meanwhile are answered, every owner subscribes again to its
     calls' channels, and the hang-ups after the restart still end the calls normally.
-    The callers talk twice as long as full_pcm (its turns twice over): the calls must
-    outlast the outage and the resubscription by a margin a slow machine keeps."""
-    calls = await cluster.place_calls(4, np.concatenate([full_pcm, full_pcm]), stagger_s=0.1)
+    The callers stay 14 s longer than full_pcm (silent, which earns one re-prompt): the
+    calls must outlast the outage and the resubscription by a margin a slow machine keeps."""
+    longer = np.concatenate([full_pcm, np.zeros(14 * 16000, dtype=full_pcm.dtype)])
+    calls = await cluster.place_calls(4, longer, stagger_s=0.1)
     await owners_by_node(cluster, calls)
     records = await cluster.records()
     channels = {c.correlation_id: f"vb:call:{records[c.correlation_id]['cid']}" for c in calls}
