@@ -4,7 +4,6 @@ admission, de-duplication): the rules every node relies on."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -17,16 +16,6 @@ pytestmark = [
     pytest.mark.skipif(missing_message() is not None, reason=str(missing_message())),
     pytest.mark.asyncio(loop_scope="module"),
 ]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RedisServer]:
-    redis = RedisServer(Path(tmp_path_factory.mktemp("redis")))
-    await redis.start()
-    try:
-        yield redis
-    finally:
-        await redis.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
