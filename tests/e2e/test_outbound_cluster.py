@@ -46,7 +46,7 @@ async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def two_nodes(
-    tmp_path: Path, redis_url: str, acs: FakeAcs, emulator: VoiceLiveEmulator
+    tmp_path: Path, redis_url: str, acs: FakeAcs, emulator: VoiceLiveEmulator, **extra: Any
 ) -> AsyncIterator[tuple[Any, str, Any, str]]:
     def settings(node: str) -> dict[str, Any]:
         return {
@@ -62,6 +62,7 @@ async def two_nodes(
             "node_heartbeat_s": 0.5,
             "owner_lost_after_s": 5.0,
             **fake_acs_settings(acs),
+            **extra,
         }
 
     async with (
@@ -124,3 +125,45 @@ async def test_outbound_calls_across_two_nodes(
     update = next(m for s in emulator.sessions for m in s.received if m["type"] == "session.update")
     assert BEGIN in update["session"]["instructions"]
     assert "name: Ada" in update["session"]["instructions"]
+
+
+async def test_the_outbound_limits_count_every_nodes_calls(
+    tmp_path: Path, redis_url: str, short_caller: Path
+) -> None:
+    """OUTBOUND_MAX_CONCURRENT=1 with two nodes: while node a's call is in progress node
+    b refuses (429, nothing dialled); once it has ended, node b dials."""
+    pcm, _ = read_wav(short_caller)
+    emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=SPEED)
+    acs = FakeAcs(speed=SPEED)
+    await emulator.start()
+    await acs.start()
+    acs.callee_audio = pcm.tobytes()
+    headers = {"Authorization": f"Bearer {KEY}"}
+    try:
+        async with (
+            two_nodes(tmp_path, redis_url, acs, emulator, outbound_max_concurrent=1) as (
+                _a,
+                base_a,
+                _b,
+                base_b,
+            ),
+            httpx.AsyncClient(headers=headers) as client,
+        ):
+            first = await client.post(f"{base_a}/api/calls", json={"to": "+15551230001"})
+            assert first.status_code == 202
+            refused = await client.post(f"{base_b}/api/calls", json={"to": "+15551230002"})
+            assert refused.status_code == 429 and "on all nodes" in refused.json()["error"]
+            call = await acs.wait_outbound_call(1)
+            await call.wait_ended(60)
+            assert [c.target for c in acs.outbound_calls] == ["+15551230001"]  # b: nothing
+            for _ in range(100):  # the slot is given back when the end is recorded
+                second = await client.post(f"{base_b}/api/calls", json={"to": "+15551230002"})
+                if second.status_code == 202:
+                    break
+                await asyncio.sleep(0.05)
+            assert second.status_code == 202, second.text
+            await (await acs.wait_outbound_call(2)).wait_ended(60)
+            assert [c.target for c in acs.outbound_calls] == ["+15551230001", "+15551230002"]
+    finally:
+        await acs.stop()
+        await emulator.stop()

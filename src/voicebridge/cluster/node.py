@@ -213,6 +213,31 @@ class ClusterNode:
         bound already: the value that stands (None: Redis could not be asked)."""
         return await self._call(self.store.remember(key, value, ttl_s=24 * 3600))  # type: ignore[no-any-return]
 
+    async def outbound_admit(self, cid: str, profile: str, max_profile: int | None) -> str | None:
+        """The outbound limits of every node together (OUTBOUND_MAX_CONCURRENT, the
+        profile's max_concurrent, OUTBOUND_RATE_PER_MIN): ``"ok"``, or the limit that
+        refuses (``busy``, ``busy_profile``, ``rate:<seconds>``); None: Redis could not
+        be asked (the node's own limits decide)."""
+        s = self.settings
+        result = await self._call(
+            self.store.outbound_admit(
+                cid,
+                profile,
+                rate_per_min=s.outbound_rate_per_min,
+                max_live=s.outbound_max_concurrent,
+                max_profile=max_profile,
+                stale_after_s=s.max_call_duration_s + OUTBOUND_RING_GRACE_S,
+            )
+        )
+        if result is None:
+            return None
+        verdict, wait = result
+        return f"rate:{wait:.3f}" if verdict == "rate" else str(verdict)
+
+    async def outbound_release(self, cid: str) -> None:
+        rate = self.settings.outbound_rate_per_min
+        await self._call(self.store.outbound_release(cid, refund_rate_per_min=rate))
+
     async def recall(self, key: str) -> str | None:
         return await self._call(self.store.recall(key))  # type: ignore[no-any-return]
 

@@ -1,8 +1,8 @@
 """The shared call state in Redis: one class, one method per thing a node asks.
 
-Every command is single-key (or a pub/sub publish), so any clustering policy works,
-Azure Managed Redis' EnterpriseCluster included. The keys (design: shared/reviews
-scale-out.md §3.3; every one carries a TTL or is trimmed):
+Every command is single-key (or a pub/sub publish, or keys sharing one hash tag), so
+any clustering policy works, Azure Managed Redis' EnterpriseCluster included. The keys
+(design: shared/reviews scale-out.md §3.3; every one carries a TTL or is trimmed):
 
 * ``vb:eg:{event id}``, ``vb:incoming:{server call id}``: Event Grid de-duplication
   (``SET NX``, 15 minutes).
@@ -19,6 +19,10 @@ scale-out.md §3.3; every one carries a TTL or is trimmed):
 * ``vb:lock:janitor``: one janitor at a time.
 * ``vb:idem:{hash}``: an outbound call's ``Idempotency-Key`` -> ``call id|fingerprint``
   (``SET NX``, 24 hours).
+* ``vb:{ob}:bucket`` (hash: tokens, ts), ``vb:{ob}:live`` (sorted set, outbound call id
+  → dial time) and ``vb:{ob}:profile`` (hash, outbound call id → profile): the outbound
+  rate and concurrency limits every node shares. The ``{ob}`` hash tag puts the three in
+  one slot, so one script may use them together.
 * channel ``vb:call:{cid}``: wakes the call's owner (forwarded callbacks, takeover).
 
 Errors are not handled here: callers catch :data:`REDIS_ERRORS` and fall back to
@@ -80,6 +84,55 @@ return 1
 """
 
 
+#: Outbound keys (one hash slot: the ``{ob}`` tag).
+OUTBOUND_KEYS = ["vb:{ob}:bucket", "vb:{ob}:live", "vb:{ob}:profile"]
+
+#: Take an outbound slot and a rate token, or say why not. ARGV: now, call id, profile,
+#: rate per minute (a token bucket of that many, refilled at that rate), the limit of
+#: live outbound calls, the profile's limit (0: none), the dial time before which a
+#: slot is stale (its call's end was never recorded). Returns {'ok'|'busy'|'busy_profile'
+#: |'rate', seconds until a token}.
+_OUTBOUND_ADMIT = """
+local now, rate = tonumber(ARGV[1]), tonumber(ARGV[4])
+for _, c in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[7])) do
+  redis.call('ZREM', KEYS[2], c)
+  redis.call('HDEL', KEYS[3], c)
+end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return {'busy', '0'} end
+local most = tonumber(ARGV[6])
+if most > 0 then
+  local n = 0
+  for _, p in ipairs(redis.call('HVALS', KEYS[3])) do
+    if p == ARGV[3] then n = n + 1 end
+  end
+  if n >= most then return {'busy_profile', '0'} end
+end
+local cap, per_s = math.max(1, rate), rate / 60
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or cap)
+local ts = tonumber(redis.call('HGET', KEYS[1], 'ts') or now)
+tokens = math.min(cap, tokens + math.max(0, now - ts) * per_s)
+if tokens < 1 then return {'rate', tostring((1 - tokens) / per_s)} end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - 1), 'ts', tostring(now))
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], 86400) end
+return {'ok', '0'}
+"""
+
+#: An outbound call is over (or was refused after its slot was taken: ARGV[2] = rate
+#: per minute gives its token back). ARGV: call id, rate to refund (0: none).
+_OUTBOUND_DONE = """
+local had = redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+local rate = tonumber(ARGV[2])
+if had == 1 and rate > 0 then
+  local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or '0')
+  redis.call('HSET', KEYS[1], 'tokens', tostring(math.min(math.max(1, rate), tokens + 1)))
+end
+return had
+"""
+
+
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -134,6 +187,8 @@ class CallStore:
         self._end = redis.register_script(_END)
         self._admit = redis.register_script(_ADMIT)
         self._update = redis.register_script(_UPDATE)
+        self._outbound_admit = redis.register_script(_OUTBOUND_ADMIT)
+        self._outbound_done = redis.register_script(_OUTBOUND_DONE)
 
     # ------------------------------------------------------------------ calls
 
@@ -214,7 +269,33 @@ class CallStore:
         that stands ("" for an unknown call)."""
         stood = await self._end(keys=[call_key(cid)], args=[outcome, "1" if we_hung_up else "0"])
         await self.redis.zrem("vb:live", cid)
+        await self._outbound_done(keys=OUTBOUND_KEYS, args=[cid, 0])  # if it was one
         return stood.decode() if isinstance(stood, bytes) else str(stood or "")
+
+    async def outbound_admit(
+        self,
+        cid: str,
+        profile: str,
+        *,
+        rate_per_min: float,
+        max_live: int,
+        max_profile: int | None,
+        stale_after_s: float,
+    ) -> tuple[str, float]:
+        """Take a slot and a rate token for outbound call ``cid`` on behalf of every
+        node: ``("ok", 0)``, or the limit that refused it (``busy``, ``busy_profile``,
+        ``rate`` with the seconds until a token)."""
+        now = time.time()
+        verdict, wait = await self._outbound_admit(
+            keys=OUTBOUND_KEYS,
+            args=[now, cid, profile, rate_per_min, max_live, max_profile or 0, now - stale_after_s],
+        )
+        return _s(verdict), float(_s(wait))
+
+    async def outbound_release(self, cid: str, *, refund_rate_per_min: float) -> None:
+        """A call admitted by :meth:`outbound_admit` was refused after all: its slot,
+        and its rate token, go back."""
+        await self._outbound_done(keys=OUTBOUND_KEYS, args=[cid, refund_rate_per_min])
 
     async def forget_live(self, cid: str) -> None:
         await self.redis.zrem("vb:live", cid)

@@ -12,6 +12,9 @@ refusal, and every answer is counted in ``voicebridge_outbound_requests_total{re
 3. the profile's calling hours: 409 with the window and the local time;
 4. the concurrency limits (``OUTBOUND_MAX_CONCURRENT``, the profile's ``max_concurrent``,
    ``MAX_CONCURRENT_CALLS``) and the rate (``OUTBOUND_RATE_PER_MIN``): 429 + Retry-After.
+   With ``REDIS_URL`` they count every node's calls (one slot and one rate token per call
+   in Redis, given back when it ends or is refused later); while Redis cannot be asked,
+   each node's own.
 
 Then the call is registered, ``createCall`` starts in the background (from the profile's
 number, bidirectional media, signed callback and media URLs, as ``answer``) and the answer
@@ -84,22 +87,28 @@ async def place_call(request: Request, ctx: CtxDep) -> Response:
                 return _duplicate(ctx, key, known, req)
         _check_hours(ctx, req)
         await _check_capacity(ctx, req)
-        wait = ctx.outbound.bucket.wait_s()
-        if wait > 0:
-            raise Refusal(429, "rate limited: OUTBOUND_RATE_PER_MIN", "rate_limited", wait)
         ids = ctx.registry.signer.new_call()
-        if not await _admit(ctx, ids[0]):
-            raise Refusal(
-                429, "busy: MAX_CONCURRENT_CALLS reached", "busy", float(BUSY_RETRY_AFTER_S)
-            )
-        if key is not None:  # last: a key never names a call that was refused
-            winner = await _remember(ctx, key, ids[0], req.fingerprint())
-            if winner[0] != ids[0]:  # the same key raced in at the same time
-                return _duplicate(ctx, key, winner, req)
+        shared = await _take_shared_limits(ctx, req, ids[0])
+        if not shared and (wait := ctx.outbound.bucket.wait_s()) > 0:
+            raise Refusal(429, "rate limited: OUTBOUND_RATE_PER_MIN", "rate_limited", wait)
+        try:
+            if not await _admit(ctx, ids[0]):
+                raise Refusal(
+                    429, "busy: MAX_CONCURRENT_CALLS reached", "busy", float(BUSY_RETRY_AFTER_S)
+                )
+            if key is not None:  # last: a key never names a call that was refused
+                winner = await _remember(ctx, key, ids[0], req.fingerprint())
+                if winner[0] != ids[0]:  # the same key raced in at the same time
+                    await _release_shared(ctx, shared, ids[0])
+                    return _duplicate(ctx, key, winner, req)
+        except Refusal:
+            await _release_shared(ctx, shared, ids[0])
+            raise
     except Refusal as refusal:
         log.warning("outbound call refused (%d): %s", refusal.status, refusal.reason)
         return _refused(ctx, refusal)
-    ctx.outbound.bucket.take()
+    if not shared:
+        ctx.outbound.bucket.take()
     call = _start_dial(ctx, req, ids)
     ctx.stats.outbound["accepted"] += 1
     with logs.call_context(call):
@@ -162,6 +171,43 @@ async def _check_capacity(ctx: AppContext, req: OutboundRequest) -> None:
             "busy",
             float(BUSY_RETRY_AFTER_S),
         )
+
+
+async def _take_shared_limits(ctx: AppContext, req: OutboundRequest, cid: str) -> bool:
+    """Many nodes: the outbound limits count every node's calls (Redis), and this call
+    takes its slot and rate token there. False when there is no cluster or Redis could
+    not be asked: then this node's own limits (above, and its token bucket) decide."""
+    if ctx.cluster is None:
+        return False
+    most = req.profile.outbound.max_concurrent
+    verdict = await ctx.cluster.outbound_admit(cid, req.profile.name, most)
+    if verdict is None:
+        return False
+    limit = ctx.settings.outbound_max_concurrent
+    if verdict == "busy":
+        raise Refusal(
+            429,
+            f"busy: {limit} outbound calls in progress on all nodes (OUTBOUND_MAX_CONCURRENT)",
+            "busy",
+            float(BUSY_RETRY_AFTER_S),
+        )
+    if verdict == "busy_profile":
+        raise Refusal(
+            429,
+            f"busy: {most} outbound calls of profile {req.profile.name} in progress on all "
+            "nodes (its outbound max_concurrent)",
+            "busy",
+            float(BUSY_RETRY_AFTER_S),
+        )
+    if verdict.startswith("rate:"):
+        wait = float(verdict.removeprefix("rate:"))
+        raise Refusal(429, "rate limited: OUTBOUND_RATE_PER_MIN", "rate_limited", wait)
+    return True
+
+
+async def _release_shared(ctx: AppContext, shared: bool, cid: str) -> None:
+    if shared and ctx.cluster is not None:
+        await ctx.cluster.outbound_release(cid)
 
 
 # ---------------------------------------------------------------- idempotency

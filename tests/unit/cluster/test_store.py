@@ -84,3 +84,39 @@ async def test_heartbeats_sum_into_the_view(store: CallStore) -> None:
     assert await store.node_alive("r1") and not await store.node_alive("r3")
     assert await store.lock("janitor", "r1", 5) and not await store.lock("janitor", "r2", 5)
     assert await store.lock("janitor", "r1", 5)  # the holder keeps it
+
+
+async def test_outbound_limits_are_shared_and_given_back(store: CallStore) -> None:
+    """Every node takes its outbound calls' slots and rate tokens from the same keys."""
+    limits = {"rate_per_min": 60.0, "max_live": 2, "max_profile": None, "stale_after_s": 3600}
+    assert await store.outbound_admit("o1", "sales", **limits) == ("ok", 0.0)
+    assert await store.outbound_admit("o2", "support", **limits) == ("ok", 0.0)
+    assert (await store.outbound_admit("o3", "sales", **limits))[0] == "busy"
+    await store.end("o1", "callee_hung_up")  # any node records the end: the slot is free
+    assert await store.outbound_admit("o3", "sales", **limits) == ("ok", 0.0)
+    per_profile = limits | {"max_live": 10, "max_profile": 1}
+    assert (await store.outbound_admit("o4", "sales", **per_profile))[0] == "busy_profile"
+    assert await store.outbound_admit("o4", "other", **per_profile) == ("ok", 0.0)
+
+
+async def test_the_outbound_rate_is_a_token_bucket_and_a_refusal_refunds(
+    store: CallStore,
+) -> None:
+    limits = {"rate_per_min": 2.0, "max_live": 10, "max_profile": None, "stale_after_s": 3600}
+    assert (await store.outbound_admit("r1", "p", **limits))[0] == "ok"
+    assert (await store.outbound_admit("r2", "p", **limits))[0] == "ok"
+    verdict, wait = await store.outbound_admit("r3", "p", **limits)
+    assert verdict == "rate" and 25 < wait <= 30  # one token every 30 s
+    await store.outbound_release("r2", refund_rate_per_min=2.0)  # refused later on
+    assert (await store.outbound_admit("r3", "p", **limits))[0] == "ok"
+    await store.outbound_release("never-admitted", refund_rate_per_min=2.0)  # no refund
+    assert (await store.outbound_admit("r4", "p", **limits))[0] == "rate"
+
+
+async def test_a_stale_outbound_slot_is_dropped(store: CallStore) -> None:
+    """A slot whose call's end was never recorded (its records expired) frees itself."""
+    limits = {"rate_per_min": 60.0, "max_live": 1, "max_profile": None, "stale_after_s": 3600}
+    assert (await store.outbound_admit("old", "p", **limits))[0] == "ok"
+    assert (await store.outbound_admit("new", "p", **limits))[0] == "busy"
+    fresh = limits | {"stale_after_s": -1.0}  # every slot is older than that
+    assert (await store.outbound_admit("new", "p", **fresh))[0] == "ok"
