@@ -44,6 +44,22 @@ async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
         await server.stop()
 
 
+@pytest.fixture
+async def fakes(short_caller: Path) -> AsyncIterator[tuple[VoiceLiveEmulator, FakeAcs]]:
+    """The emulator and the fake ACS, whose callees say ``short_caller``."""
+    pcm, _ = read_wav(short_caller)
+    emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=SPEED)
+    acs = FakeAcs(speed=SPEED)
+    await emulator.start()
+    await acs.start()
+    acs.callee_audio = pcm.tobytes()
+    try:
+        yield emulator, acs
+    finally:
+        await acs.stop()
+        await emulator.stop()
+
+
 @contextlib.asynccontextmanager
 async def two_nodes(
     tmp_path: Path, redis_url: str, acs: FakeAcs, emulator: VoiceLiveEmulator, **extra: Any
@@ -73,49 +89,40 @@ async def two_nodes(
 
 
 async def test_outbound_calls_across_two_nodes(
-    tmp_path: Path, redis_url: str, short_caller: Path
+    tmp_path: Path, redis_url: str, fakes: tuple[VoiceLiveEmulator, FakeAcs]
 ) -> None:
-    pcm, _ = read_wav(short_caller)
-    emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=SPEED)
-    acs = FakeAcs(speed=SPEED)
-    await emulator.start()
-    await acs.start()
-    acs.callee_audio = pcm.tobytes()
+    emulator, acs = fakes
     acs.expect_outbound("+15551230002", faults={"acs-callee-busy": None})
     headers = {"Authorization": f"Bearer {KEY}", "Idempotency-Key": "cluster-reminder-1"}
     body = {"to": "+15551230001", "context": {"name": "Ada"}}
-    try:
-        async with (
-            two_nodes(tmp_path, redis_url, acs, emulator) as (_a, base_a, _b, base_b),
-            httpx.AsyncClient(headers=headers) as client,
-        ):
-            first = await client.post(f"{base_a}/api/calls", json=body)
-            again = await client.post(f"{base_b}/api/calls", json=body)  # another node
-            assert first.status_code == again.status_code == 202
-            call_id = first.json()["id"]
-            assert again.json()["id"] == call_id
-            call = await acs.wait_outbound_call(1)
-            await call.wait_ended(60)
-            busy = await client.post(
-                f"{base_b}/api/calls",
-                json={"to": "+15551230002"},
-                headers={"Idempotency-Key": "cluster-busy-1"},
-            )
-            busy_call = await acs.wait_outbound_call(2)
-            await busy_call.wait_ended(30)
-            statuses: dict[str, Any] = {}
-            for _ in range(100):  # the record learns the outcome a moment after ACS
-                statuses = {
-                    (node, cid): (await client.get(f"{base}/api/calls/{cid}")).json()
-                    for node, base in (("a", base_a), ("b", base_b))
-                    for cid in (call_id, busy.json()["id"])
-                }
-                if all(s.get("status") == "ended" for s in statuses.values()):
-                    break
-                await asyncio.sleep(0.05)
-    finally:
-        await acs.stop()
-        await emulator.stop()
+    async with (
+        two_nodes(tmp_path, redis_url, acs, emulator) as (_a, base_a, _b, base_b),
+        httpx.AsyncClient(headers=headers) as client,
+    ):
+        first = await client.post(f"{base_a}/api/calls", json=body)
+        again = await client.post(f"{base_b}/api/calls", json=body)  # another node
+        assert first.status_code == again.status_code == 202
+        call_id = first.json()["id"]
+        assert again.json()["id"] == call_id
+        call = await acs.wait_outbound_call(1)
+        await call.wait_ended(60)
+        busy = await client.post(
+            f"{base_b}/api/calls",
+            json={"to": "+15551230002"},
+            headers={"Idempotency-Key": "cluster-busy-1"},
+        )
+        busy_call = await acs.wait_outbound_call(2)
+        await busy_call.wait_ended(30)
+        statuses: dict[str, Any] = {}
+        for _ in range(100):  # the record learns the outcome a moment after ACS
+            statuses = {
+                (node, cid): (await client.get(f"{base}/api/calls/{cid}")).json()
+                for node, base in (("a", base_a), ("b", base_b))
+                for cid in (call_id, busy.json()["id"])
+            }
+            if all(s.get("status") == "ended" for s in statuses.values()):
+                break
+            await asyncio.sleep(0.05)
     assert len(acs.outbound_calls) == 2  # the repeated request dialled nothing
     for node in ("a", "b"):
         assert statuses[(node, call_id)]["outcome"] == "callee_hung_up", statuses
@@ -128,42 +135,33 @@ async def test_outbound_calls_across_two_nodes(
 
 
 async def test_the_outbound_limits_count_every_nodes_calls(
-    tmp_path: Path, redis_url: str, short_caller: Path
+    tmp_path: Path, redis_url: str, fakes: tuple[VoiceLiveEmulator, FakeAcs]
 ) -> None:
     """OUTBOUND_MAX_CONCURRENT=1 with two nodes: while node a's call is in progress node
     b refuses (429, nothing dialled); once it has ended, node b dials."""
-    pcm, _ = read_wav(short_caller)
-    emulator = VoiceLiveEmulator(api_key=EMULATOR_KEY, speed=SPEED)
-    acs = FakeAcs(speed=SPEED)
-    await emulator.start()
-    await acs.start()
-    acs.callee_audio = pcm.tobytes()
+    emulator, acs = fakes
     headers = {"Authorization": f"Bearer {KEY}"}
-    try:
-        async with (
-            two_nodes(tmp_path, redis_url, acs, emulator, outbound_max_concurrent=1) as (
-                _a,
-                base_a,
-                _b,
-                base_b,
-            ),
-            httpx.AsyncClient(headers=headers) as client,
-        ):
-            first = await client.post(f"{base_a}/api/calls", json={"to": "+15551230001"})
-            assert first.status_code == 202
-            refused = await client.post(f"{base_b}/api/calls", json={"to": "+15551230002"})
-            assert refused.status_code == 429 and "on all nodes" in refused.json()["error"]
-            call = await acs.wait_outbound_call(1)
-            await call.wait_ended(60)
-            assert [c.target for c in acs.outbound_calls] == ["+15551230001"]  # b: nothing
-            for _ in range(100):  # the slot is given back when the end is recorded
-                second = await client.post(f"{base_b}/api/calls", json={"to": "+15551230002"})
-                if second.status_code == 202:
-                    break
-                await asyncio.sleep(0.05)
-            assert second.status_code == 202, second.text
-            await (await acs.wait_outbound_call(2)).wait_ended(60)
-            assert [c.target for c in acs.outbound_calls] == ["+15551230001", "+15551230002"]
-    finally:
-        await acs.stop()
-        await emulator.stop()
+    async with (
+        two_nodes(tmp_path, redis_url, acs, emulator, outbound_max_concurrent=1) as (
+            _a,
+            base_a,
+            _b,
+            base_b,
+        ),
+        httpx.AsyncClient(headers=headers) as client,
+    ):
+        first = await client.post(f"{base_a}/api/calls", json={"to": "+15551230001"})
+        assert first.status_code == 202
+        refused = await client.post(f"{base_b}/api/calls", json={"to": "+15551230002"})
+        assert refused.status_code == 429 and "on all nodes" in refused.json()["error"]
+        call = await acs.wait_outbound_call(1)
+        await call.wait_ended(60)
+        assert [c.target for c in acs.outbound_calls] == ["+15551230001"]  # b: nothing
+        for _ in range(100):  # the slot is given back when the end is recorded
+            second = await client.post(f"{base_b}/api/calls", json={"to": "+15551230002"})
+            if second.status_code == 202:
+                break
+            await asyncio.sleep(0.05)
+        assert second.status_code == 202, second.text
+        await (await acs.wait_outbound_call(2)).wait_ended(60)
+        assert [c.target for c in acs.outbound_calls] == ["+15551230001", "+15551230002"]
