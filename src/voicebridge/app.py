@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from azure.communication.callautomation.aio import CallAutomationClient
@@ -123,20 +123,22 @@ class AppContext:
             await self.cluster.start()
 
     async def stop(self) -> None:
+        """Cancel what runs and close the clients. Every step is bounded
+        (:data:`STOP_STEP_S`): a process asked to exit exits, and names what held it up."""
         self.ready = False
         for call in list(self.registry.by_id.values()):
             if call.media_task is not None:
                 call.media_task.cancel()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancelled(self._tasks, "background task")
         for call in list(self.registry.by_id.values()):  # never got media: close their logs
             self.registry.end(call, CallOutcome.SHUTDOWN)
         if self.cluster is not None:
-            await self.cluster.stop()
+            await bounded(self.cluster.stop(), "leaving the cluster")
             logs.node = None
         if self.acs is not None:
-            await self.acs.close()
+            await bounded(self.acs.close(), "closing the Call Automation client")
         for credential in self.credentials.values():
             close = getattr(credential, "close", None)
             if close is not None:
@@ -310,6 +312,31 @@ def create_app_from_env() -> FastAPI:
         raise SystemExit(f"voicebridge: configuration error: {exc}") from None
     logs.setup(settings.log_level, settings.log_format)
     return create_app(settings)
+
+
+#: How long each step of shutting down may take before the process goes on without it.
+STOP_STEP_S = 5.0
+
+
+async def cancelled(tasks: Iterable[asyncio.Task[Any]], what: str) -> None:
+    """Wait (:data:`STOP_STEP_S` at most) for ``tasks``, already cancelled, to end; log
+    by name the ones that did not."""
+    pending = [t for t in tasks if not t.done()]
+    if not pending:
+        return
+    _, late = await asyncio.wait(pending, timeout=STOP_STEP_S)
+    if late:
+        names = ", ".join(sorted(t.get_name() for t in late))
+        log.error("shutdown: %s(s) still running after %.0f s: %s", what, STOP_STEP_S, names)
+
+
+async def bounded(step: Awaitable[Any], what: str) -> None:
+    """Run one shutdown step for :data:`STOP_STEP_S` at most (then log and go on)."""
+    try:
+        async with asyncio.timeout(STOP_STEP_S):
+            await step
+    except TimeoutError:
+        log.error("shutdown: %s took more than %.0f s; going on without it", what, STOP_STEP_S)
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:

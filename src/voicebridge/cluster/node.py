@@ -45,6 +45,8 @@ LISTEN_POLL_S = 0.1
 OUTBOUND_RING_GRACE_S = 180.0
 #: Background writes (transcripts, conversation ids) waiting at most; more are dropped.
 WRITE_QUEUE_MAX = 1000
+#: How long stop() waits for the node's cancelled tasks before it leaves anyway.
+STOP_WAIT_S = 3.0
 #: Orphaned calls the janitor ends at once (each: an ACS query, the 5 s apology, a
 #: hang-up). One at a time, a dead node's 100 calls would take over 8 minutes.
 ORPHANS_AT_ONCE = 50
@@ -130,7 +132,12 @@ class ClusterNode:
         tasks = [*self._tasks, *self.orphans.values()]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, late = await asyncio.wait(tasks, timeout=STOP_WAIT_S) if tasks else ((), ())
+        if late:
+            names = ", ".join(sorted(t.get_name() for t in late))
+            log.error(
+                "cluster node %s: still running after %.0f s: %s", self.name, STOP_WAIT_S, names
+            )
         await self._call(self.store.leave(self.name))
         with contextlib.suppress(Exception):
             await self.redis.aclose()
