@@ -124,20 +124,27 @@ class BridgeNode:
             await self.wait_ready()
 
     async def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Until ``GET /readyz`` on the node itself answers 200; ``RuntimeError`` with
-        its log tail if it exits or is not ready in time."""
+        """Until ``GET /readyz`` on the node itself answers 200 (with ``workers``: from
+        every worker, each on a new connection, which the kernel hands to any worker
+        listening: one still starting would get none of the first calls);
+        ``RuntimeError`` with its log tail if it exits or is not ready in time."""
         deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        ready: set[str] = set()
+        timeout = aiohttp.ClientTimeout(total=2)
+        connector = aiohttp.TCPConnector(force_close=True)  # a new connection per GET
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while True:
                 if not self.running:
                     raise RuntimeError(f"node {self.name} exited at start:\n{self.log_tail()}")
                 with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                     async with session.get(f"{self.url}/readyz") as resp:
                         if resp.status == 200:
-                            return
+                            ready.add(resp.headers.get(NODE_HEADER, self.name))
+                if len(ready) >= (self.workers or 1):
+                    return
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"node {self.name} not ready in time:\n{self.log_tail()}")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1 if not ready else 0.02)
 
     def log_tail(self, lines: int = 30) -> str:
         return self.proc.log_tail(lines) if self.proc is not None else ""
