@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
+from tests.unit.asgi import settings
 from voicebridge.app import NodeHeader, create_app
-from voicebridge.config import Settings
 
 NODE = (b"x-voicebridge-node", b"host/42")
 
@@ -53,22 +51,6 @@ async def test_websocket_handshakes_name_the_node_and_frames_pass_untouched() ->
 async def test_other_scopes_pass_through() -> None:
     message = {"type": "lifespan.startup.complete"}
     assert (await through("lifespan", [message]))[0] is message
-
-
-def settings(tmp_path: Path, **extra: Any) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        voicelive_endpoint="https://res.services.ai.azure.com",
-        voicelive_model="gpt-realtime",
-        voicelive_api_key=SecretStr("k"),
-        acs_connection_string=SecretStr(
-            "endpoint=https://acs.communication.azure.com/;accesskey=eA=="
-        ),
-        public_base_url="https://bridge.example.com",
-        acs_jwt_validation=False,
-        log_dir=str(tmp_path),
-        **extra,
-    )
 
 
 def test_the_header_is_installed_only_when_expose_node_id_is_on(tmp_path: Path) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from tests.unit.asgi import websocket_upgrade
 from voicebridge import deps
 from voicebridge.app import AppContext, create_app
 from voicebridge.calls import Call, CallRegistry
@@ -39,34 +39,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
         yield client
-
-
-async def websocket_upgrade(app: FastAPI, path: str) -> dict[str, Any]:
-    """The app's first answer to a WebSocket upgrade of ``path`` (accept or close)."""
-    scope = {
-        "type": "websocket",
-        "asgi": {"version": "3.0"},
-        "scheme": "ws",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"bridge")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "subprotocols": [],
-    }
-    inbox = [{"type": "websocket.connect"}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return inbox.pop(0) if inbox else {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent[0]
 
 
 def ctx_of(app: FastAPI) -> AppContext:

@@ -11,31 +11,16 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from tests.unit.asgi import settings, websocket_upgrade
 from voicebridge import logs
 from voicebridge.app import AppContext, create_app
-from voicebridge.config import Settings, load_settings
+from voicebridge.config import load_settings
 from voicebridge.errors import ConfigError
 from voicebridge.phone.routes import token_ok
 from voicebridge.phone.socket import SUBPROTOCOL, TOKEN_PREFIX
 from voicebridge.security import PURPOSE_MEDIA, PURPOSE_PHONE, TokenRejected
 
 TOKEN = "phone-token-0123456789abcdef"
-
-
-def settings(tmp_path: Path, **fields: Any) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        voicelive_endpoint="https://res.services.ai.azure.com",
-        voicelive_model="gpt-realtime",
-        voicelive_api_key=SecretStr("k"),
-        acs_connection_string=SecretStr(
-            "endpoint=https://acs.communication.azure.com/;accesskey=eA=="
-        ),
-        public_base_url="https://bridge.example.com",
-        acs_jwt_validation=False,
-        log_dir=str(tmp_path),
-        **fields,
-    )
 
 
 @pytest.fixture
@@ -71,36 +56,10 @@ async def upgrade(
     subprotocols: list[str] | None = None,
     origin: str | None = "http://bridge",
 ) -> dict[str, Any]:
-    """The app's first answer to a WebSocket upgrade of ``path`` (accept or close)."""
-    headers = [(b"host", b"bridge")]
-    if origin is not None:
-        headers.append((b"origin", origin.encode()))
-    scope = {
-        "type": "websocket",
-        "asgi": {"version": "3.0"},
-        "scheme": "ws",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "subprotocols": [SUBPROTOCOL, TOKEN_PREFIX + TOKEN]
-        if subprotocols is None
-        else subprotocols,
-    }
-    inbox = [{"type": "websocket.connect"}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return inbox.pop(0) if inbox else {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent[0]
+    """The app's first answer to a phone socket upgrade of ``path``: by default with the
+    page's subprotocols and origin."""
+    offered = [SUBPROTOCOL, TOKEN_PREFIX + TOKEN] if subprotocols is None else subprotocols
+    return await websocket_upgrade(app, path, subprotocols=offered, origin=origin)
 
 
 # --------------------------------------------------------------------------- gating
