@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,26 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # 7.5. Pinned so a uvicorn default change cannot silently cost 10 %.
         "ws": "websockets-sansio",
     }
+
+
+@contextlib.asynccontextmanager
+async def in_this_loop(
+    server: uvicorn.Server, sock: socket.socket, name: str
+) -> AsyncIterator[None]:
+    """Run ``server`` on ``sock`` as a task of the running loop (the simulator, the
+    browser phone): the block starts once it has started (its start-up error raised),
+    and on exit it is asked to stop and given 10 s."""
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=name)
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError(f"{name} stopped during start-up")
+            await asyncio.sleep(0.01)
+        yield
+    finally:
+        server.should_exit = True
+        await asyncio.wait({task}, timeout=10)
 
 
 #: Container objects allocated (net) before a young collection; CPython's default is 700.

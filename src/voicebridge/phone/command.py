@@ -41,7 +41,7 @@ from fastapi import FastAPI
 from voicebridge import logs
 from voicebridge.config import Settings, load_settings
 from voicebridge.errors import ConfigError
-from voicebridge.server import uvicorn_options
+from voicebridge.server import in_this_loop, uvicorn_options
 
 log = logging.getLogger(__name__)
 
@@ -194,17 +194,8 @@ async def _uvicorn(settings: Settings, sock: socket.socket) -> AsyncIterator[Fas
     app = create_app(settings)
     options = uvicorn_options(settings) | {"timeout_graceful_shutdown": 3}
     server = _Server(uvicorn.Config(app, lifespan="on", **options))
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="phone-bridge")
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the bridge stopped during start-up")
-            await asyncio.sleep(0.01)
+    async with in_this_loop(server, sock, "phone-bridge"):
         yield app
-    finally:
-        server.should_exit = True
-        await asyncio.wait({task}, timeout=10)
 
 
 class _NoAcsKeys(logging.Filter):

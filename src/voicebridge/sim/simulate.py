@@ -37,7 +37,7 @@ import uvicorn
 
 from voicebridge.app import create_app
 from voicebridge.config import Settings
-from voicebridge.server import uvicorn_options
+from voicebridge.server import in_this_loop, uvicorn_options
 from voicebridge.sim import scenarios
 from voicebridge.sim.clock import ScaledClock
 from voicebridge.sim.cluster import simulate as cluster_simulate
@@ -164,17 +164,10 @@ async def running_bridge(
     app = create_app(settings, clock=ScaledClock(speed) if speed != 1.0 else None)
     options = uvicorn_options(settings) | {"timeout_graceful_shutdown": 5}
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **options))
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="bridge")
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the bridge stopped during start-up")
-            await asyncio.sleep(0.01)
-        yield app, base_url
+        async with in_this_loop(server, sock, "bridge"):
+            yield app, base_url
     finally:
-        server.should_exit = True
-        await asyncio.wait({task}, timeout=10)
         sock.close()
 
 
