@@ -220,13 +220,15 @@ class ClusterNode:
         bound already: the value that stands (None: Redis could not be asked)."""
         return await self._call(self.store.remember(key, value, ttl_s=24 * 3600))  # type: ignore[no-any-return]
 
-    async def outbound_admit(self, cid: str, profile: str, max_profile: int | None) -> str | None:
+    async def outbound_admit(
+        self, cid: str, profile: str, max_profile: int | None
+    ) -> tuple[str, float] | None:
         """The outbound limits of every node together (OUTBOUND_MAX_CONCURRENT, the
-        profile's max_concurrent, OUTBOUND_RATE_PER_MIN): ``"ok"``, or the limit that
-        refuses (``busy``, ``busy_profile``, ``rate:<seconds>``); None: Redis could not
-        be asked (the node's own limits decide)."""
+        profile's max_concurrent, OUTBOUND_RATE_PER_MIN): ``("ok", 0)``, or the limit that
+        refuses (``busy``, ``busy_profile``, ``rate`` with the seconds until a token);
+        None: Redis could not be asked (the node's own limits decide)."""
         s = self.settings
-        result = await self._call(
+        return await self._call(  # type: ignore[no-any-return]
             self.store.outbound_admit(
                 cid,
                 profile,
@@ -236,10 +238,6 @@ class ClusterNode:
                 stale_after_s=s.max_call_duration_s + OUTBOUND_RING_GRACE_S,
             )
         )
-        if result is None:
-            return None
-        verdict, wait = result
-        return f"rate:{wait:.3f}" if verdict == "rate" else str(verdict)
 
     async def outbound_release(self, cid: str) -> None:
         rate = self.settings.outbound_rate_per_min

@@ -180,9 +180,10 @@ async def _take_shared_limits(ctx: AppContext, req: OutboundRequest, cid: str) -
     if ctx.cluster is None:
         return False
     most = req.profile.outbound.max_concurrent
-    verdict = await ctx.cluster.outbound_admit(cid, req.profile.name, most)
-    if verdict is None:
+    shared = await ctx.cluster.outbound_admit(cid, req.profile.name, most)
+    if shared is None:
         return False
+    verdict, wait = shared
     limit = ctx.settings.outbound_max_concurrent
     if verdict == "busy":
         raise Refusal(
@@ -199,8 +200,7 @@ async def _take_shared_limits(ctx: AppContext, req: OutboundRequest, cid: str) -
             "busy",
             float(BUSY_RETRY_AFTER_S),
         )
-    if verdict.startswith("rate:"):
-        wait = float(verdict.removeprefix("rate:"))
+    if verdict == "rate":
         raise Refusal(429, "rate limited: OUTBOUND_RATE_PER_MIN", "rate_limited", wait)
     return True
 
